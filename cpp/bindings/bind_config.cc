@@ -1,0 +1,80 @@
+#include <pybind11/pybind11.h>
+
+#include <sstream>
+
+#include "bindings.h"
+#include "ferrum_kv/config.h"
+#include "ferrum_kv/support/check.h"
+
+namespace py = pybind11;
+
+namespace ferrum_kv::bindings {
+
+namespace {
+
+int32_t ToInt32(int64_t value, const char* name) {
+  FKV_CHECK_ARG(value >= 0 && value <= kMaxBlocks,
+                name << " must be in [0, " << kMaxBlocks << "], got " << value);
+  return static_cast<int32_t>(value);
+}
+
+std::string Repr(const CacheConfig& c) {
+  std::ostringstream out;
+  out << "CacheConfig(num_layers=" << c.num_layers << ", num_kv_heads=" << c.num_kv_heads
+      << ", head_dim=" << c.head_dim << ", block_size=" << c.block_size
+      << ", num_blocks=" << c.num_blocks << ", dtype='" << DTypeName(c.dtype)
+      << "', num_host_blocks=" << c.num_host_blocks
+      << ", enable_prefix_caching=" << (c.enable_prefix_caching ? "True" : "False")
+      << ", high_watermark=" << c.high_watermark
+      << ", critical_watermark=" << c.critical_watermark << ")";
+  return out.str();
+}
+
+}  // namespace
+
+void BindConfig(py::module_& m) {
+  py::class_<CacheConfig>(m, "CacheConfig",
+                          "Geometry of a paged KV cache (immutable). A block holds block_size "
+                          "tokens of K and V for every layer and KV head.")
+      .def(py::init([](int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
+                       int64_t block_size, int64_t num_blocks, const std::string& dtype,
+                       int64_t num_host_blocks, bool enable_prefix_caching,
+                       double high_watermark, double critical_watermark) {
+             CacheConfig c;
+             c.num_layers = ToInt32(num_layers, "num_layers");
+             c.num_kv_heads = ToInt32(num_kv_heads, "num_kv_heads");
+             c.head_dim = ToInt32(head_dim, "head_dim");
+             c.block_size = ToInt32(block_size, "block_size");
+             c.num_blocks = ToInt32(num_blocks, "num_blocks");
+             c.dtype = ParseDType(dtype);
+             c.num_host_blocks = ToInt32(num_host_blocks, "num_host_blocks");
+             c.enable_prefix_caching = enable_prefix_caching;
+             c.high_watermark = high_watermark;
+             c.critical_watermark = critical_watermark;
+             c.Validate();
+             return c;
+           }),
+           py::kw_only(), py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("head_dim"),
+           py::arg("block_size"), py::arg("num_blocks"), py::arg("dtype") = "float32",
+           py::arg("num_host_blocks") = 0, py::arg("enable_prefix_caching") = false,
+           py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02)
+      .def_readonly("num_layers", &CacheConfig::num_layers)
+      .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
+      .def_readonly("head_dim", &CacheConfig::head_dim)
+      .def_readonly("block_size", &CacheConfig::block_size)
+      .def_readonly("num_blocks", &CacheConfig::num_blocks)
+      .def_property_readonly("dtype", [](const CacheConfig& c) { return DTypeName(c.dtype); })
+      .def_readonly("num_host_blocks", &CacheConfig::num_host_blocks)
+      .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching)
+      .def_readonly("high_watermark", &CacheConfig::high_watermark)
+      .def_readonly("critical_watermark", &CacheConfig::critical_watermark)
+      .def_property_readonly("bytes_per_block", &CacheConfig::BytesPerBlock,
+                             "Bytes of one block: K and V, all layers.")
+      .def_property_readonly(
+          "bytes_per_token",
+          [](const CacheConfig& c) { return c.BytesPerBlock() / c.block_size; },
+          "Bytes of one token's K and V over all layers.")
+      .def("__repr__", &Repr);
+}
+
+}  // namespace ferrum_kv::bindings

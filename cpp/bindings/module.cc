@@ -1,0 +1,14 @@
+#include "bindings.h"
+
+#ifndef FKV_VERSION
+#define FKV_VERSION "0.0.0+unknown"
+#endif
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels.";
+  m.attr("__version__") = FKV_VERSION;
+  ferrum_kv::bindings::BindErrors(m);
+  ferrum_kv::bindings::BindConfig(m);
+  ferrum_kv::bindings::BindBlockPool(m);
+  ferrum_kv::bindings::BindKvStorage(m);
+}

@@ -1,0 +1,85 @@
+#include "numpy_args.h"
+
+#include <limits>
+#include <sstream>
+
+#include "ferrum_kv/support/check.h"
+
+namespace py = pybind11;
+
+namespace ferrum_kv::bindings {
+
+std::string ShapeString(const std::vector<py::ssize_t>& shape) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << (shape.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::string ShapeString(const py::array& array) {
+  return ShapeString(std::vector<py::ssize_t>(array.shape(), array.shape() + array.ndim()));
+}
+
+Int32Array AsInt32Vector(py::handle obj, const char* name) {
+  // Fast path (the common case on a scheduler's hot path): already a C-contiguous int32 vector.
+  if (Int32Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
+    return py::reinterpret_borrow<Int32Array>(obj);
+  }
+  py::array array = py::array::ensure(obj);
+  if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
+  const char kind = array.dtype().kind();
+  // An empty list arrives as float64: an empty batch is fine whatever its dtype.
+  if (array.ndim() == 1 && array.size() == 0) return Int32Array(0);
+  FKV_CHECK_ARG(kind == 'i' || kind == 'u', name << " must have an integer dtype, got "
+                                                 << std::string(py::str(array.dtype())));
+  FKV_CHECK_ARG(array.ndim() == 1, name << " must be 1-D, got shape " << ShapeString(array));
+  const auto wide = array.attr("astype")("int64").cast<py::array_t<int64_t>>();
+  const bool is_unsigned = kind == 'u';
+  const auto values = wide.unchecked<1>();
+  Int32Array result(values.shape(0));
+  int32_t* out = result.mutable_data();
+  for (py::ssize_t i = 0; i < values.shape(0); ++i) {
+    const int64_t value = values(i);
+    // A uint64 above INT64_MAX wraps to a negative int64 in astype: out of range either way.
+    const bool fits = value >= std::numeric_limits<int32_t>::min() &&
+                      value <= std::numeric_limits<int32_t>::max() && !(is_unsigned && value < 0);
+    FKV_CHECK_INDEX(fits, name << "[" << i << "] = " << std::string(py::str(array[py::int_(i)]))
+                               << " is outside the int32 range");
+    out[i] = static_cast<int32_t>(value);
+  }
+  return result;
+}
+
+py::dtype NumpyDTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return py::dtype::of<float>();
+    case DType::kFloat16: return py::dtype("float16");
+    case DType::kBFloat16: return py::dtype::of<uint16_t>();
+  }
+  return py::dtype::of<float>();
+}
+
+DType CheckFloatArray(const py::array& array, const char* name,
+                      const std::vector<py::ssize_t>& shape, DType storage_dtype) {
+  DType dtype;
+  if (array.dtype().is(py::dtype::of<float>())) {
+    dtype = DType::kFloat32;
+  } else if (array.dtype().is(NumpyDTypeOf(storage_dtype))) {
+    dtype = storage_dtype;
+  } else {
+    FKV_THROW(InvalidArgument, name << " must have dtype float32 or "
+                                    << std::string(py::str(NumpyDTypeOf(storage_dtype)))
+                                    << " (the storage dtype " << DTypeName(storage_dtype)
+                                    << "), got " << std::string(py::str(array.dtype())));
+  }
+  const bool same_shape =
+      array.ndim() == py::ssize_t(shape.size()) &&
+      std::equal(shape.begin(), shape.end(), array.shape());
+  FKV_CHECK_ARG(same_shape, name << " must have shape " << ShapeString(shape) << ", got "
+                                 << ShapeString(array));
+  FKV_CHECK_ARG(array.flags() & py::array::c_style, name << " must be C-contiguous");
+  return dtype;
+}
+
+}  // namespace ferrum_kv::bindings

@@ -1,0 +1,41 @@
+// CacheConfig: the geometry of a paged KV cache and the knobs of its manager.
+//
+// A block holds block_size tokens of K and V for every layer and KV head. Its bytes are
+// num_layers * 2 * num_kv_heads * block_size * head_dim * DTypeSize(dtype).
+//
+// Watermarks are fractions of the device blocks that are free: memory pressure is "high" when the
+// free fraction is below high_watermark and "critical" below critical_watermark.
+#pragma once
+
+#include <cstdint>
+
+#include "ferrum_kv/types.h"
+
+namespace ferrum_kv {
+
+struct CacheConfig {
+  int32_t num_layers = 1;
+  int32_t num_kv_heads = 1;
+  int32_t head_dim = 64;
+  int32_t block_size = 16;
+  int32_t num_blocks = 256;
+  DType dtype = DType::kFloat32;
+  int32_t num_host_blocks = 0;
+  bool enable_prefix_caching = false;
+  double high_watermark = 0.10;
+  double critical_watermark = 0.02;
+
+  // Throws InvalidArgument naming the offending field and value; checks that one block's size
+  // and the whole arena's size fit in int64.
+  void Validate() const;
+
+  // Elements (not bytes) of one token's K (or V) for one layer: num_kv_heads * head_dim.
+  int64_t ElementsPerTokenPerLayer() const { return int64_t{num_kv_heads} * head_dim; }
+  // Elements of one block (all layers, K and V).
+  int64_t ElementsPerBlock() const {
+    return int64_t{num_layers} * 2 * num_kv_heads * block_size * head_dim;
+  }
+  int64_t BytesPerBlock() const { return ElementsPerBlock() * DTypeSize(dtype); }
+};
+
+}  // namespace ferrum_kv

@@ -1,0 +1,51 @@
+#include "ferrum_kv/config.h"
+
+#include <cmath>
+
+#include "ferrum_kv/support/check.h"
+
+namespace ferrum_kv {
+
+std::string DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+DType ParseDType(const std::string& name) {
+  if (name == "float32") return DType::kFloat32;
+  if (name == "float16") return DType::kFloat16;
+  if (name == "bfloat16") return DType::kBFloat16;
+  FKV_THROW(InvalidArgument,
+            "dtype must be 'float32', 'float16' or 'bfloat16', got '" << name << "'");
+}
+
+void CacheConfig::Validate() const {
+  FKV_CHECK_ARG(num_layers >= 1, "num_layers must be >= 1, got " << num_layers);
+  FKV_CHECK_ARG(num_kv_heads >= 1, "num_kv_heads must be >= 1, got " << num_kv_heads);
+  FKV_CHECK_ARG(head_dim >= 1, "head_dim must be >= 1, got " << head_dim);
+  FKV_CHECK_ARG(block_size >= 1, "block_size must be >= 1, got " << block_size);
+  FKV_CHECK_ARG(num_blocks >= 1 && num_blocks <= kMaxBlocks,
+                "num_blocks must be in [1, " << kMaxBlocks << "], got " << num_blocks);
+  FKV_CHECK_ARG(num_host_blocks >= 0 && num_host_blocks <= kMaxBlocks,
+                "num_host_blocks must be in [0, " << kMaxBlocks << "], got " << num_host_blocks);
+  FKV_CHECK_ARG(std::isfinite(high_watermark) && high_watermark >= 0 && high_watermark <= 1,
+                "high_watermark must be in [0, 1], got " << high_watermark);
+  FKV_CHECK_ARG(std::isfinite(critical_watermark) && critical_watermark >= 0 &&
+                    critical_watermark <= high_watermark,
+                "critical_watermark must be in [0, high_watermark=" << high_watermark
+                                                                    << "], got "
+                                                                    << critical_watermark);
+  // Each factor is < 2^31; bound the products in floating point before multiplying in int64.
+  const double block_bytes = double(num_layers) * 2 * num_kv_heads * block_size * head_dim *
+                             double(DTypeSize(dtype));
+  const double max_blocks = num_blocks > num_host_blocks ? num_blocks : num_host_blocks;
+  FKV_CHECK_ARG(block_bytes * max_blocks < 9.0e18,
+                "cache too large: " << block_bytes << " bytes per block x " << max_blocks
+                                    << " blocks overflows int64");
+}
+
+}  // namespace ferrum_kv

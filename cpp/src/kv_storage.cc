@@ -1,0 +1,137 @@
+#include "ferrum_kv/kv_storage.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "ferrum_kv/dtype_convert.h"
+#include "ferrum_kv/support/check.h"
+
+namespace ferrum_kv {
+
+namespace {
+
+std::shared_ptr<uint8_t> AllocateArena(int64_t bytes) {
+  const size_t rounded = size_t((bytes + KvStorage::kAlignment - 1) / KvStorage::kAlignment *
+                                KvStorage::kAlignment);
+  void* memory = std::aligned_alloc(KvStorage::kAlignment, rounded);
+  if (memory == nullptr) throw std::bad_alloc();
+  std::memset(memory, 0, rounded);
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(memory), [](uint8_t* p) { std::free(p); });
+}
+
+// Locks two block mutexes in address order (so that concurrent copies cannot deadlock).
+class PairLock {
+ public:
+  PairLock(Mutex* a, Mutex* b) : first_(a < b ? a : b), second_(a < b ? b : a) {
+    first_->Lock();
+    if (second_ != first_) second_->Lock();
+  }
+  ~PairLock() {
+    if (second_ != first_) second_->Unlock();
+    first_->Unlock();
+  }
+  PairLock(const PairLock&) = delete;
+  PairLock& operator=(const PairLock&) = delete;
+
+ private:
+  Mutex* first_;
+  Mutex* second_;
+};
+
+}  // namespace
+
+KvStorage::KvStorage(const CacheConfig& config, int64_t num_blocks)
+    : config_((config.Validate(), config)),
+      num_blocks_(num_blocks),
+      bytes_per_block_(config.BytesPerBlock()) {
+  FKV_CHECK_ARG(num_blocks >= 1 && num_blocks <= kMaxBlocks,
+                "num_blocks must be in [1, " << kMaxBlocks << "], got " << num_blocks);
+  arena_ = AllocateArena(bytes_per_block_ * num_blocks_);
+  block_locks_ = std::make_unique<Mutex[]>(size_t(num_blocks_));
+}
+
+void KvStorage::CheckBlock(BlockId block) const {
+  FKV_CHECK_INDEX(block >= 0 && block < num_blocks_,
+                  "block id " << block << " out of range [0, " << num_blocks_ << ")");
+}
+
+void KvStorage::CheckSlot(BlockId block, int32_t layer, int32_t offset) const {
+  CheckBlock(block);
+  FKV_CHECK_INDEX(layer >= 0 && layer < config_.num_layers,
+                  "layer " << layer << " out of range [0, " << config_.num_layers << ")");
+  FKV_CHECK_INDEX(offset >= 0 && offset < config_.block_size,
+                  "offset " << offset << " out of range [0, " << config_.block_size << ")");
+}
+
+int64_t KvStorage::SlotByteOffset(BlockId block, int32_t layer, int32_t offset) const {
+  const int64_t elements = block * BlockStride() + layer * LayerStride() + offset * TokenStride();
+  return elements * DTypeSize(config_.dtype);
+}
+
+void KvStorage::WriteSlot(BlockId block, int32_t layer, int32_t offset, const void* k,
+                          const void* v, DType src_dtype) {
+  CheckSlot(block, layer, offset);
+  FKV_CHECK_ARG(src_dtype == DType::kFloat32 || src_dtype == config_.dtype,
+                "k/v dtype must be float32 or the storage dtype " << DTypeName(config_.dtype)
+                                                                   << ", got "
+                                                                   << DTypeName(src_dtype));
+  const int64_t element_size = DTypeSize(config_.dtype);
+  const int64_t src_element_size = DTypeSize(src_dtype);
+  const int64_t head_dim = config_.head_dim;
+  uint8_t* key_base = Data() + SlotByteOffset(block, layer, offset);
+  uint8_t* value_base = key_base + KvStride() * element_size;
+  const void* sources[2] = {k, v};
+  uint8_t* destinations[2] = {key_base, value_base};
+  MutexLock lock(&block_locks_[block]);
+  for (int kv = 0; kv < 2; ++kv) {
+    for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
+      const auto* src = static_cast<const uint8_t*>(sources[kv]) + head * head_dim * src_element_size;
+      uint8_t* dst = destinations[kv] + head * HeadStride() * element_size;
+      if (src_dtype == config_.dtype) {
+        std::memcpy(dst, src, size_t(head_dim * element_size));
+      } else {
+        ConvertFromFloat32(reinterpret_cast<const float*>(src), config_.dtype, dst, head_dim);
+      }
+    }
+  }
+}
+
+void KvStorage::ReadSlot(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const {
+  CheckSlot(block, layer, offset);
+  const int64_t element_size = DTypeSize(config_.dtype);
+  const int64_t row_bytes = config_.head_dim * element_size;
+  const uint8_t* key_base = Data() + SlotByteOffset(block, layer, offset);
+  const uint8_t* value_base = key_base + KvStride() * element_size;
+  const uint8_t* sources[2] = {key_base, value_base};
+  void* destinations[2] = {k, v};
+  MutexLock lock(&block_locks_[block]);
+  for (int kv = 0; kv < 2; ++kv) {
+    for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
+      std::memcpy(static_cast<uint8_t*>(destinations[kv]) + head * row_bytes,
+                  sources[kv] + head * HeadStride() * element_size, size_t(row_bytes));
+    }
+  }
+}
+
+void KvStorage::CopyBlock(BlockId src, BlockId dst) {
+  CheckBlock(src);
+  CheckBlock(dst);
+  FKV_CHECK_ARG(src != dst, "cannot copy block " << src << " onto itself");
+  PairLock lock(&block_locks_[src], &block_locks_[dst]);
+  std::memcpy(BlockData(dst), BlockData(src), size_t(bytes_per_block_));
+}
+
+void KvStorage::CopyBlockBetween(const KvStorage& src, BlockId src_block, KvStorage& dst,
+                                 BlockId dst_block) {
+  src.CheckBlock(src_block);
+  dst.CheckBlock(dst_block);
+  FKV_CHECK_ARG(src.bytes_per_block_ == dst.bytes_per_block_ && src.dtype() == dst.dtype(),
+                "storages differ: " << src.bytes_per_block_ << " vs " << dst.bytes_per_block_
+                                    << " bytes per block");
+  FKV_CHECK_ARG(&src != &dst, "use CopyBlock within one storage");
+  PairLock lock(&src.block_locks_[src_block], &dst.block_locks_[dst_block]);
+  std::memcpy(dst.BlockData(dst_block), src.BlockData(src_block), size_t(src.bytes_per_block_));
+}
+
+}  // namespace ferrum_kv

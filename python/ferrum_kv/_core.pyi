@@ -1,0 +1,155 @@
+"""
+ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels.
+"""
+from __future__ import annotations
+import numpy
+import numpy.typing
+import typing
+__all__: list[str] = ['BlockPool', 'CacheConfig', 'Error', 'InvariantError', 'KvStorage', 'OutOfBlocksError']
+class Error(RuntimeError):
+    """
+    Base class of ferrum-kv's domain errors (a RuntimeError).
+    """
+class OutOfBlocksError(Error):
+    """
+    Not enough free blocks; the call changed nothing.
+    """
+class InvariantError(Error):
+    """
+    An internal invariant is broken (a bug in ferrum-kv).
+    """
+class CacheConfig:
+    """
+    Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
+    """
+    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02) -> None:
+        ...
+    def __repr__(self) -> str:
+        ...
+    @property
+    def block_size(self) -> int:
+        ...
+    @property
+    def bytes_per_block(self) -> int:
+        """
+        Bytes of one block: K and V, all layers.
+        """
+    @property
+    def bytes_per_token(self) -> int:
+        """
+        Bytes of one token's K and V over all layers.
+        """
+    @property
+    def critical_watermark(self) -> float:
+        ...
+    @property
+    def dtype(self) -> str:
+        ...
+    @property
+    def enable_prefix_caching(self) -> bool:
+        ...
+    @property
+    def head_dim(self) -> int:
+        ...
+    @property
+    def high_watermark(self) -> float:
+        ...
+    @property
+    def num_blocks(self) -> int:
+        ...
+    @property
+    def num_host_blocks(self) -> int:
+        ...
+    @property
+    def num_kv_heads(self) -> int:
+        ...
+    @property
+    def num_layers(self) -> int:
+        ...
+class BlockPool:
+    """
+    Fixed set of block ids [0, num_blocks) with a ref count each. Thread-safe; every call is all-or-nothing. The least recently freed block is reused first.
+    """
+    def __init__(self, *, num_blocks: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __len__(self) -> int:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int32]:
+        """
+        Allocate n blocks (ref count 1). Returns int32 array of shape (n,). Raises OutOfBlocksError (nothing allocated) when fewer than n are free.
+        """
+    def can_allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def check_invariants(self) -> None:
+        """
+        Raise InvariantError if an internal invariant is broken.
+        """
+    def free(self, ids: typing.Any) -> None:
+        """
+        Drop one reference from each id (1-D integer array); a block returns to the free list at ref count 0. The whole batch is validated first: IndexError for an id out of range, ValueError for a double free; nothing changes on error.
+        """
+    def incref(self, ids: typing.Any) -> None:
+        """
+        Add one reference to each id (all must be allocated; ValueError otherwise, nothing changed).
+        """
+    def ref_count(self, block_id: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    def stats(self) -> dict:
+        """
+        Counters over the pool's life, as a dict of ints.
+        """
+    @property
+    def num_blocks(self) -> int:
+        ...
+    @property
+    def num_free_blocks(self) -> int:
+        ...
+    @property
+    def num_used_blocks(self) -> int:
+        ...
+class KvStorage:
+    """
+    K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.
+    """
+    def __init__(self, config: CacheConfig) -> None:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def array(self) -> numpy.ndarray:
+        """
+        Zero-copy view [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim].
+        """
+    def key_cache(self, layer: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+        """
+        Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, head_dim].
+        """
+    def read_slot(self, block_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """
+        Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.
+        """
+    def value_cache(self, layer: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+        """
+        Like key_cache, for values.
+        """
+    def write_slot(self, block_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex, k: numpy.ndarray, v: numpy.ndarray) -> None:
+        """
+        Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock.
+        """
+    @property
+    def bytes_per_block(self) -> int:
+        ...
+    @property
+    def config(self) -> CacheConfig:
+        ...
+    @property
+    def dtype(self) -> str:
+        ...
+    @property
+    def nbytes(self) -> int:
+        ...
+    @property
+    def num_blocks(self) -> int:
+        ...
+__version__: str = '0.1.0'

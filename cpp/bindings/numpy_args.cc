@@ -21,35 +21,41 @@ std::string ShapeString(const py::array& array) {
   return ShapeString(std::vector<py::ssize_t>(array.shape(), array.shape() + array.ndim()));
 }
 
-Int32Array AsInt32Vector(py::handle obj, const char* name) {
-  // Fast path (the common case on a scheduler's hot path): already a C-contiguous int32 vector.
-  if (Int32Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
-    return py::reinterpret_borrow<Int32Array>(obj);
+template <typename T>
+py::array_t<T, py::array::c_style> AsIntVector(py::handle obj, const char* name) {
+  using Array = py::array_t<T, py::array::c_style>;
+  // Fast path (the common case on a scheduler's hot path): already a C-contiguous vector of T.
+  if (Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
+    return py::reinterpret_borrow<Array>(obj);
   }
   py::array array = py::array::ensure(obj);
   if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
   const char kind = array.dtype().kind();
   // An empty list arrives as float64: an empty batch is fine whatever its dtype.
-  if (array.ndim() == 1 && array.size() == 0) return Int32Array(0);
+  if (array.ndim() == 1 && array.size() == 0) return Array(0);
   FKV_CHECK_ARG(kind == 'i' || kind == 'u', name << " must have an integer dtype, got "
                                                  << std::string(py::str(array.dtype())));
   FKV_CHECK_ARG(array.ndim() == 1, name << " must be 1-D, got shape " << ShapeString(array));
   const auto wide = array.attr("astype")("int64").cast<py::array_t<int64_t>>();
   const bool is_unsigned = kind == 'u';
   const auto values = wide.unchecked<1>();
-  Int32Array result(values.shape(0));
-  int32_t* out = result.mutable_data();
+  Array result(values.shape(0));
+  T* out = result.mutable_data();
   for (py::ssize_t i = 0; i < values.shape(0); ++i) {
     const int64_t value = values(i);
     // A uint64 above INT64_MAX wraps to a negative int64 in astype: out of range either way.
-    const bool fits = value >= std::numeric_limits<int32_t>::min() &&
-                      value <= std::numeric_limits<int32_t>::max() && !(is_unsigned && value < 0);
+    const bool fits = value >= std::numeric_limits<T>::min() &&
+                      value <= std::numeric_limits<T>::max() && !(is_unsigned && value < 0);
     FKV_CHECK_INDEX(fits, name << "[" << i << "] = " << std::string(py::str(array[py::int_(i)]))
-                               << " is outside the int32 range");
-    out[i] = static_cast<int32_t>(value);
+                               << " is outside the range of "
+                               << (sizeof(T) == 4 ? "int32" : "int64"));
+    out[i] = static_cast<T>(value);
   }
   return result;
 }
+
+template Int32Array AsIntVector<int32_t>(py::handle, const char*);
+template Int64Array AsIntVector<int64_t>(py::handle, const char*);
 
 py::dtype NumpyDTypeOf(DType dtype) {
   switch (dtype) {

@@ -14,11 +14,32 @@
 namespace ferrum_kv::bindings {
 
 using Int32Array = pybind11::array_t<int32_t, pybind11::array::c_style>;
+using Int64Array = pybind11::array_t<int64_t, pybind11::array::c_style>;
 
-// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a C-contiguous int32
-// array; no copy when it already is one. Raises ValueError for non-integer dtypes or ndim != 1,
-// IndexError for values outside int32.
-Int32Array AsInt32Vector(pybind11::handle obj, const char* name);
+// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a C-contiguous array
+// of T (int32_t or int64_t); no copy when it already is one. Raises ValueError for non-integer
+// dtypes or ndim != 1, IndexError for values outside T's range.
+template <typename T>
+pybind11::array_t<T, pybind11::array::c_style> AsIntVector(pybind11::handle obj, const char* name);
+inline Int32Array AsInt32Vector(pybind11::handle obj, const char* name) {
+  return AsIntVector<int32_t>(obj, name);
+}
+inline Int64Array AsInt64Vector(pybind11::handle obj, const char* name) {
+  return AsIntVector<int64_t>(obj, name);
+}
+
+// Moves a vector into a new NumPy array (no copy: the array's base owns the vector).
+template <typename T>
+pybind11::array MoveToArray(std::vector<T>&& data, pybind11::dtype dtype,
+                            std::vector<pybind11::ssize_t> shape) {
+  auto* owned = new std::vector<T>(std::move(data));
+  pybind11::capsule base(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return pybind11::array(dtype, std::move(shape), {}, owned->data(), base);
+}
+template <typename T>
+pybind11::array MoveToArray(std::vector<T>&& data, std::vector<pybind11::ssize_t> shape) {
+  return MoveToArray(std::move(data), pybind11::dtype::of<T>(), std::move(shape));
+}
 
 // The NumPy dtype of views of a storage dtype (bfloat16 is exposed as its uint16 bits).
 pybind11::dtype NumpyDTypeOf(DType dtype);

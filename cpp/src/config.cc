@@ -1,6 +1,7 @@
 #include "ferrum_kv/config.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "ferrum_kv/support/check.h"
 
@@ -39,6 +40,10 @@ void CacheConfig::Validate() const {
                 "critical_watermark must be in [0, high_watermark=" << high_watermark
                                                                     << "], got "
                                                                     << critical_watermark);
+  FKV_CHECK_ARG(int64_t{num_blocks} * block_size <= INT32_MAX &&
+                    int64_t{num_host_blocks} * block_size <= INT32_MAX,
+                "num_blocks * block_size must fit in int32 (slots are int32), got "
+                    << num_blocks << " * " << block_size);
   // Each factor is < 2^31; bound the products in floating point before multiplying in int64.
   const double block_bytes = double(num_layers) * 2 * num_kv_heads * block_size * head_dim *
                              double(DTypeSize(dtype));

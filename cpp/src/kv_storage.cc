@@ -56,12 +56,34 @@ void KvStorage::CheckBlock(BlockId block) const {
                   "block id " << block << " out of range [0, " << num_blocks_ << ")");
 }
 
-void KvStorage::CheckSlot(BlockId block, int32_t layer, int32_t offset) const {
-  CheckBlock(block);
+void KvStorage::CheckLayer(int32_t layer) const {
   FKV_CHECK_INDEX(layer >= 0 && layer < config_.num_layers,
                   "layer " << layer << " out of range [0, " << config_.num_layers << ")");
+}
+
+void KvStorage::CheckSlot(BlockId block, int32_t layer, int32_t offset) const {
+  CheckBlock(block);
+  CheckLayer(layer);
   FKV_CHECK_INDEX(offset >= 0 && offset < config_.block_size,
                   "offset " << offset << " out of range [0, " << config_.block_size << ")");
+}
+
+void KvStorage::CheckSlots(const int32_t* slots, int64_t n, bool allow_skip) const {
+  const int64_t num_slots = num_blocks_ * config_.block_size;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t slot = slots[i];
+    if (allow_skip && slot == -1) continue;
+    FKV_CHECK_INDEX(slot >= 0 && slot < num_slots, "slots[" << i << "] = " << slot
+                                                            << " out of range [0, " << num_slots
+                                                            << ")" << (allow_skip ? " (or -1)" : ""));
+  }
+}
+
+void KvStorage::CheckSourceDType(DType src_dtype) const {
+  FKV_CHECK_ARG(src_dtype == DType::kFloat32 || src_dtype == config_.dtype,
+                "k/v dtype must be float32 or the storage dtype " << DTypeName(config_.dtype)
+                                                                   << ", got "
+                                                                   << DTypeName(src_dtype));
 }
 
 int64_t KvStorage::SlotByteOffset(BlockId block, int32_t layer, int32_t offset) const {
@@ -69,48 +91,80 @@ int64_t KvStorage::SlotByteOffset(BlockId block, int32_t layer, int32_t offset) 
   return elements * DTypeSize(config_.dtype);
 }
 
-void KvStorage::WriteSlot(BlockId block, int32_t layer, int32_t offset, const void* k,
-                          const void* v, DType src_dtype) {
-  CheckSlot(block, layer, offset);
-  FKV_CHECK_ARG(src_dtype == DType::kFloat32 || src_dtype == config_.dtype,
-                "k/v dtype must be float32 or the storage dtype " << DTypeName(config_.dtype)
-                                                                   << ", got "
-                                                                   << DTypeName(src_dtype));
+void KvStorage::WriteToken(int64_t key_byte_offset, const void* k, const void* v,
+                           DType src_dtype) {
   const int64_t element_size = DTypeSize(config_.dtype);
-  const int64_t src_element_size = DTypeSize(src_dtype);
-  const int64_t head_dim = config_.head_dim;
-  uint8_t* key_base = Data() + SlotByteOffset(block, layer, offset);
-  uint8_t* value_base = key_base + KvStride() * element_size;
+  const int64_t src_row_bytes = config_.head_dim * DTypeSize(src_dtype);
   const void* sources[2] = {k, v};
-  uint8_t* destinations[2] = {key_base, value_base};
-  MutexLock lock(&block_locks_[block]);
+  uint8_t* destinations[2] = {Data() + key_byte_offset,
+                              Data() + key_byte_offset + KvStride() * element_size};
   for (int kv = 0; kv < 2; ++kv) {
     for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
-      const auto* src = static_cast<const uint8_t*>(sources[kv]) + head * head_dim * src_element_size;
+      const auto* src = static_cast<const uint8_t*>(sources[kv]) + head * src_row_bytes;
       uint8_t* dst = destinations[kv] + head * HeadStride() * element_size;
       if (src_dtype == config_.dtype) {
-        std::memcpy(dst, src, size_t(head_dim * element_size));
+        std::memcpy(dst, src, size_t(src_row_bytes));
       } else {
-        ConvertFromFloat32(reinterpret_cast<const float*>(src), config_.dtype, dst, head_dim);
+        ConvertFromFloat32(reinterpret_cast<const float*>(src), config_.dtype, dst,
+                           config_.head_dim);
       }
     }
   }
 }
 
-void KvStorage::ReadSlot(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const {
-  CheckSlot(block, layer, offset);
+void KvStorage::ReadToken(int64_t key_byte_offset, void* k, void* v) const {
   const int64_t element_size = DTypeSize(config_.dtype);
   const int64_t row_bytes = config_.head_dim * element_size;
-  const uint8_t* key_base = Data() + SlotByteOffset(block, layer, offset);
-  const uint8_t* value_base = key_base + KvStride() * element_size;
-  const uint8_t* sources[2] = {key_base, value_base};
+  const uint8_t* sources[2] = {Data() + key_byte_offset,
+                               Data() + key_byte_offset + KvStride() * element_size};
   void* destinations[2] = {k, v};
-  MutexLock lock(&block_locks_[block]);
   for (int kv = 0; kv < 2; ++kv) {
     for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
       std::memcpy(static_cast<uint8_t*>(destinations[kv]) + head * row_bytes,
                   sources[kv] + head * HeadStride() * element_size, size_t(row_bytes));
     }
+  }
+}
+
+void KvStorage::WriteSlot(BlockId block, int32_t layer, int32_t offset, const void* k,
+                          const void* v, DType src_dtype) {
+  CheckSlot(block, layer, offset);
+  CheckSourceDType(src_dtype);
+  MutexLock lock(&block_locks_[block]);
+  WriteToken(SlotByteOffset(block, layer, offset), k, v, src_dtype);
+}
+
+void KvStorage::ReadSlot(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const {
+  CheckSlot(block, layer, offset);
+  MutexLock lock(&block_locks_[block]);
+  ReadToken(SlotByteOffset(block, layer, offset), k, v);
+}
+
+void KvStorage::WriteTokens(int32_t layer, const int32_t* slots, int64_t n, const void* k,
+                            const void* v, DType src_dtype) {
+  CheckLayer(layer);
+  CheckSourceDType(src_dtype);
+  CheckSlots(slots, n, /*allow_skip=*/true);
+  const int64_t token_bytes = ElementsPerToken() * DTypeSize(src_dtype);
+  for (int64_t i = 0; i < n; ++i) {
+    if (slots[i] == -1) continue;
+    const int32_t block = slots[i] / config_.block_size;
+    const int32_t offset = slots[i] % config_.block_size;
+    WriteToken(SlotByteOffset(block, layer, offset), static_cast<const uint8_t*>(k) + i * token_bytes,
+               static_cast<const uint8_t*>(v) + i * token_bytes, src_dtype);
+  }
+}
+
+void KvStorage::ReadTokens(int32_t layer, const int32_t* slots, int64_t n, void* k,
+                           void* v) const {
+  CheckLayer(layer);
+  CheckSlots(slots, n, /*allow_skip=*/false);
+  const int64_t token_bytes = ElementsPerToken() * DTypeSize(config_.dtype);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t block = slots[i] / config_.block_size;
+    const int32_t offset = slots[i] % config_.block_size;
+    ReadToken(SlotByteOffset(block, layer, offset), static_cast<uint8_t*>(k) + i * token_bytes,
+              static_cast<uint8_t*>(v) + i * token_bytes);
   }
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BlockPool', 'CacheConfig', 'Error', 'InvariantError', 'KvStorage', 'OutOfBlocksError']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -13,6 +13,10 @@ class Error(RuntimeError):
 class OutOfBlocksError(Error):
     """
     Not enough free blocks; the call changed nothing.
+    """
+class InvalidStateError(Error):
+    """
+    The operation is not valid in the sequence's current state (e.g. swapped out).
     """
 class InvariantError(Error):
     """
@@ -152,4 +156,122 @@ class KvStorage:
     @property
     def num_blocks(self) -> int:
         ...
+class BatchMetadata:
+    """
+    Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token).
+    """
+    @property
+    def block_tables(self) -> numpy.ndarray:
+        ...
+    @property
+    def context_lens(self) -> numpy.ndarray:
+        ...
+    @property
+    def indices(self) -> numpy.ndarray:
+        ...
+    @property
+    def indptr(self) -> numpy.ndarray:
+        ...
+    @property
+    def last_block_len(self) -> numpy.ndarray:
+        ...
+    @property
+    def slot_mapping(self) -> numpy.ndarray:
+        ...
+class PagedKvCache:
+    """
+    Sequences, block tables, copy-on-write fork, swap to the host tier and batch metadata over one BlockPool + KvStorage. Thread-safe; every call is all-or-nothing.
+    """
+    def __contains__(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def __init__(self, config: CacheConfig) -> None:
+        ...
+    def __len__(self) -> int:
+        ...
+    def add_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> int:
+        """
+        Create seq_id holding tokens (1-D int array, >= 1 token) and allocate their blocks. Returns the number of leading tokens already cached (0 without prefix caching).
+        """
+    def append_batch(self, seq_ids: typing.Any, tokens: typing.Any) -> None:
+        """
+        One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing.
+        """
+    def append_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> None:
+        ...
+    def batch_metadata(self, seq_ids: typing.Any) -> BatchMetadata:
+        """
+        BatchMetadata for resident sequences (new int32 arrays).
+        """
+    def block_table(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+        """
+        The sequence's block ids (int32 copy; host-tier ids while swapped out).
+        """
+    def can_allocate(self, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def can_append(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def check_invariants(self) -> None:
+        ...
+    def fork(self, parent_id: typing.SupportsInt | typing.SupportsIndex, child_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        child shares every block of parent; the first append into a shared, partly filled block copies it first.
+        """
+    def free_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def gather_kv(self, seq_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """
+        Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype, in token order, from whichever tier holds the sequence.
+        """
+    def is_swapped(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def mark_computed(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def num_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    def set_pressure_callback(self, callback: typing.Any) -> None:
+        """
+        callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call changes memory_pressure; None removes it. Exceptions it raises are reported as unraisable, never propagated.
+        """
+    def slot_mapping(self, seq_id: typing.SupportsInt | typing.SupportsIndex, start: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+        """
+        int32 slots (block_id * block_size + offset) of token positions [start, end).
+        """
+    def stats(self) -> dict:
+        """
+        Counters as a dict of ints.
+        """
+    def swap_in(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        Copy the sequence back into fresh device blocks (its block ids may change).
+        """
+    def swap_out(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        Copy the sequence's blocks to the host tier and free its device blocks.
+        """
+    def tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+        """
+        The sequence's token ids (int32 copy).
+        """
+    def write_kv(self, layer: typing.SupportsInt | typing.SupportsIndex, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
+        """
+        Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into slots ([n] int32); slot -1 is skipped. Every slot is validated before any write.
+        """
+    @property
+    def config(self) -> CacheConfig:
+        ...
+    @property
+    def host_storage(self) -> KvStorage:
+        """
+        The host-tier KvStorage, or None without one.
+        """
+    @property
+    def memory_pressure(self) -> str:
+        """
+        'low' | 'high' | 'critical' by the free-block watermarks of the config.
+        """
+    @property
+    def storage(self) -> KvStorage:
+        """
+        The device-tier KvStorage.
+        """
 __version__: str = '0.1.0'

@@ -4,6 +4,8 @@
 //   UnknownSequence  -> KeyError          (a seq_id the cache does not hold)
 //   Error            -> ferrum_kv.Error   (domain errors; subclasses RuntimeError)
 //   OutOfBlocksError -> ferrum_kv.OutOfBlocksError (capacity; an expected outcome)
+//   InvalidStateError -> ferrum_kv.InvalidStateError (not valid in the current state, e.g. an
+//                        append to a swapped-out sequence)
 //   InvariantError   -> ferrum_kv.InvariantError   (a CheckInvariants() validator failed: a bug)
 // Every throwing operation leaves the object's state exactly as it was before the call.
 #pragma once
@@ -34,6 +36,11 @@ class Error : public std::runtime_error {
 };
 
 class OutOfBlocksError : public Error {
+ public:
+  using Error::Error;
+};
+
+class InvalidStateError : public Error {
  public:
   using Error::Error;
 };

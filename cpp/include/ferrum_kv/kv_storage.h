@@ -51,6 +51,8 @@ class KvStorage {
   int64_t KvStride() const { return int64_t{config_.num_kv_heads} * HeadStride(); }
   int64_t HeadStride() const { return int64_t{config_.block_size} * config_.head_dim; }
   int64_t TokenStride() const { return config_.head_dim; }
+  // Elements of one token's K (or V) for one layer, packed: num_kv_heads * head_dim.
+  int64_t ElementsPerToken() const { return config_.ElementsPerTokenPerLayer(); }
 
   // Writes one token's K and V ([num_kv_heads][head_dim] each) at (block, layer, offset).
   // src_dtype float32 is converted to the storage dtype (round to nearest even); otherwise it must
@@ -59,6 +61,15 @@ class KvStorage {
                  DType src_dtype);
   // Copies one token's K and V, in the storage dtype, to k and v.
   void ReadSlot(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const;
+
+  // Bulk scatter (vLLM's reshape_and_cache): token i's K and V ([num_kv_heads][head_dim] each, at
+  // k + i * num_kv_heads * head_dim) go to slot slots[i] = block * block_size + offset of layer;
+  // slot -1 is skipped. All slots are validated (IndexOutOfRange) before anything is written.
+  // Takes no locks (see the thread-safety note above). src_dtype as for WriteSlot.
+  void WriteTokens(int32_t layer, const int32_t* slots, int64_t n, const void* k, const void* v,
+                   DType src_dtype);
+  // Bulk gather, the inverse of WriteTokens, in the storage dtype; slot -1 is not allowed.
+  void ReadTokens(int32_t layer, const int32_t* slots, int64_t n, void* k, void* v) const;
 
   // Copies every byte of block src to block dst of this arena (src != dst).
   void CopyBlock(BlockId src, BlockId dst);
@@ -69,6 +80,13 @@ class KvStorage {
  private:
   void CheckBlock(BlockId block) const;
   void CheckSlot(BlockId block, int32_t layer, int32_t offset) const;
+  void CheckLayer(int32_t layer) const;
+  void CheckSlots(const int32_t* slots, int64_t n, bool allow_skip) const;
+  void CheckSourceDType(DType src_dtype) const;
+  // Copies (or converts from float32) one token's rows of all heads between a packed
+  // [num_kv_heads][head_dim] buffer and the arena, for K and V.
+  void WriteToken(int64_t key_byte_offset, const void* k, const void* v, DType src_dtype);
+  void ReadToken(int64_t key_byte_offset, void* k, void* v) const;
   // Byte offset of (block, layer, K, head 0, offset, 0); V is KvStride() elements further.
   int64_t SlotByteOffset(BlockId block, int32_t layer, int32_t offset) const;
 

@@ -1,0 +1,264 @@
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+
+#include "bindings.h"
+#include "ferrum_kv/cache_manager.h"
+#include "ferrum_kv/support/check.h"
+#include "numpy_args.h"
+
+namespace py = pybind11;
+
+namespace ferrum_kv::bindings {
+
+namespace {
+
+// The NumPy face of BatchMetadata: every field a new int32 array that owns its memory.
+struct PyBatchMetadata {
+  py::array block_tables;    // [B, max_blocks], padding -1
+  py::array context_lens;    // [B]
+  py::array indptr;          // [B + 1]
+  py::array indices;         // [nnz]
+  py::array last_block_len;  // [B]
+  py::array slot_mapping;    // [B]
+};
+
+PyBatchMetadata ToPython(BatchMetadata&& m) {
+  const py::ssize_t b = m.batch_size;
+  return PyBatchMetadata{
+      MoveToArray(std::move(m.block_tables), {b, py::ssize_t(m.max_blocks)}),
+      MoveToArray(std::move(m.context_lens), {b}),
+      MoveToArray(std::move(m.indptr), {b + 1}),
+      MoveToArray(std::move(m.indices), {py::ssize_t(m.indices.size())}),
+      MoveToArray(std::move(m.last_block_len), {b}),
+      MoveToArray(std::move(m.slot_mapping), {b}),
+  };
+}
+
+py::dict StatsDict(const CacheStats& s) {
+  py::dict d;
+  d["num_blocks"] = s.num_blocks;
+  d["free_blocks"] = s.free_blocks;
+  d["used_blocks"] = s.used_blocks;
+  d["num_host_blocks"] = s.num_host_blocks;
+  d["free_host_blocks"] = s.free_host_blocks;
+  d["num_sequences"] = s.num_sequences;
+  d["num_swapped_sequences"] = s.num_swapped_sequences;
+  d["blocks_allocated"] = s.blocks_allocated;
+  d["allocation_failures"] = s.allocation_failures;
+  d["cow_copies"] = s.cow_copies;
+  d["swap_outs"] = s.swap_outs;
+  d["swap_ins"] = s.swap_ins;
+  d["blocks_swapped_out"] = s.blocks_swapped_out;
+  d["blocks_swapped_in"] = s.blocks_swapped_in;
+  d["bytes_used"] = s.bytes_used;
+  d["bytes_total"] = s.bytes_total;
+  return d;
+}
+
+// Wraps a Python callable so that the C++ side may copy and destroy it without the GIL.
+PagedKvCache::PressureCallback WrapPressureCallback(py::object callable) {
+  std::shared_ptr<py::object> holder(new py::object(std::move(callable)), [](py::object* p) {
+    py::gil_scoped_acquire gil;
+    delete p;
+  });
+  return [holder](PressureLevel level) {
+    py::gil_scoped_acquire gil;
+    try {
+      (*holder)(PressureName(level));
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("ferrum_kv memory-pressure callback");
+    }
+  };
+}
+
+std::unique_ptr<PagedKvCache> MakeCache(const CacheConfig& config) {
+  FKV_CHECK_ARG(!config.enable_prefix_caching,
+                "enable_prefix_caching=True is not implemented yet (prefix caching is a later "
+                "component); construct the cache with enable_prefix_caching=False");
+  return std::make_unique<PagedKvCache>(config);
+}
+
+}  // namespace
+
+void BindCacheManager(py::module_& m) {
+  py::class_<PyBatchMetadata>(m, "BatchMetadata",
+                              "Per-step arrays for attention kernels, all int32: block_tables "
+                              "[B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], "
+                              "indices [nnz], last_block_len [B] (in (0, block_size]), "
+                              "slot_mapping [B] (slot of each sequence's last token).")
+      .def_readonly("block_tables", &PyBatchMetadata::block_tables)
+      .def_readonly("context_lens", &PyBatchMetadata::context_lens)
+      .def_readonly("indptr", &PyBatchMetadata::indptr)
+      .def_readonly("indices", &PyBatchMetadata::indices)
+      .def_readonly("last_block_len", &PyBatchMetadata::last_block_len)
+      .def_readonly("slot_mapping", &PyBatchMetadata::slot_mapping);
+
+  py::class_<PagedKvCache>(m, "PagedKvCache",
+                           "Sequences, block tables, copy-on-write fork, swap to the host tier "
+                           "and batch metadata over one BlockPool + KvStorage. Thread-safe; every "
+                           "call is all-or-nothing.")
+      .def(py::init(&MakeCache), py::arg("config"))
+      .def_property_readonly("config", &PagedKvCache::config)
+      .def_property_readonly("storage", &PagedKvCache::storage, "The device-tier KvStorage.")
+      .def_property_readonly("host_storage", &PagedKvCache::host_storage,
+                             "The host-tier KvStorage, or None without one.")
+      .def(
+          "add_sequence",
+          [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            py::gil_scoped_release release;
+            return cache.AddSequence(seq_id, data, n);
+          },
+          py::arg("seq_id"), py::arg("tokens"),
+          "Create seq_id holding tokens (1-D int array, >= 1 token) and allocate their blocks. "
+          "Returns the number of leading tokens already cached (0 without prefix caching).")
+      .def(
+          "append_tokens",
+          [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            py::gil_scoped_release release;
+            cache.AppendTokens(seq_id, data, n);
+          },
+          py::arg("seq_id"), py::arg("tokens"))
+      .def(
+          "append_batch",
+          [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle tokens_obj) {
+            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            FKV_CHECK_ARG(seq_ids.size() == tokens.size(),
+                          "seq_ids and tokens must have the same length, got "
+                              << seq_ids.size() << " and " << tokens.size());
+            const int64_t* ids = seq_ids.data();
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            py::gil_scoped_release release;
+            cache.AppendBatch(ids, data, n);
+          },
+          py::arg("seq_ids"), py::arg("tokens"),
+          "One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing.")
+      .def("can_allocate", &PagedKvCache::CanAllocate, py::arg("num_tokens"))
+      .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id"), py::arg("num_tokens"))
+      .def("mark_computed", &PagedKvCache::MarkComputed, py::arg("seq_id"),
+           py::arg("num_tokens"))
+      .def("fork", &PagedKvCache::Fork, py::arg("parent_id"), py::arg("child_id"),
+           py::call_guard<py::gil_scoped_release>(),
+           "child shares every block of parent; the first append into a shared, partly filled "
+           "block copies it first.")
+      .def("free_sequence", &PagedKvCache::FreeSequence, py::arg("seq_id"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("swap_out", &PagedKvCache::SwapOut, py::arg("seq_id"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Copy the sequence's blocks to the host tier and free its device blocks.")
+      .def("swap_in", &PagedKvCache::SwapIn, py::arg("seq_id"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Copy the sequence back into fresh device blocks (its block ids may change).")
+      .def("is_swapped", &PagedKvCache::IsSwapped, py::arg("seq_id"))
+      .def("num_tokens", &PagedKvCache::NumTokens, py::arg("seq_id"))
+      .def(
+          "tokens",
+          [](const PagedKvCache& cache, SeqId seq_id) {
+            std::vector<int32_t> tokens = cache.Tokens(seq_id);
+            const py::ssize_t n = py::ssize_t(tokens.size());
+            return MoveToArray(std::move(tokens), {n});
+          },
+          py::arg("seq_id"), "The sequence's token ids (int32 copy).")
+      .def(
+          "block_table",
+          [](const PagedKvCache& cache, SeqId seq_id) {
+            std::vector<BlockId> blocks = cache.BlockTable(seq_id);
+            const py::ssize_t n = py::ssize_t(blocks.size());
+            return MoveToArray(std::move(blocks), {n});
+          },
+          py::arg("seq_id"),
+          "The sequence's block ids (int32 copy; host-tier ids while swapped out).")
+      .def(
+          "slot_mapping",
+          [](const PagedKvCache& cache, SeqId seq_id, int64_t start, int64_t end) {
+            std::vector<int32_t> slots = cache.SlotMapping(seq_id, start, end);
+            const py::ssize_t n = py::ssize_t(slots.size());
+            return MoveToArray(std::move(slots), {n});
+          },
+          py::arg("seq_id"), py::arg("start"), py::arg("end"),
+          "int32 slots (block_id * block_size + offset) of token positions [start, end).")
+      .def(
+          "batch_metadata",
+          [](const PagedKvCache& cache, py::handle seq_ids_obj) {
+            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const int64_t* ids = seq_ids.data();
+            const int64_t n = seq_ids.size();
+            BatchMetadata metadata;
+            {
+              py::gil_scoped_release release;
+              metadata = cache.BuildBatchMetadata(ids, n);
+            }
+            return ToPython(std::move(metadata));
+          },
+          py::arg("seq_ids"), "BatchMetadata for resident sequences (new int32 arrays).")
+      .def(
+          "write_kv",
+          [](PagedKvCache& cache, int32_t layer, py::handle slots_obj, const py::array& k,
+             const py::array& v) {
+            const Int32Array slots = AsInt32Vector(slots_obj, "slots");
+            const CacheConfig& c = cache.config();
+            const std::vector<py::ssize_t> shape = {slots.size(), c.num_kv_heads, c.head_dim};
+            const DType k_dtype = CheckFloatArray(k, "k", shape, c.dtype);
+            const DType v_dtype = CheckFloatArray(v, "v", shape, c.dtype);
+            FKV_CHECK_ARG(k_dtype == v_dtype, "k and v must have the same dtype");
+            const int32_t* slot_data = slots.data();
+            const int64_t n = slots.size();
+            const void* k_data = k.data();
+            const void* v_data = v.data();
+            py::gil_scoped_release release;
+            cache.WriteKv(layer, slot_data, n, k_data, v_data, k_dtype);
+          },
+          py::arg("layer"), py::arg("slots"), py::arg("k"), py::arg("v"),
+          "Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into "
+          "slots ([n] int32); slot -1 is skipped. Every slot is validated before any write.")
+      .def(
+          "gather_kv",
+          [](const PagedKvCache& cache, SeqId seq_id, int32_t layer) {
+            std::vector<uint8_t> k, v;
+            int64_t num_tokens;
+            {
+              py::gil_scoped_release release;
+              num_tokens = cache.GatherKv(seq_id, layer, &k, &v);
+            }
+            const CacheConfig& c = cache.config();
+            const std::vector<py::ssize_t> shape = {num_tokens, c.num_kv_heads, c.head_dim};
+            const py::dtype dtype = NumpyDTypeOf(c.dtype);
+            return py::make_tuple(MoveToArray(std::move(k), dtype, shape),
+                                  MoveToArray(std::move(v), dtype, shape));
+          },
+          py::arg("seq_id"), py::arg("layer"),
+          "Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage "
+          "dtype, in token order, from whichever tier holds the sequence.")
+      .def("stats", [](const PagedKvCache& cache) { return StatsDict(cache.Stats()); },
+           "Counters as a dict of ints.")
+      .def_property_readonly(
+          "memory_pressure",
+          [](const PagedKvCache& cache) { return PressureName(cache.MemoryPressure()); },
+          "'low' | 'high' | 'critical' by the free-block watermarks of the config.")
+      .def(
+          "set_pressure_callback",
+          [](PagedKvCache& cache, py::object callback) {
+            cache.SetPressureCallback(callback.is_none() ? nullptr
+                                                         : WrapPressureCallback(callback));
+          },
+          py::arg("callback"),
+          "callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call "
+          "changes memory_pressure; None removes it. Exceptions it raises are reported as "
+          "unraisable, never propagated.")
+      .def("check_invariants", &PagedKvCache::CheckInvariants,
+           py::call_guard<py::gil_scoped_release>())
+      .def("__contains__", &PagedKvCache::Contains, py::arg("seq_id"))
+      .def("__len__", &PagedKvCache::NumSequences);
+}
+
+}  // namespace ferrum_kv::bindings

@@ -1,0 +1,182 @@
+// PagedKvCache: sequences, block tables, copy-on-write fork, swap to a host tier, batch metadata.
+//
+// A serving engine's scheduler drives it once per step: add_sequence for new requests,
+// append_batch for a decode step, batch_metadata for the attention kernels, free_sequence when a
+// request finishes, swap_out / swap_in when it preempts.
+//
+// Ownership: the device tier is a BlockPool + KvStorage of config.num_blocks blocks; the host
+// tier (config.num_host_blocks > 0) another pair of the same geometry. Every block held by a
+// sequence's table holds one reference in its tier's pool; fork shares blocks by adding
+// references.
+//
+// Copy-on-write: appending into a partly filled last block that another sequence also holds
+// first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
+// shared: nothing is ever written into them.
+//
+// Invariants (CheckInvariants):
+//   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
+//   free + used == total in each pool (BlockPool::CheckInvariants)
+//   every table covers exactly ceil(num_tokens / block_size) blocks; num_tokens >= 1
+//   0 <= num_computed <= num_tokens
+//
+// Errors: all-or-nothing. OutOfBlocksError when a tier lacks blocks (nothing changes);
+// UnknownSequence (KeyError) for a seq_id the cache does not hold; InvalidArgument for a seq_id
+// that already exists, empty or negative tokens, bad ranges; InvalidStateError for an operation
+// the sequence's state forbids (append / fork / metadata of a swapped-out sequence, swap_in of a
+// resident one, swap_out without a host tier is OutOfBlocksError).
+//
+// Thread safety: thread-safe. One mutex over all metadata, held for O(work of the call); block
+// copies for copy-on-write and swap happen under it. WriteKv takes no lock (the scheduler
+// guarantees no concurrent free of the blocks it writes). The pressure callback runs in the
+// calling thread after the mutex is released; with concurrent callers notifications may arrive
+// out of order (each carries the level at the time of its change).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "ferrum_kv/batch_metadata.h"
+#include "ferrum_kv/block_pool.h"
+#include "ferrum_kv/config.h"
+#include "ferrum_kv/kv_storage.h"
+#include "ferrum_kv/memory_pressure.h"
+#include "ferrum_kv/sequence.h"
+#include "ferrum_kv/support/mutex.h"
+
+namespace ferrum_kv {
+
+struct CacheStats {
+  int64_t num_blocks = 0;
+  int64_t free_blocks = 0;
+  int64_t used_blocks = 0;
+  int64_t num_host_blocks = 0;
+  int64_t free_host_blocks = 0;
+  int64_t num_sequences = 0;
+  int64_t num_swapped_sequences = 0;
+  int64_t blocks_allocated = 0;      // device blocks handed to sequences (incl. copies)
+  int64_t allocation_failures = 0;   // calls that raised OutOfBlocksError
+  int64_t cow_copies = 0;            // blocks copied by copy-on-write
+  int64_t swap_outs = 0;             // sequences swapped out
+  int64_t swap_ins = 0;              // sequences swapped in
+  int64_t blocks_swapped_out = 0;
+  int64_t blocks_swapped_in = 0;
+  int64_t bytes_used = 0;            // device bytes of used blocks
+  int64_t bytes_total = 0;           // device arena bytes
+};
+
+class PagedKvCache {
+ public:
+  using PressureCallback = std::function<void(PressureLevel)>;
+
+  // Throws InvalidArgument on a bad config, std::bad_alloc without the memory.
+  explicit PagedKvCache(const CacheConfig& config);
+  PagedKvCache(const PagedKvCache&) = delete;
+  PagedKvCache& operator=(const PagedKvCache&) = delete;
+
+  const CacheConfig& config() const { return config_; }
+  const std::shared_ptr<KvStorage>& storage() const { return storage_; }
+  // Null when config.num_host_blocks == 0.
+  const std::shared_ptr<KvStorage>& host_storage() const { return host_storage_; }
+
+  // Creates seq_id with tokens[0..n) (n >= 1) and allocates their blocks. Returns the number of
+  // leading tokens whose K/V is already cached (0: prefix caching comes in a later component).
+  int64_t AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
+  // Appends n >= 0 tokens, allocating blocks only when the last one fills.
+  void AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
+  // One decode step: tokens[i] is appended to seq_ids[i]; seq_ids must be distinct. One
+  // all-or-nothing allocation for the whole batch.
+  void AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
+  bool CanAllocate(int64_t num_tokens) const;
+  // False for a swapped-out sequence; UnknownSequence for an unknown one.
+  bool CanAppend(SeqId seq_id, int64_t num_tokens) const FKV_EXCLUDES(mu_);
+  // Records that the K/V of the first num_tokens tokens is written (monotonic).
+  void MarkComputed(SeqId seq_id, int64_t num_tokens) FKV_EXCLUDES(mu_);
+  void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
+  void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
+  // Copies the sequence's blocks to the host tier and frees its device blocks, or back into
+  // freshly allocated device blocks (the block table changes).
+  void SwapOut(SeqId seq_id) FKV_EXCLUDES(mu_);
+  void SwapIn(SeqId seq_id) FKV_EXCLUDES(mu_);
+
+  bool Contains(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  bool IsSwapped(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  int64_t NumSequences() const FKV_EXCLUDES(mu_);
+  int64_t NumTokens(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  std::vector<int32_t> Tokens(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  std::vector<BlockId> BlockTable(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  // Slots of token positions [start, end), 0 <= start <= end <= num_tokens; resident only.
+  std::vector<int32_t> SlotMapping(SeqId seq_id, int64_t start, int64_t end) const
+      FKV_EXCLUDES(mu_);
+  // Metadata for resident sequences seq_ids[0..n) (repeats allowed).
+  BatchMetadata BuildBatchMetadata(const SeqId* seq_ids, int64_t n) const FKV_EXCLUDES(mu_);
+
+  // Scatters n tokens' K/V into device slots (KvStorage::WriteTokens).
+  void WriteKv(int32_t layer, const int32_t* slots, int64_t n, const void* k, const void* v,
+               DType src_dtype);
+  // Copies the sequence's K and V of layer, in token order, in the storage dtype, from whichever
+  // tier holds it. Returns num_tokens; k and v are resized to num_tokens * num_kv_heads *
+  // head_dim * element size bytes.
+  int64_t GatherKv(SeqId seq_id, int32_t layer, std::vector<uint8_t>* k,
+                   std::vector<uint8_t>* v) const FKV_EXCLUDES(mu_);
+
+  CacheStats Stats() const FKV_EXCLUDES(mu_);
+  PressureLevel MemoryPressure() const;
+  // Called with the new level whenever a call changes it. Pass nullptr to remove.
+  void SetPressureCallback(PressureCallback callback) FKV_EXCLUDES(mu_);
+
+  // Throws InvariantError if an invariant above does not hold.
+  void CheckInvariants() const FKV_EXCLUDES(mu_);
+
+ private:
+  Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
+  const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
+  Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
+  // Blocks an append of n tokens to seq needs: new blocks, plus one if the partly filled last
+  // block is still shared after tail_copies_before earlier holders copied it (copy-on-write).
+  int64_t BlocksNeededToAppend(const Sequence& seq, int64_t n,
+                               int32_t tail_copies_before = 0) const FKV_REQUIRES(mu_);
+  // Within one AppendBatch: how many earlier batch members hold seq's shared, partly filled last
+  // block (and will have copied it by the time seq appends). Records seq as one more.
+  int32_t CountEarlierTailCopies(const Sequence& seq) FKV_REQUIRES(mu_);
+  // Appends tokens to a resident sequence, taking the blocks it needs from fresh[*next...].
+  void AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n, const BlockId* fresh,
+                        int64_t* next) FKV_REQUIRES(mu_);
+  // Allocates n device blocks into scratch_, counting failures. Throws OutOfBlocksError.
+  void AllocateDevice(int64_t n) FKV_REQUIRES(mu_);
+  // Runs body under the mutex, then, if the call changed the memory pressure level, the pressure
+  // callback with the mutex released.
+  template <typename Body>
+  void Mutate(Body&& body) FKV_EXCLUDES(mu_);
+  static void CheckTokens(const int32_t* tokens, int64_t n);
+
+  const CacheConfig config_;
+  std::shared_ptr<KvStorage> storage_;
+  std::shared_ptr<KvStorage> host_storage_;
+  BlockPool pool_;
+  std::unique_ptr<BlockPool> host_pool_;
+
+  mutable Mutex mu_;
+  std::unordered_map<SeqId, Sequence> sequences_ FKV_GUARDED_BY(mu_);
+  std::vector<BlockId> scratch_ FKV_GUARDED_BY(mu_);
+  std::vector<Sequence*> batch_scratch_ FKV_GUARDED_BY(mu_);
+  std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
+  uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
+  int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
+  PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
+  std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
+
+  std::atomic<int64_t> blocks_allocated_{0};
+  std::atomic<int64_t> allocation_failures_{0};
+  std::atomic<int64_t> cow_copies_{0};
+  std::atomic<int64_t> swap_outs_{0};
+  std::atomic<int64_t> swap_ins_{0};
+  std::atomic<int64_t> blocks_swapped_out_{0};
+  std::atomic<int64_t> blocks_swapped_in_{0};
+};
+
+}  // namespace ferrum_kv

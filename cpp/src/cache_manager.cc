@@ -1,0 +1,454 @@
+#include "ferrum_kv/cache_manager.h"
+
+#include <algorithm>
+
+#include "ferrum_kv/support/check.h"
+
+namespace ferrum_kv {
+
+namespace {
+std::shared_ptr<KvStorage> MaybeStorage(const CacheConfig& config, int64_t num_blocks) {
+  return num_blocks > 0 ? std::make_shared<KvStorage>(config, num_blocks) : nullptr;
+}
+}  // namespace
+
+PagedKvCache::PagedKvCache(const CacheConfig& config)
+    : config_((config.Validate(), config)),
+      storage_(std::make_shared<KvStorage>(config_)),
+      host_storage_(MaybeStorage(config_, config_.num_host_blocks)),
+      pool_(config_.num_blocks),
+      host_pool_(config_.num_host_blocks > 0 ? std::make_unique<BlockPool>(config_.num_host_blocks)
+                                             : nullptr) {
+  MutexLock lock(&mu_);
+  last_pressure_ = MemoryPressure();
+}
+
+template <typename Body>
+void PagedKvCache::Mutate(Body&& body) {
+  std::shared_ptr<const PressureCallback> callback;
+  PressureLevel level;
+  {
+    MutexLock lock(&mu_);
+    body();
+    level = MemoryPressure();
+    if (level != last_pressure_) {
+      last_pressure_ = level;
+      callback = pressure_callback_;
+    }
+  }
+  if (callback) (*callback)(level);
+}
+
+void PagedKvCache::CheckTokens(const int32_t* tokens, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    FKV_CHECK_ARG(tokens[i] >= 0, "tokens[" << i << "] = " << tokens[i] << " is negative");
+  }
+}
+
+Sequence& PagedKvCache::Find(SeqId seq_id) {
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
+  return it->second;
+}
+
+const Sequence& PagedKvCache::Find(SeqId seq_id) const {
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
+  return it->second;
+}
+
+Sequence& PagedKvCache::FindResident(SeqId seq_id, const char* operation) {
+  Sequence& seq = Find(seq_id);
+  if (seq.swapped) {
+    FKV_THROW(InvalidStateError, "cannot " << operation << " sequence " << seq_id
+                                           << ": it is swapped out (swap_in first)");
+  }
+  return seq;
+}
+
+void PagedKvCache::AllocateDevice(int64_t n) {
+  if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
+  try {
+    pool_.Allocate(n, scratch_.data());
+  } catch (const OutOfBlocksError&) {
+    allocation_failures_.fetch_add(1, std::memory_order_relaxed);
+    throw;
+  }
+  blocks_allocated_.fetch_add(n, std::memory_order_relaxed);
+}
+
+int64_t PagedKvCache::BlocksNeededToAppend(const Sequence& seq, int64_t n,
+                                           int32_t tail_copies_before) const {
+  if (n == 0) return 0;
+  const int64_t num_tokens = int64_t(seq.tokens.size());
+  const int64_t new_blocks =
+      BlocksForTokens(num_tokens + n, config_.block_size) - int64_t(seq.blocks.size());
+  const bool copy_on_write = num_tokens % config_.block_size != 0 &&
+                             pool_.RefCount(seq.blocks.back()) - tail_copies_before > 1;
+  return new_blocks + (copy_on_write ? 1 : 0);
+}
+
+void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n,
+                                    const BlockId* fresh, int64_t* next) {
+  if (n == 0) return;
+  const int64_t num_tokens = int64_t(seq.tokens.size());
+  if (num_tokens % config_.block_size != 0 && pool_.RefCount(seq.blocks.back()) > 1) {
+    const BlockId shared = seq.blocks.back();
+    const BlockId copy = fresh[(*next)++];
+    storage_->CopyBlock(shared, copy);
+    pool_.Free(&shared, 1);
+    seq.blocks.back() = copy;
+    cow_copies_.fetch_add(1, std::memory_order_relaxed);
+  }
+  const int64_t new_blocks =
+      BlocksForTokens(num_tokens + n, config_.block_size) - int64_t(seq.blocks.size());
+  for (int64_t i = 0; i < new_blocks; ++i) seq.blocks.push_back(fresh[(*next)++]);
+  seq.tokens.insert(seq.tokens.end(), tokens, tokens + n);
+}
+
+int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n) {
+  FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
+  CheckTokens(tokens, n);
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
+    const int64_t needed = BlocksForTokens(n, config_.block_size);
+    AllocateDevice(needed);
+    Sequence seq;
+    seq.blocks.assign(scratch_.begin(), scratch_.begin() + needed);
+    seq.tokens.assign(tokens, tokens + n);
+    sequences_.emplace(seq_id, std::move(seq));
+  });
+  return 0;
+}
+
+void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) {
+  FKV_CHECK_ARG(n >= 0, "token count must be >= 0, got " << n);
+  CheckTokens(tokens, n);
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    Sequence& seq = FindResident(seq_id, "append to");
+    const int64_t needed = BlocksNeededToAppend(seq, n);
+    AllocateDevice(needed);
+    int64_t next = 0;
+    AppendWithBlocks(seq, tokens, n, scratch_.data(), &next);
+  });
+}
+
+void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) {
+  FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
+  CheckTokens(tokens, n);
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    const uint64_t stamp = ++batch_stamp_;
+    batch_scratch_.clear();
+    shared_tails_.clear();
+    int64_t needed = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      Sequence& seq = FindResident(seq_ids[i], "append to");
+      FKV_CHECK_ARG(seq.batch_stamp != stamp,
+                    "seq_ids[" << i << "] = " << seq_ids[i] << " repeats in the batch");
+      seq.batch_stamp = stamp;
+      needed += BlocksNeededToAppend(seq, 1, CountEarlierTailCopies(seq));
+      batch_scratch_.push_back(&seq);
+    }
+    AllocateDevice(needed);
+    int64_t next = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      AppendWithBlocks(*batch_scratch_[i], tokens + i, 1, scratch_.data(), &next);
+    }
+  });
+}
+
+int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq) {
+  // Forked siblings in one batch may share a partly filled last block held by r tables: the
+  // first r - 1 of them copy it, the last one finds itself sole owner and writes in place.
+  if (seq.tokens.size() % config_.block_size == 0 || pool_.RefCount(seq.blocks.back()) == 1) {
+    return 0;
+  }
+  for (auto& [block, count] : shared_tails_) {
+    if (block == seq.blocks.back()) return count++;
+  }
+  shared_tails_.emplace_back(seq.blocks.back(), 1);
+  return 0;
+}
+
+bool PagedKvCache::CanAllocate(int64_t num_tokens) const {
+  FKV_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got " << num_tokens);
+  return BlocksForTokens(num_tokens, config_.block_size) <= pool_.num_free_blocks();
+}
+
+bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
+  FKV_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got " << num_tokens);
+  MutexLock lock(&mu_);
+  const Sequence& seq = Find(seq_id);
+  if (seq.swapped) return false;
+  return BlocksNeededToAppend(seq, num_tokens) <= pool_.num_free_blocks();
+}
+
+void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
+  MutexLock lock(&mu_);
+  Sequence& seq = Find(seq_id);
+  FKV_CHECK_ARG(num_tokens >= 0 && num_tokens <= int64_t(seq.tokens.size()),
+                "num_tokens must be in [0, " << seq.tokens.size() << "] for sequence " << seq_id
+                                             << ", got " << num_tokens);
+  seq.num_computed = std::max(seq.num_computed, num_tokens);
+}
+
+void PagedKvCache::Fork(SeqId parent, SeqId child) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    const Sequence& source = FindResident(parent, "fork");
+    FKV_CHECK_ARG(sequences_.count(child) == 0, "sequence " << child << " already exists");
+    Sequence copy = source;
+    pool_.IncRef(copy.blocks.data(), int64_t(copy.blocks.size()));
+    sequences_.emplace(child, std::move(copy));
+  });
+}
+
+void PagedKvCache::FreeSequence(SeqId seq_id) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    auto it = sequences_.find(seq_id);
+    if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
+    const Sequence& seq = it->second;
+    BlockPool& pool = seq.swapped ? *host_pool_ : pool_;
+    pool.Free(seq.blocks.data(), int64_t(seq.blocks.size()));
+    if (seq.swapped) --num_swapped_;
+    sequences_.erase(it);
+  });
+}
+
+void PagedKvCache::SwapOut(SeqId seq_id) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    Sequence& seq = FindResident(seq_id, "swap out");
+    const int64_t n = int64_t(seq.blocks.size());
+    if (!host_pool_) {
+      allocation_failures_.fetch_add(1, std::memory_order_relaxed);
+      FKV_THROW(OutOfBlocksError, "cannot swap out sequence " << seq_id
+                                      << ": the cache has no host tier (num_host_blocks=0)");
+    }
+    std::vector<BlockId> host_blocks(static_cast<size_t>(n));
+    try {
+      host_pool_->Allocate(n, host_blocks.data());
+    } catch (const OutOfBlocksError& e) {
+      allocation_failures_.fetch_add(1, std::memory_order_relaxed);
+      FKV_THROW(OutOfBlocksError, "cannot swap out sequence " << seq_id << " (host tier): "
+                                                              << e.what());
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      KvStorage::CopyBlockBetween(*storage_, seq.blocks[i], *host_storage_, host_blocks[i]);
+    }
+    pool_.Free(seq.blocks.data(), n);
+    seq.blocks = std::move(host_blocks);
+    seq.swapped = true;
+    ++num_swapped_;
+    swap_outs_.fetch_add(1, std::memory_order_relaxed);
+    blocks_swapped_out_.fetch_add(n, std::memory_order_relaxed);
+  });
+}
+
+void PagedKvCache::SwapIn(SeqId seq_id) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    Sequence& seq = Find(seq_id);
+    if (!seq.swapped) {
+      FKV_THROW(InvalidStateError, "cannot swap in sequence " << seq_id << ": it is resident");
+    }
+    const int64_t n = int64_t(seq.blocks.size());
+    AllocateDevice(n);
+    for (int64_t i = 0; i < n; ++i) {
+      KvStorage::CopyBlockBetween(*host_storage_, seq.blocks[i], *storage_, scratch_[i]);
+    }
+    host_pool_->Free(seq.blocks.data(), n);
+    seq.blocks.assign(scratch_.begin(), scratch_.begin() + n);
+    seq.swapped = false;
+    --num_swapped_;
+    swap_ins_.fetch_add(1, std::memory_order_relaxed);
+    blocks_swapped_in_.fetch_add(n, std::memory_order_relaxed);
+  });
+}
+
+bool PagedKvCache::Contains(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return sequences_.count(seq_id) != 0;
+}
+
+bool PagedKvCache::IsSwapped(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return Find(seq_id).swapped;
+}
+
+int64_t PagedKvCache::NumSequences() const {
+  MutexLock lock(&mu_);
+  return int64_t(sequences_.size());
+}
+
+int64_t PagedKvCache::NumTokens(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return int64_t(Find(seq_id).tokens.size());
+}
+
+std::vector<int32_t> PagedKvCache::Tokens(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return Find(seq_id).tokens;
+}
+
+std::vector<BlockId> PagedKvCache::BlockTable(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return Find(seq_id).blocks;
+}
+
+std::vector<int32_t> PagedKvCache::SlotMapping(SeqId seq_id, int64_t start, int64_t end) const {
+  MutexLock lock(&mu_);
+  const Sequence& seq = Find(seq_id);
+  if (seq.swapped) {
+    FKV_THROW(InvalidStateError,
+              "sequence " << seq_id << " is swapped out: it has no device slots");
+  }
+  const int64_t num_tokens = int64_t(seq.tokens.size());
+  FKV_CHECK_ARG(0 <= start && start <= end && end <= num_tokens,
+                "need 0 <= start <= end <= num_tokens=" << num_tokens << ", got start=" << start
+                                                        << ", end=" << end);
+  const int32_t block_size = config_.block_size;
+  std::vector<int32_t> slots(size_t(end - start));
+  for (int64_t pos = start; pos < end; ++pos) {
+    slots[pos - start] = seq.blocks[pos / block_size] * block_size + int32_t(pos % block_size);
+  }
+  return slots;
+}
+
+BatchMetadata PagedKvCache::BuildBatchMetadata(const SeqId* seq_ids, int64_t n) const {
+  FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
+  MutexLock lock(&mu_);
+  std::vector<const Sequence*> batch(static_cast<size_t>(n));
+  BatchMetadata m;
+  m.batch_size = n;
+  int64_t nnz = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Sequence& seq = Find(seq_ids[i]);
+    if (seq.swapped) {
+      FKV_THROW(InvalidStateError, "seq_ids[" << i << "] = " << seq_ids[i]
+                                              << " is swapped out (swap_in first)");
+    }
+    batch[i] = &seq;
+    m.max_blocks = std::max<int64_t>(m.max_blocks, int64_t(seq.blocks.size()));
+    nnz += int64_t(seq.blocks.size());
+  }
+  const int32_t block_size = config_.block_size;
+  m.block_tables.assign(size_t(n * m.max_blocks), kNullBlock);
+  m.context_lens.resize(size_t(n));
+  m.indptr.resize(size_t(n + 1));
+  m.indices.resize(size_t(nnz));
+  m.last_block_len.resize(size_t(n));
+  m.slot_mapping.resize(size_t(n));
+  m.indptr[0] = 0;
+  int32_t* indices = m.indices.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const Sequence& seq = *batch[i];
+    const int32_t num_tokens = int32_t(seq.tokens.size());
+    const int64_t num_blocks = int64_t(seq.blocks.size());
+    std::copy(seq.blocks.begin(), seq.blocks.end(), m.block_tables.begin() + i * m.max_blocks);
+    std::copy(seq.blocks.begin(), seq.blocks.end(), indices);
+    indices += num_blocks;
+    m.context_lens[i] = num_tokens;
+    m.indptr[i + 1] = m.indptr[i] + int32_t(num_blocks);
+    m.last_block_len[i] = num_tokens - int32_t(num_blocks - 1) * block_size;
+    m.slot_mapping[i] = seq.blocks.back() * block_size + (num_tokens - 1) % block_size;
+  }
+  return m;
+}
+
+void PagedKvCache::WriteKv(int32_t layer, const int32_t* slots, int64_t n, const void* k,
+                           const void* v, DType src_dtype) {
+  storage_->WriteTokens(layer, slots, n, k, v, src_dtype);
+}
+
+int64_t PagedKvCache::GatherKv(SeqId seq_id, int32_t layer, std::vector<uint8_t>* k,
+                               std::vector<uint8_t>* v) const {
+  MutexLock lock(&mu_);
+  const Sequence& seq = Find(seq_id);
+  const KvStorage& storage = seq.swapped ? *host_storage_ : *storage_;
+  const int64_t num_tokens = int64_t(seq.tokens.size());
+  const int32_t block_size = config_.block_size;
+  std::vector<int32_t> slots(static_cast<size_t>(num_tokens));
+  for (int64_t pos = 0; pos < num_tokens; ++pos) {
+    slots[pos] = seq.blocks[pos / block_size] * block_size + int32_t(pos % block_size);
+  }
+  const size_t bytes =
+      size_t(num_tokens * storage.ElementsPerToken() * DTypeSize(storage.dtype()));
+  k->resize(bytes);
+  v->resize(bytes);
+  storage.ReadTokens(layer, slots.data(), num_tokens, k->data(), v->data());
+  return num_tokens;
+}
+
+CacheStats PagedKvCache::Stats() const {
+  CacheStats s;
+  s.num_blocks = pool_.num_blocks();
+  s.free_blocks = pool_.num_free_blocks();
+  s.used_blocks = pool_.num_used_blocks();
+  s.num_host_blocks = host_pool_ ? host_pool_->num_blocks() : 0;
+  s.free_host_blocks = host_pool_ ? host_pool_->num_free_blocks() : 0;
+  {
+    MutexLock lock(&mu_);
+    s.num_sequences = int64_t(sequences_.size());
+    s.num_swapped_sequences = num_swapped_;
+  }
+  s.blocks_allocated = blocks_allocated_.load(std::memory_order_relaxed);
+  s.allocation_failures = allocation_failures_.load(std::memory_order_relaxed);
+  s.cow_copies = cow_copies_.load(std::memory_order_relaxed);
+  s.swap_outs = swap_outs_.load(std::memory_order_relaxed);
+  s.swap_ins = swap_ins_.load(std::memory_order_relaxed);
+  s.blocks_swapped_out = blocks_swapped_out_.load(std::memory_order_relaxed);
+  s.blocks_swapped_in = blocks_swapped_in_.load(std::memory_order_relaxed);
+  s.bytes_used = s.used_blocks * storage_->bytes_per_block();
+  s.bytes_total = storage_->total_bytes();
+  return s;
+}
+
+PressureLevel PagedKvCache::MemoryPressure() const {
+  return ClassifyPressure(pool_.num_free_blocks(), pool_.num_blocks(), config_.high_watermark,
+                          config_.critical_watermark);
+}
+
+void PagedKvCache::SetPressureCallback(PressureCallback callback) {
+  auto shared = callback ? std::make_shared<const PressureCallback>(std::move(callback)) : nullptr;
+  MutexLock lock(&mu_);
+  pressure_callback_.swap(shared);
+  // The previous callback is released here, under the lock but after the swap; its destructor
+  // must not call back into the cache.
+}
+
+void PagedKvCache::CheckInvariants() const {
+  pool_.CheckInvariants();
+  if (host_pool_) host_pool_->CheckInvariants();
+  MutexLock lock(&mu_);
+  std::vector<int32_t> device_refs(size_t(pool_.num_blocks()), 0);
+  std::vector<int32_t> host_refs(size_t(host_pool_ ? host_pool_->num_blocks() : 0), 0);
+  int64_t swapped = 0;
+  for (const auto& [seq_id, seq] : sequences_) {
+    const int64_t num_tokens = int64_t(seq.tokens.size());
+    FKV_CHECK_INVARIANT(num_tokens >= 1, "sequence " << seq_id << " has no tokens");
+    FKV_CHECK_INVARIANT(
+        int64_t(seq.blocks.size()) == BlocksForTokens(num_tokens, config_.block_size),
+        "sequence " << seq_id << " has " << seq.blocks.size() << " blocks for " << num_tokens
+                    << " tokens");
+    FKV_CHECK_INVARIANT(seq.num_computed >= 0 && seq.num_computed <= num_tokens,
+                        "sequence " << seq_id << " num_computed " << seq.num_computed);
+    std::vector<int32_t>& refs = seq.swapped ? host_refs : device_refs;
+    swapped += seq.swapped;
+    for (BlockId block : seq.blocks) {
+      FKV_CHECK_INVARIANT(block >= 0 && block < int64_t(refs.size()),
+                          "sequence " << seq_id << " holds block " << block);
+      ++refs[block];
+    }
+  }
+  FKV_CHECK_INVARIANT(swapped == num_swapped_, swapped << " vs " << num_swapped_);
+  for (BlockId b = 0; b < BlockId(device_refs.size()); ++b) {
+    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b],
+                        "device block " << b << " ref_count " << pool_.RefCount(b) << ", held by "
+                                        << device_refs[b] << " tables");
+  }
+  for (BlockId b = 0; b < BlockId(host_refs.size()); ++b) {
+    FKV_CHECK_INVARIANT(host_pool_->RefCount(b) == host_refs[b],
+                        "host block " << b << " ref_count " << host_pool_->RefCount(b)
+                                      << ", held by " << host_refs[b] << " tables");
+  }
+}
+
+}  // namespace ferrum_kv

@@ -55,6 +55,12 @@ py::dict StatsDict(const CacheStats& s) {
   d["blocks_swapped_in"] = s.blocks_swapped_in;
   d["bytes_used"] = s.bytes_used;
   d["bytes_total"] = s.bytes_total;
+  d["cached_blocks"] = s.cached_blocks;
+  d["evictable_blocks"] = s.evictable_blocks;
+  d["prefix_query_tokens"] = s.prefix_query_tokens;
+  d["prefix_hit_tokens"] = s.prefix_hit_tokens;
+  d["evictions"] = s.evictions;
+  d["events_dropped"] = s.events_dropped;
   return d;
 }
 
@@ -74,11 +80,16 @@ PagedKvCache::PressureCallback WrapPressureCallback(py::object callable) {
   };
 }
 
-std::unique_ptr<PagedKvCache> MakeCache(const CacheConfig& config) {
-  FKV_CHECK_ARG(!config.enable_prefix_caching,
-                "enable_prefix_caching=True is not implemented yet (prefix caching is a later "
-                "component); construct the cache with enable_prefix_caching=False");
-  return std::make_unique<PagedKvCache>(config);
+py::dict EventDict(const CacheEvent& e) {
+  static const char* const kKinds[] = {"stored", "removed", "cleared"};
+  py::dict d;
+  d["seq_no"] = e.seq_no;
+  d["type"] = kKinds[int(e.kind)];
+  d["hash"] = e.kind == CacheEvent::Kind::kAllCleared
+                  ? py::bytes()
+                  : py::bytes(reinterpret_cast<const char*>(e.hash.data()), e.hash.size());
+  d["block_id"] = e.block;
+  return d;
 }
 
 }  // namespace
@@ -100,23 +111,30 @@ void BindCacheManager(py::module_& m) {
                            "Sequences, block tables, copy-on-write fork, swap to the host tier "
                            "and batch metadata over one BlockPool + KvStorage. Thread-safe; every "
                            "call is all-or-nothing.")
-      .def(py::init(&MakeCache), py::arg("config"))
+      .def(py::init<const CacheConfig&>(), py::arg("config"))
       .def_property_readonly("config", &PagedKvCache::config)
       .def_property_readonly("storage", &PagedKvCache::storage, "The device-tier KvStorage.")
       .def_property_readonly("host_storage", &PagedKvCache::host_storage,
                              "The host-tier KvStorage, or None without one.")
       .def(
           "add_sequence",
-          [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
+          [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj, const py::bytes& namespace_id,
+             int32_t priority) {
             const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
+            std::string ns = namespace_id;
             py::gil_scoped_release release;
-            return cache.AddSequence(seq_id, data, n);
+            return cache.AddSequence(seq_id, data, n, ns, priority);
           },
-          py::arg("seq_id"), py::arg("tokens"),
-          "Create seq_id holding tokens (1-D int array, >= 1 token) and allocate their blocks. "
-          "Returns the number of leading tokens already cached (0 without prefix caching).")
+          py::arg("seq_id"), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          py::arg("priority") = 0,
+          "Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With "
+          "prefix caching, reuses the longest run of leading full blocks cached under the same "
+          "namespace (bytes: tenant, model, adapter) and returns how many tokens that covers "
+          "(a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: "
+          "retention priority of the blocks it releases (priority_lru eviction keeps higher "
+          "ones longer).")
       .def(
           "append_tokens",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
@@ -239,6 +257,20 @@ void BindCacheManager(py::module_& m) {
           py::arg("seq_id"), py::arg("layer"),
           "Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage "
           "dtype, in token order, from whichever tier holds the sequence.")
+      .def("reset_prefix_cache", &PagedKvCache::ResetPrefixCache,
+           py::call_guard<py::gil_scoped_release>(),
+           "Drop every cached block that no sequence holds; blocks that sequences hold stay "
+           "with them but are no longer findable.")
+      .def(
+          "drain_events",
+          [](PagedKvCache& cache) {
+            py::list events;
+            for (const CacheEvent& e : cache.DrainEvents()) events.append(EventDict(e));
+            return events;
+          },
+          "Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per "
+          "event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes; empty for "
+          "'cleared') and block_id (-1 for 'cleared').")
       .def("stats", [](const PagedKvCache& cache) { return StatsDict(cache.Stats()); },
            "Counters as a dict of ints.")
       .def_property_readonly(

@@ -26,7 +26,8 @@ std::string Repr(const CacheConfig& c) {
       << "', num_host_blocks=" << c.num_host_blocks
       << ", enable_prefix_caching=" << (c.enable_prefix_caching ? "True" : "False")
       << ", high_watermark=" << c.high_watermark
-      << ", critical_watermark=" << c.critical_watermark << ")";
+      << ", critical_watermark=" << c.critical_watermark << ", eviction_policy='"
+      << EvictionPolicyName(c.eviction_policy) << "')";
   return out.str();
 }
 
@@ -39,7 +40,8 @@ void BindConfig(py::module_& m) {
       .def(py::init([](int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
                        int64_t block_size, int64_t num_blocks, const std::string& dtype,
                        int64_t num_host_blocks, bool enable_prefix_caching,
-                       double high_watermark, double critical_watermark) {
+                       double high_watermark, double critical_watermark,
+                       const std::string& eviction_policy) {
              CacheConfig c;
              c.num_layers = ToInt32(num_layers, "num_layers");
              c.num_kv_heads = ToInt32(num_kv_heads, "num_kv_heads");
@@ -51,13 +53,15 @@ void BindConfig(py::module_& m) {
              c.enable_prefix_caching = enable_prefix_caching;
              c.high_watermark = high_watermark;
              c.critical_watermark = critical_watermark;
+             c.eviction_policy = ParseEvictionPolicy(eviction_policy);
              c.Validate();
              return c;
            }),
            py::kw_only(), py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("head_dim"),
            py::arg("block_size"), py::arg("num_blocks"), py::arg("dtype") = "float32",
            py::arg("num_host_blocks") = 0, py::arg("enable_prefix_caching") = false,
-           py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02)
+           py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02,
+           py::arg("eviction_policy") = "lru")
       .def_readonly("num_layers", &CacheConfig::num_layers)
       .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
       .def_readonly("head_dim", &CacheConfig::head_dim)
@@ -68,6 +72,10 @@ void BindConfig(py::module_& m) {
       .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching)
       .def_readonly("high_watermark", &CacheConfig::high_watermark)
       .def_readonly("critical_watermark", &CacheConfig::critical_watermark)
+      .def_property_readonly(
+          "eviction_policy",
+          [](const CacheConfig& c) { return EvictionPolicyName(c.eviction_policy); },
+          "'lru' | 'fifo' | 'priority_lru': the order in which cached blocks are reclaimed.")
       .def_property_readonly("bytes_per_block", &CacheConfig::BytesPerBlock,
                              "Bytes of one block: K and V, all layers.")
       .def_property_readonly(

@@ -20,7 +20,10 @@ PagedKvCache::PagedKvCache(const CacheConfig& config)
       host_pool_(config_.num_host_blocks > 0 ? std::make_unique<BlockPool>(config_.num_host_blocks)
                                              : nullptr) {
   MutexLock lock(&mu_);
-  last_pressure_ = MemoryPressure();
+  if (config_.enable_prefix_caching) {
+    prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy);
+  }
+  last_pressure_ = PressureLocked();
 }
 
 template <typename Body>
@@ -30,7 +33,7 @@ void PagedKvCache::Mutate(Body&& body) {
   {
     MutexLock lock(&mu_);
     body();
-    level = MemoryPressure();
+    level = PressureLocked();
     if (level != last_pressure_) {
       last_pressure_ = level;
       callback = pressure_callback_;
@@ -66,15 +69,65 @@ Sequence& PagedKvCache::FindResident(SeqId seq_id, const char* operation) {
   return seq;
 }
 
+int64_t PagedKvCache::AvailableBlocks() const {
+  return pool_.num_free_blocks() + (prefix_ ? prefix_->evictable().size() : 0);
+}
+
+void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
+  allocation_failures_.fetch_add(1, std::memory_order_relaxed);
+  FKV_THROW(OutOfBlocksError, "cannot allocate " << needed << " blocks: only " << available
+                                                 << " of " << pool_.num_blocks()
+                                                 << " are free or evictable");
+}
+
 void PagedKvCache::AllocateDevice(int64_t n) {
-  if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
-  try {
-    pool_.Allocate(n, scratch_.data());
-  } catch (const OutOfBlocksError&) {
-    allocation_failures_.fetch_add(1, std::memory_order_relaxed);
-    throw;
+  if (n > AvailableBlocks()) ThrowOutOfBlocks(n, AvailableBlocks());
+  for (int64_t missing = n - pool_.num_free_blocks(); missing > 0; --missing) {
+    const BlockId victim = prefix_->evictable().PopVictim();
+    prefix_->Erase(victim);
+    pool_.Free(&victim, 1);  // the index's reference was the last one
+    ++evictions_;
   }
+  if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
+  pool_.Allocate(n, scratch_.data());
   blocks_allocated_.fetch_add(n, std::memory_order_relaxed);
+}
+
+void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority) {
+  pool_.Free(blocks.data(), int64_t(blocks.size()));
+  if (!prefix_) return;
+  // Last block first: the end of a prompt is evicted before its beginning.
+  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
+    const BlockId block = *it;
+    if (prefix_->IsCached(block) && !prefix_->evictable().Contains(block) &&
+        pool_.RefCount(block) == 1) {
+      prefix_->evictable().Add(block, priority, prefix_->PublishOrder(block));
+    }
+  }
+}
+
+void PagedKvCache::HashFullBlocks(Sequence& seq, int64_t num_full_blocks) const {
+  const int64_t have = int64_t(seq.block_hashes.size());
+  if (num_full_blocks <= have) return;
+  seq.block_hashes.resize(size_t(num_full_blocks));
+  const BlockHash& parent = have == 0 ? seq.root_hash : seq.block_hashes[have - 1];
+  HashBlocks(parent, seq.tokens.data() + have * config_.block_size, num_full_blocks - have,
+             config_.block_size, seq.block_hashes.data() + have);
+}
+
+void PagedKvCache::PublishComputed(Sequence& seq) {
+  const int64_t computed_blocks = seq.num_computed / config_.block_size;
+  if (computed_blocks <= seq.blocks_published) return;
+  HashFullBlocks(seq, computed_blocks);
+  for (int64_t i = seq.blocks_published; i < computed_blocks; ++i) {
+    const BlockId block = seq.blocks[i];
+    // Skip blocks already cached (reused or published through a sibling) and content another
+    // block already holds (two identical prompts computed side by side).
+    if (prefix_->IsCached(block) || prefix_->Find(seq.block_hashes[i]) != kNullBlock) continue;
+    prefix_->Insert(seq.block_hashes[i], block);
+    pool_.IncRef(&block, 1);
+  }
+  seq.blocks_published = computed_blocks;
 }
 
 int64_t PagedKvCache::BlocksNeededToAppend(const Sequence& seq, int64_t n,
@@ -106,19 +159,56 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
   seq.tokens.insert(seq.tokens.end(), tokens, tokens + n);
 }
 
-int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n) {
+int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
+                                  const std::string& namespace_id, int32_t priority) {
   FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
   CheckTokens(tokens, n);
+  const int32_t block_size = config_.block_size;
+  Sequence seq;
+  seq.tokens.assign(tokens, tokens + n);
+  seq.priority = priority;
+  if (config_.enable_prefix_caching) {
+    seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
+                             namespace_id.size());
+    HashFullBlocks(seq, n / block_size);  // outside the lock: the hashing is the expensive part
+  }
+  int64_t hit_blocks = 0;
   Mutate([&]() FKV_REQUIRES(mu_) {
     FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
-    const int64_t needed = BlocksForTokens(n, config_.block_size);
-    AllocateDevice(needed);
-    Sequence seq;
-    seq.blocks.assign(scratch_.begin(), scratch_.begin() + needed);
-    seq.tokens.assign(tokens, tokens + n);
+    if (prefix_) {
+      // At least the last token is always computed by the engine (it needs its logits).
+      const int64_t max_hit = (n - 1) / block_size;
+      int64_t evictable_hits = 0;
+      while (hit_blocks < max_hit) {
+        const BlockId block = prefix_->Find(seq.block_hashes[hit_blocks]);
+        if (block == kNullBlock) break;
+        seq.blocks.push_back(block);
+        evictable_hits += prefix_->evictable().Contains(block);
+        ++hit_blocks;
+      }
+      const int64_t needed = BlocksForTokens(n, block_size) - hit_blocks;
+      // Taking the hits makes them unevictable: check before changing anything.
+      if (needed > AvailableBlocks() - evictable_hits) {
+        ThrowOutOfBlocks(needed, AvailableBlocks() - evictable_hits);
+      }
+      for (BlockId block : seq.blocks) {
+        if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
+      }
+      pool_.IncRef(seq.blocks.data(), hit_blocks);
+      AllocateDevice(needed);
+      seq.blocks.insert(seq.blocks.end(), scratch_.begin(), scratch_.begin() + needed);
+      seq.num_computed = hit_blocks * block_size;
+      seq.blocks_published = hit_blocks;
+      prefix_query_tokens_ += n;
+      prefix_hit_tokens_ += hit_blocks * block_size;
+    } else {
+      const int64_t needed = BlocksForTokens(n, block_size);
+      AllocateDevice(needed);
+      seq.blocks.assign(scratch_.begin(), scratch_.begin() + needed);
+    }
     sequences_.emplace(seq_id, std::move(seq));
   });
-  return 0;
+  return hit_blocks * block_size;
 }
 
 void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) {
@@ -172,7 +262,8 @@ int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq) {
 
 bool PagedKvCache::CanAllocate(int64_t num_tokens) const {
   FKV_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got " << num_tokens);
-  return BlocksForTokens(num_tokens, config_.block_size) <= pool_.num_free_blocks();
+  MutexLock lock(&mu_);
+  return BlocksForTokens(num_tokens, config_.block_size) <= AvailableBlocks();
 }
 
 bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
@@ -180,7 +271,7 @@ bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
   MutexLock lock(&mu_);
   const Sequence& seq = Find(seq_id);
   if (seq.swapped) return false;
-  return BlocksNeededToAppend(seq, num_tokens) <= pool_.num_free_blocks();
+  return BlocksNeededToAppend(seq, num_tokens) <= AvailableBlocks();
 }
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
@@ -190,6 +281,7 @@ void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
                 "num_tokens must be in [0, " << seq.tokens.size() << "] for sequence " << seq_id
                                              << ", got " << num_tokens);
   seq.num_computed = std::max(seq.num_computed, num_tokens);
+  if (prefix_ && !seq.swapped) PublishComputed(seq);
 }
 
 void PagedKvCache::Fork(SeqId parent, SeqId child) {
@@ -207,9 +299,12 @@ void PagedKvCache::FreeSequence(SeqId seq_id) {
     auto it = sequences_.find(seq_id);
     if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
     const Sequence& seq = it->second;
-    BlockPool& pool = seq.swapped ? *host_pool_ : pool_;
-    pool.Free(seq.blocks.data(), int64_t(seq.blocks.size()));
-    if (seq.swapped) --num_swapped_;
+    if (seq.swapped) {
+      host_pool_->Free(seq.blocks.data(), int64_t(seq.blocks.size()));
+      --num_swapped_;
+    } else {
+      ReleaseDeviceBlocks(seq.blocks, seq.priority);
+    }
     sequences_.erase(it);
   });
 }
@@ -234,7 +329,7 @@ void PagedKvCache::SwapOut(SeqId seq_id) {
     for (int64_t i = 0; i < n; ++i) {
       KvStorage::CopyBlockBetween(*storage_, seq.blocks[i], *host_storage_, host_blocks[i]);
     }
-    pool_.Free(seq.blocks.data(), n);
+    ReleaseDeviceBlocks(seq.blocks, seq.priority);
     seq.blocks = std::move(host_blocks);
     seq.swapped = true;
     ++num_swapped_;
@@ -258,6 +353,10 @@ void PagedKvCache::SwapIn(SeqId seq_id) {
     seq.blocks.assign(scratch_.begin(), scratch_.begin() + n);
     seq.swapped = false;
     --num_swapped_;
+    if (prefix_) {  // fresh blocks: offer the computed ones to the index again
+      seq.blocks_published = 0;
+      PublishComputed(seq);
+    }
     swap_ins_.fetch_add(1, std::memory_order_relaxed);
     blocks_swapped_in_.fetch_add(n, std::memory_order_relaxed);
   });
@@ -388,6 +487,14 @@ CacheStats PagedKvCache::Stats() const {
     MutexLock lock(&mu_);
     s.num_sequences = int64_t(sequences_.size());
     s.num_swapped_sequences = num_swapped_;
+    if (prefix_) {
+      s.cached_blocks = prefix_->size();
+      s.evictable_blocks = prefix_->evictable().size();
+      s.events_dropped = prefix_->events_dropped();
+    }
+    s.prefix_query_tokens = prefix_query_tokens_;
+    s.prefix_hit_tokens = prefix_hit_tokens_;
+    s.evictions = evictions_;
   }
   s.blocks_allocated = blocks_allocated_.load(std::memory_order_relaxed);
   s.allocation_failures = allocation_failures_.load(std::memory_order_relaxed);
@@ -402,8 +509,27 @@ CacheStats PagedKvCache::Stats() const {
 }
 
 PressureLevel PagedKvCache::MemoryPressure() const {
-  return ClassifyPressure(pool_.num_free_blocks(), pool_.num_blocks(), config_.high_watermark,
+  MutexLock lock(&mu_);
+  return PressureLocked();
+}
+
+PressureLevel PagedKvCache::PressureLocked() const {
+  return ClassifyPressure(AvailableBlocks(), pool_.num_blocks(), config_.high_watermark,
                           config_.critical_watermark);
+}
+
+void PagedKvCache::ResetPrefixCache() {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!prefix_) return;
+    const std::vector<BlockId> cached = prefix_->CachedBlocks();
+    prefix_->Clear();
+    pool_.Free(cached.data(), int64_t(cached.size()));  // the index's references
+  });
+}
+
+std::vector<CacheEvent> PagedKvCache::DrainEvents() {
+  MutexLock lock(&mu_);
+  return prefix_ ? prefix_->DrainEvents() : std::vector<CacheEvent>{};
 }
 
 void PagedKvCache::SetPressureCallback(PressureCallback callback) {
@@ -430,6 +556,11 @@ void PagedKvCache::CheckInvariants() const {
                     << " tokens");
     FKV_CHECK_INVARIANT(seq.num_computed >= 0 && seq.num_computed <= num_tokens,
                         "sequence " << seq_id << " num_computed " << seq.num_computed);
+    FKV_CHECK_INVARIANT(
+        int64_t(seq.block_hashes.size()) <= num_tokens / config_.block_size &&
+            seq.blocks_published <= int64_t(seq.block_hashes.size()),
+        "sequence " << seq_id << " has " << seq.block_hashes.size() << " hashes, "
+                    << seq.blocks_published << " published, for " << num_tokens << " tokens");
     std::vector<int32_t>& refs = seq.swapped ? host_refs : device_refs;
     swapped += seq.swapped;
     for (BlockId block : seq.blocks) {
@@ -439,10 +570,29 @@ void PagedKvCache::CheckInvariants() const {
     }
   }
   FKV_CHECK_INVARIANT(swapped == num_swapped_, swapped << " vs " << num_swapped_);
+  int64_t cached = 0, evictable = 0;
   for (BlockId b = 0; b < BlockId(device_refs.size()); ++b) {
-    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b],
+    const bool is_cached = prefix_ && prefix_->IsCached(b);
+    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + (is_cached ? 1 : 0),
                         "device block " << b << " ref_count " << pool_.RefCount(b) << ", held by "
-                                        << device_refs[b] << " tables");
+                                        << device_refs[b] << " tables, cached " << is_cached);
+    if (!prefix_) continue;
+    const bool is_evictable = prefix_->evictable().Contains(b);
+    FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0),
+                        "block " << b << " evictable " << is_evictable << ", cached "
+                                 << is_cached << ", held by " << device_refs[b] << " tables");
+    if (is_cached) {
+      FKV_CHECK_INVARIANT(prefix_->Find(prefix_->HashOf(b)) == b,
+                          "cached block " << b << " is not found under its hash");
+    }
+    cached += is_cached;
+    evictable += is_evictable;
+  }
+  if (prefix_) {
+    FKV_CHECK_INVARIANT(cached == prefix_->size() && evictable == prefix_->evictable().size(),
+                        "index size " << prefix_->size() << " vs " << cached << " cached; "
+                                      << prefix_->evictable().size() << " vs " << evictable
+                                      << " evictable");
   }
   for (BlockId b = 0; b < BlockId(host_refs.size()); ++b) {
     FKV_CHECK_INVARIANT(host_pool_->RefCount(b) == host_refs[b],

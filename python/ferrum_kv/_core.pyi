@@ -26,7 +26,7 @@ class CacheConfig:
     """
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
-    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02) -> None:
+    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru') -> None:
         ...
     def __repr__(self) -> str:
         ...
@@ -52,6 +52,11 @@ class CacheConfig:
     @property
     def enable_prefix_caching(self) -> bool:
         ...
+    @property
+    def eviction_policy(self) -> str:
+        """
+        'lru' | 'fifo' | 'priority_lru': the order in which cached blocks are reclaimed.
+        """
     @property
     def head_dim(self) -> int:
         ...
@@ -188,9 +193,9 @@ class PagedKvCache:
         ...
     def __len__(self) -> int:
         ...
-    def add_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> int:
+    def add_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any, *, namespace: bytes = b'', priority: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
         """
-        Create seq_id holding tokens (1-D int array, >= 1 token) and allocate their blocks. Returns the number of leading tokens already cached (0 without prefix caching).
+        Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With prefix caching, reuses the longest run of leading full blocks cached under the same namespace (bytes: tenant, model, adapter) and returns how many tokens that covers (a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: retention priority of the blocks it releases (priority_lru eviction keeps higher ones longer).
         """
     def append_batch(self, seq_ids: typing.Any, tokens: typing.Any) -> None:
         """
@@ -212,6 +217,10 @@ class PagedKvCache:
         ...
     def check_invariants(self) -> None:
         ...
+    def drain_events(self) -> list:
+        """
+        Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes; empty for 'cleared') and block_id (-1 for 'cleared').
+        """
     def fork(self, parent_id: typing.SupportsInt | typing.SupportsIndex, child_id: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
         child shares every block of parent; the first append into a shared, partly filled block copies it first.
@@ -228,6 +237,10 @@ class PagedKvCache:
         ...
     def num_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
+    def reset_prefix_cache(self) -> None:
+        """
+        Drop every cached block that no sequence holds; blocks that sequences hold stay with them but are no longer findable.
+        """
     def set_pressure_callback(self, callback: typing.Any) -> None:
         """
         callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call changes memory_pressure; None removes it. Exceptions it raises are reported as unraisable, never propagated.

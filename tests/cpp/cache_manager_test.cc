@@ -212,3 +212,48 @@ TEST(PagedKvCacheConcurrentTest, ThreadsOnDisjointSequences) {
 
 }  // namespace
 }  // namespace ferrum_kv
+
+namespace ferrum_kv {
+namespace {
+
+TEST(PagedKvCachePrefixTest, ReuseEvictionAndInvariants) {
+  CacheConfig config = Config(6, 0);
+  config.enable_prefix_caching = true;
+  PagedKvCache cache(config);
+  const std::vector<int32_t> prompt = Range(16);  // 4 blocks
+  EXPECT_EQ(cache.AddSequence(1, prompt.data(), 16), 0);
+  cache.MarkComputed(1, 16);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cached_blocks, 4);
+  EXPECT_EQ(cache.AddSequence(2, prompt.data(), 16, "", 0), 12);  // all but the last block
+  cache.CheckInvariants();
+  EXPECT_THROW(cache.AddSequence(3, prompt.data(), 16, "other tenant", 0),  // no hit: 4 blocks
+               OutOfBlocksError);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().allocation_failures, 1);
+  cache.FreeSequence(1);
+  cache.FreeSequence(2);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().evictable_blocks, 4);
+  EXPECT_EQ(cache.Stats().free_blocks, 2);  // sequence 2's own last block was never published
+  const std::vector<int32_t> other = Range(20);
+  const std::vector<int32_t> fresh(other.begin() + 4, other.end());
+  cache.AddSequence(4, fresh.data(), 12);  // 3 blocks: 2 free + the prompt's last block evicted
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().evictions, 1);
+  const SeqId seq_five = 5;
+  EXPECT_THROW(cache.AddSequence(seq_five, prompt.data(), 16), OutOfBlocksError);  // hits pinned
+  cache.FreeSequence(4);
+  EXPECT_EQ(cache.AddSequence(seq_five, prompt.data(), 16), 12);
+  cache.CheckInvariants();
+  const std::vector<CacheEvent> events = cache.DrainEvents();
+  ASSERT_EQ(events.size(), 5u);  // 4 stored, 1 removed
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq_no, i + 1);
+  EXPECT_EQ(events[4].kind, CacheEvent::Kind::kBlockRemoved);
+  cache.ResetPrefixCache();
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cached_blocks, 0);
+}
+
+}  // namespace
+}  // namespace ferrum_kv

@@ -320,11 +320,6 @@ def test_memory_pressure_levels_and_callback(monkeypatch):
     assert events == ["high", "critical", "low"]
 
 
-def test_prefix_caching_flag_is_rejected_until_implemented():
-    with pytest.raises(ValueError, match="not implemented"):
-        make_cache(enable_prefix_caching=True)
-
-
 def test_threads_driving_disjoint_sequences():
     cache = make_cache(num_blocks=400, num_host_blocks=100)
     errors = []

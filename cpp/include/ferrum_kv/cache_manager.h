@@ -9,12 +9,22 @@
 // sequence's table holds one reference in its tier's pool; fork shares blocks by adding
 // references.
 //
+// Prefix caching (config.enable_prefix_caching): full blocks whose K/V is computed
+// (MarkComputed) are published in a PrefixIndex under their chained content hash (block_hash.h,
+// namespaced). AddSequence reuses the longest run of leading cached blocks instead of allocating
+// them. A published block that no sequence holds stays cached and findable, and is evicted (per
+// config.eviction_policy) only when a fresh block is needed and no free block remains. Each
+// cached block holds one extra pool reference on behalf of the index.
+//
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
 // shared: nothing is ever written into them.
 //
 // Invariants (CheckInvariants):
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
+//                                                    + 1 if b is in the prefix index
+//   b is evictable <=> b is in the prefix index and no table holds it
+//   the prefix index maps HashOf(b) back to b for every cached b
 //   free + used == total in each pool (BlockPool::CheckInvariants)
 //   every table covers exactly ceil(num_tokens / block_size) blocks; num_tokens >= 1
 //   0 <= num_computed <= num_tokens
@@ -36,15 +46,18 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "ferrum_kv/batch_metadata.h"
 #include "ferrum_kv/block_pool.h"
+#include "ferrum_kv/cache_event.h"
 #include "ferrum_kv/config.h"
 #include "ferrum_kv/kv_storage.h"
 #include "ferrum_kv/memory_pressure.h"
+#include "ferrum_kv/prefix_index.h"
 #include "ferrum_kv/sequence.h"
 #include "ferrum_kv/support/mutex.h"
 
@@ -67,6 +80,12 @@ struct CacheStats {
   int64_t blocks_swapped_in = 0;
   int64_t bytes_used = 0;            // device bytes of used blocks
   int64_t bytes_total = 0;           // device arena bytes
+  int64_t cached_blocks = 0;         // blocks in the prefix index (findable)
+  int64_t evictable_blocks = 0;      // cached blocks no sequence holds (reclaimable)
+  int64_t prefix_query_tokens = 0;   // prompt tokens looked up by AddSequence
+  int64_t prefix_hit_tokens = 0;     // of which served from the prefix cache
+  int64_t evictions = 0;             // cached blocks reclaimed for fresh allocations
+  int64_t events_dropped = 0;        // events discarded because nobody drained them
 };
 
 class PagedKvCache {
@@ -83,18 +102,24 @@ class PagedKvCache {
   // Null when config.num_host_blocks == 0.
   const std::shared_ptr<KvStorage>& host_storage() const { return host_storage_; }
 
-  // Creates seq_id with tokens[0..n) (n >= 1) and allocates their blocks. Returns the number of
-  // leading tokens whose K/V is already cached (0: prefix caching comes in a later component).
-  int64_t AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
+  // Creates seq_id with tokens[0..n) (n >= 1) and gives it blocks for all of them. With prefix
+  // caching, the longest run of leading full blocks cached under namespace_id is reused (its K/V
+  // counts as computed) and the rest allocated. Returns the number of reused tokens: a multiple of
+  // block_size, always < n (0 without prefix caching). priority: retention priority of the blocks
+  // this sequence releases (priority_lru eviction). namespace_id is ignored without caching.
+  int64_t AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
+                      const std::string& namespace_id = "", int32_t priority = 0)
+      FKV_EXCLUDES(mu_);
   // Appends n >= 0 tokens, allocating blocks only when the last one fills.
   void AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
   // One decode step: tokens[i] is appended to seq_ids[i]; seq_ids must be distinct. One
   // all-or-nothing allocation for the whole batch.
   void AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
-  bool CanAllocate(int64_t num_tokens) const;
+  bool CanAllocate(int64_t num_tokens) const FKV_EXCLUDES(mu_);
   // False for a swapped-out sequence; UnknownSequence for an unknown one.
   bool CanAppend(SeqId seq_id, int64_t num_tokens) const FKV_EXCLUDES(mu_);
-  // Records that the K/V of the first num_tokens tokens is written (monotonic).
+  // Records that the K/V of the first num_tokens tokens is written (monotonic); with prefix
+  // caching, publishes the full blocks among them.
   void MarkComputed(SeqId seq_id, int64_t num_tokens) FKV_EXCLUDES(mu_);
   void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
   void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
@@ -124,8 +149,15 @@ class PagedKvCache {
   int64_t GatherKv(SeqId seq_id, int32_t layer, std::vector<uint8_t>* k,
                    std::vector<uint8_t>* v) const FKV_EXCLUDES(mu_);
 
+  // Drops every cached block that no sequence holds; blocks that sequences hold stay with them but
+  // are no longer findable. Logs kAllCleared. No-op without prefix caching.
+  void ResetPrefixCache() FKV_EXCLUDES(mu_);
+  // The events logged since the last call, oldest first (empty without prefix caching).
+  std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
+
   CacheStats Stats() const FKV_EXCLUDES(mu_);
-  PressureLevel MemoryPressure() const;
+  // From the fraction of device blocks that are free or evictable.
+  PressureLevel MemoryPressure() const FKV_EXCLUDES(mu_);
   // Called with the new level whenever a call changes it. Pass nullptr to remove.
   void SetPressureCallback(PressureCallback callback) FKV_EXCLUDES(mu_);
 
@@ -146,8 +178,22 @@ class PagedKvCache {
   // Appends tokens to a resident sequence, taking the blocks it needs from fresh[*next...].
   void AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n, const BlockId* fresh,
                         int64_t* next) FKV_REQUIRES(mu_);
-  // Allocates n device blocks into scratch_, counting failures. Throws OutOfBlocksError.
+  PressureLevel PressureLocked() const FKV_REQUIRES(mu_);
+  // Counts the failure and throws OutOfBlocksError.
+  [[noreturn]] void ThrowOutOfBlocks(int64_t needed, int64_t available);
+  // Free blocks plus cached blocks that eviction could reclaim.
+  int64_t AvailableBlocks() const FKV_REQUIRES(mu_);
+  // Allocates n device blocks into scratch_, evicting cached blocks when the free list is short.
+  // Throws OutOfBlocksError (counted, nothing evicted) when n > AvailableBlocks().
   void AllocateDevice(int64_t n) FKV_REQUIRES(mu_);
+  // Drops one table reference from each block (a whole device table, in order); cached blocks
+  // left with only the index's reference become evictable, last block first.
+  void ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority)
+      FKV_REQUIRES(mu_);
+  // Extends seq.block_hashes to its first num_full_blocks full blocks.
+  void HashFullBlocks(Sequence& seq, int64_t num_full_blocks) const;
+  // Offers seq's computed full blocks not yet offered to the prefix index.
+  void PublishComputed(Sequence& seq) FKV_REQUIRES(mu_);
   // Runs body under the mutex, then, if the call changed the memory pressure level, the pressure
   // callback with the mutex released.
   template <typename Body>
@@ -169,6 +215,11 @@ class PagedKvCache {
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
   std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
+
+  std::unique_ptr<PrefixIndex> prefix_ FKV_PT_GUARDED_BY(mu_);  // null without prefix caching
+  int64_t prefix_query_tokens_ FKV_GUARDED_BY(mu_) = 0;
+  int64_t prefix_hit_tokens_ FKV_GUARDED_BY(mu_) = 0;
+  int64_t evictions_ FKV_GUARDED_BY(mu_) = 0;
 
   std::atomic<int64_t> blocks_allocated_{0};
   std::atomic<int64_t> allocation_failures_{0};

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "ferrum_kv/eviction_policy.h"
 #include "ferrum_kv/types.h"
 
 namespace ferrum_kv {
@@ -22,6 +23,7 @@ struct CacheConfig {
   DType dtype = DType::kFloat32;
   int32_t num_host_blocks = 0;
   bool enable_prefix_caching = false;
+  EvictionPolicyKind eviction_policy = EvictionPolicyKind::kLru;
   double high_watermark = 0.10;
   double critical_watermark = 0.02;
 

@@ -1,0 +1,48 @@
+// EvictionPolicy: the set of evictable blocks of the prefix cache (cached, held by no sequence)
+// and the order in which they are reclaimed when a fresh block is needed.
+//
+//   kLru          least recently released first. O(1): an intrusive list (IndexList).
+//   kFifo         earliest published first, however often reused since. O(log n): a heap.
+//   kPriorityLru  lowest retention priority first (the priority of the sequence that released
+//                 the block, like TensorRT-LLM's retention config), least recently released first
+//                 among equal priorities. O(log n): a heap.
+//
+// Invariants: Contains(b) for exactly size() blocks; PopVictim returns one of them.
+// Thread safety: thread-compatible (the cache manager's mutex guards it).
+// Preconditions (Add of a contained block, Remove / PopVictim of a missing one) are asserted.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ferrum_kv/types.h"
+
+namespace ferrum_kv {
+
+enum class EvictionPolicyKind : uint8_t { kLru, kFifo, kPriorityLru };
+
+// "lru" | "fifo" | "priority_lru".
+std::string EvictionPolicyName(EvictionPolicyKind kind);
+// Parses EvictionPolicyName's output; throws InvalidArgument on anything else.
+EvictionPolicyKind ParseEvictionPolicy(const std::string& name);
+
+class EvictionPolicy {
+ public:
+  virtual ~EvictionPolicy() = default;
+
+  // block becomes evictable. priority: retention priority of the releasing sequence (higher is
+  // kept longer); publish_order: when the block was published (smaller is older).
+  virtual void Add(BlockId block, int32_t priority, uint64_t publish_order) = 0;
+  // block stops being evictable (a prefix hit took it, or the cache dropped it).
+  virtual void Remove(BlockId block) = 0;
+  // Removes and returns the next block to evict. Precondition: size() > 0.
+  virtual BlockId PopVictim() = 0;
+  virtual bool Contains(BlockId block) const = 0;
+  virtual int64_t size() const = 0;
+};
+
+// A policy over block ids [0, num_blocks).
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionPolicyKind kind, int32_t num_blocks);
+
+}  // namespace ferrum_kv

@@ -1,0 +1,125 @@
+#include "ferrum_kv/eviction_policy.h"
+
+#include <cassert>
+#include <queue>
+#include <tuple>
+#include <vector>
+
+#include "ferrum_kv/support/check.h"
+#include "ferrum_kv/support/index_list.h"
+
+namespace ferrum_kv {
+
+std::string EvictionPolicyName(EvictionPolicyKind kind) {
+  switch (kind) {
+    case EvictionPolicyKind::kLru: return "lru";
+    case EvictionPolicyKind::kFifo: return "fifo";
+    case EvictionPolicyKind::kPriorityLru: return "priority_lru";
+  }
+  return "unknown";
+}
+
+EvictionPolicyKind ParseEvictionPolicy(const std::string& name) {
+  if (name == "lru") return EvictionPolicyKind::kLru;
+  if (name == "fifo") return EvictionPolicyKind::kFifo;
+  if (name == "priority_lru") return EvictionPolicyKind::kPriorityLru;
+  FKV_THROW(InvalidArgument, "eviction_policy must be 'lru', 'fifo' or 'priority_lru', got '"
+                                 << name << "'");
+}
+
+namespace {
+
+class LruPolicy final : public EvictionPolicy {
+ public:
+  explicit LruPolicy(int32_t num_blocks) : order_(num_blocks) {}
+  void Add(BlockId block, int32_t, uint64_t) override { order_.PushBack(block); }
+  void Remove(BlockId block) override { order_.Remove(block); }
+  BlockId PopVictim() override { return order_.PopFront(); }
+  bool Contains(BlockId block) const override { return order_.Contains(block); }
+  int64_t size() const override { return order_.size(); }
+
+ private:
+  IndexList order_;  // head: least recently released
+};
+
+// A min-heap of (key, block, version) with lazy deletion: Remove only clears the block's flag,
+// and PopVictim skips entries whose block is gone or was re-added since (older version). The heap
+// is rebuilt when stale entries outnumber live ones, so it stays O(size()).
+class HeapPolicy final : public EvictionPolicy {
+ public:
+  HeapPolicy(int32_t num_blocks, bool by_priority)
+      : by_priority_(by_priority),
+        contained_(static_cast<size_t>(num_blocks), false),
+        version_(static_cast<size_t>(num_blocks), 0) {}
+
+  void Add(BlockId block, int32_t priority, uint64_t publish_order) override {
+    assert(!contained_[block]);
+    contained_[block] = true;
+    ++size_;
+    // Priority LRU: lower priority first, then least recently released (a release counter).
+    const Key key = by_priority_ ? Key{priority, ++release_clock_} : Key{0, publish_order};
+    heap_.push(Entry{key, block, ++version_[block]});
+  }
+
+  void Remove(BlockId block) override {
+    assert(contained_[block]);
+    contained_[block] = false;
+    --size_;
+    if (int64_t(heap_.size()) > 2 * size_ + 64) Rebuild();
+  }
+
+  BlockId PopVictim() override {
+    assert(size_ > 0);
+    while (true) {
+      const Entry top = heap_.top();
+      heap_.pop();
+      if (contained_[top.block] && version_[top.block] == top.version) {
+        contained_[top.block] = false;
+        --size_;
+        return top.block;
+      }
+    }
+  }
+
+  bool Contains(BlockId block) const override { return contained_[block]; }
+  int64_t size() const override { return size_; }
+
+ private:
+  using Key = std::pair<int64_t, uint64_t>;
+  struct Entry {
+    Key key;
+    BlockId block;
+    uint64_t version;
+    bool operator>(const Entry& other) const { return key > other.key; }
+  };
+
+  void Rebuild() {
+    std::vector<Entry> live;
+    while (!heap_.empty()) {
+      const Entry e = heap_.top();
+      heap_.pop();
+      if (contained_[e.block] && version_[e.block] == e.version) live.push_back(e);
+    }
+    heap_ = decltype(heap_)(std::greater<Entry>(), std::move(live));
+  }
+
+  const bool by_priority_;
+  std::vector<bool> contained_;
+  std::vector<uint64_t> version_;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap_;
+  uint64_t release_clock_ = 0;
+  int64_t size_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionPolicyKind kind, int32_t num_blocks) {
+  switch (kind) {
+    case EvictionPolicyKind::kLru: return std::make_unique<LruPolicy>(num_blocks);
+    case EvictionPolicyKind::kFifo: return std::make_unique<HeapPolicy>(num_blocks, false);
+    case EvictionPolicyKind::kPriorityLru: return std::make_unique<HeapPolicy>(num_blocks, true);
+  }
+  return nullptr;
+}
+
+}  // namespace ferrum_kv

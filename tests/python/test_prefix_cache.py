@@ -1,0 +1,375 @@
+"""Automatic prefix caching: reuse, publication, eviction order, isolation, reset, events, and a
+model-based test against a pure-Python model of the same semantics."""
+
+import itertools
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import ferrum_kv as fkv
+
+BS = 4
+HEADS, DIM = 2, 3
+
+
+def make_cache(num_blocks=32, policy="lru", **kw):
+    cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=HEADS, head_dim=DIM, block_size=BS,
+                          num_blocks=num_blocks, enable_prefix_caching=True,
+                          eviction_policy=policy, **kw)
+    return fkv.PagedKvCache(cfg)
+
+
+def compute(cache, seq_id, start, rng):
+    """Write random K/V for tokens [start, num_tokens) and mark them computed; return K."""
+    n = cache.num_tokens(seq_id)
+    k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
+    cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, -k)
+    cache.mark_computed(seq_id, n)
+    return k
+
+
+def test_reuse_of_a_computed_prompt():
+    rng = np.random.default_rng(0)
+    cache = make_cache()
+    prompt = rng.integers(0, 50000, 40)
+    assert cache.add_sequence(1, prompt) == 0
+    k1 = compute(cache, 1, 0, rng)
+    assert cache.stats()["cached_blocks"] == 10
+    # Same prompt: everything but the last block (the engine must compute the last token).
+    assert cache.add_sequence(2, prompt) == 36
+    assert cache.block_table(2)[:9].tolist() == cache.block_table(1)[:9].tolist()
+    assert cache.block_table(2)[9] != cache.block_table(1)[9]
+    # A longer prompt with the same start reuses all 10 blocks.
+    assert cache.add_sequence(3, np.concatenate([prompt, [7, 8]])) == 40
+    np.testing.assert_array_equal(cache.gather_kv(3, 0)[0][:40], k1)
+    # Diverging inside block 3: blocks 0-2 only.
+    other = prompt.copy()
+    other[13] += 1
+    assert cache.add_sequence(4, other) == 12
+    stats = cache.stats()
+    assert stats["prefix_query_tokens"] == 40 + 40 + 42 + 40
+    assert stats["prefix_hit_tokens"] == 36 + 40 + 12
+    cache.check_invariants()
+
+
+def test_freed_blocks_stay_cached_until_memory_is_needed():
+    rng = np.random.default_rng(1)
+    cache = make_cache(num_blocks=12)
+    prompt = rng.integers(0, 100, 32)  # 8 blocks
+    cache.add_sequence(1, prompt)
+    k1 = compute(cache, 1, 0, rng)
+    cache.free_sequence(1)
+    stats = cache.stats()
+    assert stats["free_blocks"] == 4 and stats["evictable_blocks"] == 8
+    assert cache.can_allocate(48) and not cache.can_allocate(49)
+    assert cache.memory_pressure == "low"  # evictable blocks count as available
+    cache.add_sequence(2, np.arange(16) + 1000)  # 4 blocks: the free ones, no eviction
+    assert cache.stats()["evictions"] == 0
+    assert cache.add_sequence(3, prompt) == 28
+    np.testing.assert_array_equal(cache.gather_kv(3, 0)[0][:28], k1[:28])
+    cache.check_invariants()
+
+
+def test_lru_evicts_the_end_of_a_prompt_before_its_beginning():
+    rng = np.random.default_rng(2)
+    cache = make_cache(num_blocks=8)
+    prompt = rng.integers(0, 100, 32)  # all 8 blocks
+    cache.add_sequence(1, prompt)
+    compute(cache, 1, 0, rng)
+    cache.free_sequence(1)
+    cache.drain_events()
+    cache.add_sequence(2, np.arange(12) + 500)  # needs 3 blocks: evicts blocks 7, 6, 5
+    events = cache.drain_events()
+    assert [e["type"] for e in events] == ["removed"] * 3
+    assert cache.stats()["evictions"] == 3
+    cache.free_sequence(2)
+    assert cache.add_sequence(3, prompt) == 20  # blocks 0-4 survived
+
+
+def test_priority_lru_keeps_high_priority_prompts():
+    rng = np.random.default_rng(3)
+    cache = make_cache(num_blocks=8, policy="priority_lru")
+    keep, drop = rng.integers(0, 100, 16), rng.integers(100, 200, 16)
+    cache.add_sequence(1, keep, priority=90)
+    cache.add_sequence(2, drop, priority=10)
+    compute(cache, 1, 0, rng)
+    compute(cache, 2, 0, rng)
+    cache.free_sequence(2)  # released first, but
+    cache.free_sequence(1)  # released last does not matter: priority does
+    cache.add_sequence(3, np.arange(16) + 900)  # evicts 4 blocks
+    cache.free_sequence(3)
+    assert cache.add_sequence(4, keep) == 12
+    assert cache.add_sequence(5, drop) == 0
+
+
+def test_fifo_evicts_in_publication_order():
+    rng = np.random.default_rng(4)
+    cache = make_cache(num_blocks=8, policy="fifo")
+    first, second = rng.integers(0, 100, 16), rng.integers(100, 200, 16)
+    cache.add_sequence(1, first)
+    compute(cache, 1, 0, rng)
+    cache.add_sequence(2, second)
+    compute(cache, 2, 0, rng)
+    cache.free_sequence(2)
+    cache.free_sequence(1)  # most recently released, but published first
+    cache.add_sequence(3, np.arange(16) + 900)
+    cache.free_sequence(3)
+    assert cache.add_sequence(4, second) == 12
+    assert cache.add_sequence(5, first) == 0
+
+
+def test_namespaces_never_share_blocks():
+    rng = np.random.default_rng(5)
+    cache = make_cache()
+    prompt = rng.integers(0, 100, 20)
+    cache.add_sequence(1, prompt, namespace=b"tenant-a")
+    compute(cache, 1, 0, rng)
+    assert cache.add_sequence(2, prompt, namespace=b"tenant-b") == 0
+    assert cache.add_sequence(3, prompt) == 0
+    assert cache.add_sequence(4, prompt, namespace=b"tenant-a") == 16
+    assert not set(cache.block_table(2)) & set(cache.block_table(1))
+    with pytest.raises(TypeError):
+        cache.add_sequence(5, prompt, namespace="tenant-a")
+
+
+def test_publication_needs_mark_computed_and_full_blocks():
+    rng = np.random.default_rng(6)
+    cache = make_cache()
+    prompt = rng.integers(0, 100, 10)
+    cache.add_sequence(1, prompt)
+    assert cache.add_sequence(2, prompt) == 0  # nothing computed yet
+    cache.mark_computed(1, 6)  # one full block computed
+    assert cache.stats()["cached_blocks"] == 1
+    cache.append_tokens(1, [1, 2])  # 12 tokens: block 2 full
+    cache.mark_computed(1, 12)
+    assert cache.stats()["cached_blocks"] == 3
+    assert cache.add_sequence(3, np.concatenate([prompt, [1, 2, 3]])) == 12
+
+
+def test_reset_drops_unheld_blocks_and_unindexes_held_ones():
+    rng = np.random.default_rng(7)
+    cache = make_cache(num_blocks=16)
+    a, b = rng.integers(0, 100, 16), rng.integers(100, 200, 16)
+    cache.add_sequence(1, a)
+    cache.add_sequence(2, b)
+    compute(cache, 1, 0, rng)
+    compute(cache, 2, 0, rng)
+    cache.free_sequence(1)
+    cache.drain_events()
+    cache.reset_prefix_cache()
+    events = cache.drain_events()
+    assert [e["type"] for e in events] == ["cleared"]
+    stats = cache.stats()
+    assert stats["cached_blocks"] == 0 and stats["evictable_blocks"] == 0
+    assert stats["free_blocks"] == 12  # sequence 2 keeps its 4 blocks
+    assert cache.add_sequence(3, b) == 0 and cache.add_sequence(4, a) == 0
+    cache.check_invariants()
+
+
+def test_events_are_ordered_and_name_hashes():
+    rng = np.random.default_rng(8)
+    cache = make_cache(num_blocks=4)
+    cache.add_sequence(1, rng.integers(0, 100, 8))
+    compute(cache, 1, 0, rng)
+    cache.free_sequence(1)
+    cache.add_sequence(2, rng.integers(0, 100, 16))  # evicts both cached blocks
+    events = cache.drain_events()
+    assert [e["type"] for e in events] == ["stored", "stored", "removed", "removed"]
+    assert [e["seq_no"] for e in events] == [1, 2, 3, 4]
+    assert all(len(e["hash"]) == 32 for e in events)
+    assert {e["hash"] for e in events[:2]} == {e["hash"] for e in events[2:]}
+    assert cache.drain_events() == []
+
+
+def test_prefix_caching_survives_fork_and_swap():
+    rng = np.random.default_rng(9)
+    cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=HEADS, head_dim=DIM, block_size=BS,
+                          num_blocks=16, num_host_blocks=8, enable_prefix_caching=True)
+    cache = fkv.PagedKvCache(cfg)
+    prompt = rng.integers(0, 100, 14)
+    cache.add_sequence(1, prompt)
+    k = compute(cache, 1, 0, rng)
+    cache.fork(1, 2)
+    cache.swap_out(1)  # cached blocks stay with the child
+    cache.check_invariants()
+    cache.swap_in(1)
+    cache.check_invariants()
+    np.testing.assert_array_equal(cache.gather_kv(1, 0)[0], k)
+    cache.free_sequence(2)
+    assert cache.add_sequence(3, prompt) == 12
+    cache.check_invariants()
+
+
+class Model:
+    """Prefix-cache semantics in plain Python (LRU policy, device tier only)."""
+
+    def __init__(self, num_blocks):
+        self.num_blocks = num_blocks
+        self.seqs = {}  # id -> dict(tokens, ns, blocks, computed, published, k)
+        self.refs = {}  # block -> table references
+        self.cached = {}  # key -> block
+        self.key_of = {}  # block -> key
+        self.evictable = OrderedDict()  # LRU: first is evicted first
+        self.data = {}  # block -> K of its tokens (as written by the first sequence)
+        self.new_block = itertools.count()
+        self.evictions = 0
+
+    def free(self):
+        return self.num_blocks - len(set(self.refs) | set(self.key_of))
+
+    def available(self):
+        return self.free() + len(self.evictable)
+
+    def allocate(self, n):
+        while self.free() < n:
+            victim, _ = self.evictable.popitem(last=False)
+            del self.cached[self.key_of.pop(victim)]
+            self.evictions += 1
+        blocks = [next(self.new_block) for _ in range(n)]
+        for b in blocks:
+            self.refs[b] = 1
+        return blocks
+
+    @staticmethod
+    def key(ns, tokens, i):
+        return (ns, tuple(tokens[: (i + 1) * BS]))
+
+    def add(self, seq_id, tokens, ns):
+        n = len(tokens)
+        hits = []
+        while len(hits) < (n - 1) // BS and self.key(ns, tokens, len(hits)) in self.cached:
+            hits.append(self.cached[self.key(ns, tokens, len(hits))])
+        needed = -(-n // BS) - len(hits)
+        if needed > self.available() - sum(b in self.evictable for b in hits):
+            raise fkv.OutOfBlocksError
+        for b in hits:
+            self.evictable.pop(b, None)
+            self.refs[b] = self.refs.get(b, 0) + 1
+        self.seqs[seq_id] = dict(tokens=list(tokens), ns=ns, blocks=hits + self.allocate(needed),
+                                 computed=len(hits) * BS, published=len(hits))
+        return len(hits) * BS
+
+    def append(self, seq_id, tokens):
+        seq = self.seqs[seq_id]
+        count = len(seq["tokens"])
+        cow = bool(tokens) and count % BS != 0 and self.refs[seq["blocks"][-1]] > 1
+        new = -(-(count + len(tokens)) // BS) - len(seq["blocks"])
+        if new + cow > self.available():
+            raise fkv.OutOfBlocksError
+        if cow:
+            old = seq["blocks"][-1]
+            self.refs[old] -= 1
+            seq["blocks"][-1] = self.allocate(1)[0]
+            self.data[seq["blocks"][-1]] = self.data.get(old, {}).copy()
+        seq["blocks"] += self.allocate(new)
+        seq["tokens"] += tokens
+
+    def mark_computed(self, seq_id, n):
+        seq = self.seqs[seq_id]
+        seq["computed"] = max(seq["computed"], n)
+        for i in range(seq["published"], seq["computed"] // BS):
+            b, key = seq["blocks"][i], self.key(seq["ns"], seq["tokens"], i)
+            if b not in self.key_of and key not in self.cached:
+                self.cached[key], self.key_of[b] = b, key
+        seq["published"] = max(seq["published"], seq["computed"] // BS)
+
+    def fork(self, parent, child):
+        p = self.seqs[parent]
+        self.seqs[child] = dict(p, tokens=list(p["tokens"]), blocks=list(p["blocks"]))
+        for b in p["blocks"]:
+            self.refs[b] += 1
+
+    def free_sequence(self, seq_id):
+        blocks = self.seqs.pop(seq_id)["blocks"]
+        for b in blocks:
+            self.refs[b] -= 1
+            if self.refs[b] == 0:
+                del self.refs[b]
+        for b in reversed(blocks):
+            if b in self.key_of and b not in self.refs and b not in self.evictable:
+                self.evictable[b] = True
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_operations_against_the_model(seed):
+    rng = np.random.default_rng(seed)
+    num_blocks = 40
+    cache = make_cache(num_blocks=num_blocks)
+    model = Model(num_blocks)
+    prompts = [rng.integers(0, 30, int(rng.integers(4, 30))).tolist() for _ in range(5)]
+    next_id = itertools.count()
+    seen = dict.fromkeys(["hit", "evict", "oob"], 0)
+    # K of every token position per sequence, to check data read through reused blocks.
+    kdata = {}
+
+    for _ in range(600):
+        op = rng.choice(["add", "append", "compute", "fork", "free"], p=[0.3, 0.2, 0.25, 0.1, 0.15])
+        live = list(model.seqs)
+        if op == "add":
+            seq_id = next(next_id)
+            tokens = prompts[int(rng.integers(len(prompts)))] + rng.integers(0, 30, int(rng.integers(0, 6))).tolist()
+            ns = [b"", b"x"][int(rng.random() < 0.2)]
+            try:
+                expected = model.add(seq_id, tokens, ns)
+            except fkv.OutOfBlocksError:
+                with pytest.raises(fkv.OutOfBlocksError):
+                    cache.add_sequence(seq_id, tokens, namespace=ns)
+                seen["oob"] += 1
+            else:
+                assert cache.add_sequence(seq_id, tokens, namespace=ns) == expected
+                seen["hit"] += expected > 0
+                k, _ = cache.gather_kv(seq_id, 0)
+                kdata[seq_id] = np.full((len(tokens), HEADS, DIM), np.nan, np.float32)
+                kdata[seq_id][:expected] = k[:expected]
+                # Reused blocks hold what their first writer wrote.
+                for i in range(expected // BS):
+                    np.testing.assert_array_equal(k[i * BS:(i + 1) * BS], model.data[model.seqs[seq_id]["blocks"][i]])
+        elif op == "append" and live:
+            seq_id = int(rng.choice(live))
+            tokens = rng.integers(0, 30, int(rng.integers(1, 5))).tolist()
+            try:
+                model.append(seq_id, tokens)
+            except fkv.OutOfBlocksError:
+                with pytest.raises(fkv.OutOfBlocksError):
+                    cache.append_tokens(seq_id, tokens)
+                seen["oob"] += 1
+            else:
+                cache.append_tokens(seq_id, tokens)
+                pad = np.full((len(tokens), HEADS, DIM), np.nan, np.float32)
+                kdata[seq_id] = np.concatenate([kdata[seq_id], pad])
+        elif op == "compute" and live:
+            seq_id = int(rng.choice(live))
+            seq = model.seqs[seq_id]
+            start, n = seq["computed"], len(seq["tokens"])
+            k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
+            cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
+            kdata[seq_id][start:] = k
+            for pos in range(start, n):
+                model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
+            cache.mark_computed(seq_id, n)
+            model.mark_computed(seq_id, n)
+        elif op == "fork" and any(model.seqs[s]["computed"] == len(model.seqs[s]["tokens"]) for s in live):
+            # The scheduler contract: a sequence is forked once its K/V is written, so that
+            # nobody writes into a shared block.
+            done = [s for s in live if model.seqs[s]["computed"] == len(model.seqs[s]["tokens"])]
+            parent, child = int(rng.choice(done)), next(next_id)
+            cache.fork(parent, child)
+            model.fork(parent, child)
+            kdata[child] = kdata[parent].copy()
+        elif op == "free" and live:
+            seq_id = int(rng.choice(live))
+            cache.free_sequence(seq_id)
+            model.free_sequence(seq_id)
+            del kdata[seq_id]
+        cache.check_invariants()
+        stats = cache.stats()
+        assert stats["free_blocks"] == model.free()
+        assert stats["cached_blocks"] == len(model.cached)
+        assert stats["evictable_blocks"] == len(model.evictable)
+        assert stats["evictions"] == model.evictions
+        for seq_id, seq in model.seqs.items():
+            computed = seq["computed"]
+            np.testing.assert_array_equal(cache.gather_kv(seq_id, 0)[0][:computed], kdata[seq_id][:computed])
+    seen["evict"] = model.evictions
+    assert seen["hit"] > 0 and seen["evict"] > 0 and seen["oob"] > 0, seen

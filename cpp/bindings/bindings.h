@@ -10,5 +10,6 @@ void BindErrors(pybind11::module_& m);
 void BindConfig(pybind11::module_& m);
 void BindBlockPool(pybind11::module_& m);
 void BindKvStorage(pybind11::module_& m);
+void BindAttention(pybind11::module_& m);
 
 }  // namespace ferrum_kv::bindings

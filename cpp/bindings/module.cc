@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   ferrum_kv::bindings::BindConfig(m);
   ferrum_kv::bindings::BindBlockPool(m);
   ferrum_kv::bindings::BindKvStorage(m);
+  ferrum_kv::bindings::BindAttention(m);
 }

@@ -73,6 +73,7 @@ class TileKernel {
                       element_offset;
       const Elem* v = reinterpret_cast<const Elem*>(t.v_base + block * t.block_bytes) +
                       element_offset;
+      if (pos + n < t.key_end) Prefetch(t, pos + n);
       ForRowGroups(rows, [&](auto nr, int r0) {
         ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens);
       });
@@ -102,6 +103,22 @@ class TileKernel {
         case 3: fn(Int<3>{}, r0); break;
         default: fn(Int<4>{}, r0); break;
       }
+    }
+  }
+
+  // Asks for the K and V of the span starting at pos (at most kSpanTokens keys, within one block,
+  // like the spans of Run) while the current span is computed. The hardware prefetchers alone do
+  // not keep up: one head's keys in a block are a short stream (block_size * head_dim elements)
+  // and the next block is anywhere in the arena.
+  static void Prefetch(const AttentionTile& t, int32_t pos) {
+    const int32_t offset = pos % t.block_size;
+    const int n = std::min({t.block_size - offset, t.key_end - pos, kSpanTokens});
+    const int64_t block = t.block_table[pos / t.block_size];
+    const int64_t begin = block * t.block_bytes + int64_t{offset} * t.head_dim * sizeof(Elem);
+    const int64_t bytes = int64_t{n} * t.head_dim * sizeof(Elem);
+    for (int64_t line = 0; line < bytes; line += 64) {
+      __builtin_prefetch(t.k_base + begin + line);
+      __builtin_prefetch(t.v_base + begin + line);
     }
   }
 

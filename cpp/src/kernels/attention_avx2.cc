@@ -49,6 +49,8 @@ struct Avx2 {
     CopyPartial(p, n, buffer);
     return LoadBf16(buffer);
   }
+  static V Less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static V Select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }
   static V Add(V a, V b) { return _mm256_add_ps(a, b); }
   static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }

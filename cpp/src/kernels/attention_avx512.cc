@@ -38,6 +38,8 @@ struct Avx512 {
   static V LoadBf16Partial(const uint16_t* p, int n) {
     return WidenBf16(_mm256_maskz_loadu_epi16(Mask(n), p));
   }
+  static __mmask16 Less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static V Select(__mmask16 mask, V a, V b) { return _mm512_mask_blend_ps(mask, b, a); }
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }
   static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }

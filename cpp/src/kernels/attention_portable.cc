@@ -22,6 +22,8 @@ struct Portable {
   static V LoadHalfPartial(const uint16_t* p, int) { return HalfBitsToFloat(*p); }
   static V LoadBf16(const uint16_t* p) { return BFloat16BitsToFloat(*p); }
   static V LoadBf16Partial(const uint16_t* p, int) { return BFloat16BitsToFloat(*p); }
+  static bool Less(V a, V b) { return a < b; }
+  static V Select(bool mask, V a, V b) { return mask ? a : b; }
   static V Add(V a, V b) { return a + b; }
   static V Sub(V a, V b) { return a - b; }
   static V Mul(V a, V b) { return a * b; }

@@ -2,16 +2,18 @@
 // attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
 //   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
 //   their Partial forms (16-bit bits widened to float), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
-//   ReduceAdd, RoundNearest, Scale2(y, n) = y * 2^n.
+//   ReduceAdd, RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
+//   Select(mask, a, b) (a where mask, else b).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
 // Loop structure, per span of at most kSpanTokens keys inside one block:
-//   1. scores[r][j] = q[r] . k[j] for groups of 4 rows x 2 keys (8 accumulators; each K vector
-//      loaded once per group, each q vector once per key pair), then one horizontal sum each;
-//   2. online softmax per row on the span (vector exp), rescaling acc when the max grows;
+//   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
+//      groups of 4 rows x 2 keys (8 accumulators; each K vector loaded once per group), then one
+//      horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
+//   2. online softmax (vector exp), rescaling acc when a row's max grows;
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
-// K and V are read once per row group; a decode tile with G <= 4 query heads per KV head reads
-// every K/V byte exactly once.
+// K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
+// touches each K/V cache line once; later row groups hit L1).
 #pragma once
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/attention_tile.h"
 
@@ -57,23 +60,44 @@ class TileKernel {
 
   static void Run(const AttentionTile& t) {
     const int d = t.head_dim;
-    const int rows = t.num_rows;
-    for (int r = 0; r < rows; ++r) {
+    for (int r = 0; r < t.num_rows; ++r) {
       t.max[r] = -std::numeric_limits<float>::infinity();
       t.sum[r] = 0.0f;
       std::fill(t.acc + int64_t{r} * d, t.acc + int64_t{r + 1} * d, 0.0f);
     }
-    alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
+    if (kW > 1 && t.num_rows >= kW) {
+      RunWide(t);
+    } else {
+      RunNarrow(t);
+    }
+  }
+
+ private:
+  // Calls fn(pos, n, k, v) for consecutive spans of at most kSpanTokens keys inside one block,
+  // k and v pointing at the span's first key and value; prefetches the next span meanwhile.
+  template <class Fn>
+  static void ForEachSpan(const AttentionTile& t, Fn&& fn) {
     for (int32_t pos = t.key_begin; pos < t.key_end;) {
       const int32_t offset = pos % t.block_size;
       const int n = std::min({t.block_size - offset, t.key_end - pos, kSpanTokens});
       const int64_t block = t.block_table[pos / t.block_size];
-      const int64_t element_offset = int64_t{offset} * d;
+      const int64_t element_offset = int64_t{offset} * t.head_dim;
       const Elem* k = reinterpret_cast<const Elem*>(t.k_base + block * t.block_bytes) +
                       element_offset;
       const Elem* v = reinterpret_cast<const Elem*>(t.v_base + block * t.block_bytes) +
                       element_offset;
       if (pos + n < t.key_end) Prefetch(t, pos + n);
+      fn(pos, n, k, v);
+      pos += n;
+    }
+  }
+
+  // Few rows (decode): scores are dot products along head_dim, reduced horizontally.
+  static void RunNarrow(const AttentionTile& t) {
+    const int d = t.head_dim;
+    const int rows = t.num_rows;
+    alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
       ForRowGroups(rows, [&](auto nr, int r0) {
         ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens);
       });
@@ -82,14 +106,115 @@ class TileKernel {
                 t.acc + int64_t{r} * d, d);
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
-        AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, v, n, d,
+        AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
                                             t.acc + int64_t{r0} * d);
       });
-      pos += n;
+    });
+  }
+
+  // At least kW rows (prefill tiles, wide GQA groups): rows go in SIMD lanes. q is transposed
+  // once per tile (qt[c][r]), so a score vector (one key, kW rows) is a chain of head_dim
+  // broadcast-FMAs with no horizontal sum, 8 keys at a time; the online softmax runs on row
+  // vectors too. Keys in 16-bit storage are widened into a float buffer once per span.
+  static void RunWide(const AttentionTile& t) {
+    const int d = t.head_dim;
+    const int rows = t.num_rows;
+    const int padded = (rows + kW - 1) / kW * kW;
+    std::vector<float> qt(size_t(d) * padded, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < d; ++c) qt[size_t(c) * padded + r] = t.q[int64_t{r} * d + c];
+    std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
+    for (int r = 0; r < rows; ++r) row_end[r] = static_cast<float>(t.row_end[r]);
+    std::fill(max.begin(), max.end(), -std::numeric_limits<float>::infinity());
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
+    std::vector<float> keys(kDType == DType::kFloat32 ? 0 : size_t(kSpanTokens) * d);
+    std::vector<float> correction(padded);
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
+      const float* k32 = WidenKeys(k, n, d, keys.data());
+      for (int r0 = 0; r0 < padded; r0 += kW) {
+        int j = 0;
+        for (; j + 8 <= n; j += 8) ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
+                                                 scores.data() + size_t(j) * padded + r0);
+        for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
+                                          scores.data() + size_t(j) * padded + r0);
+        SoftmaxLanes(scores.data() + r0, padded, n, pos, row_end.data() + r0, max.data() + r0,
+                     sum.data() + r0, correction.data() + r0);
+      }
+      for (int r = 0; r < rows; ++r) {
+        if (correction[r] == 1.0f) continue;
+        float* acc = t.acc + int64_t{r} * d;
+        for (int c = 0; c < d; ++c) acc[c] *= correction[r];
+      }
+      ForRowGroups(rows, [&](auto nr, int r0) {
+        AccumulateRows<decltype(nr)::value>(scores.data() + r0, padded, v, n, d,
+                                            t.acc + int64_t{r0} * d);
+      });
+    });
+    std::copy(max.begin(), max.begin() + rows, t.max);
+    std::copy(sum.begin(), sum.begin() + rows, t.sum);
+  }
+
+  // The span's keys as float32: the storage itself for float32, else widened into buffer.
+  static const float* WidenKeys(const Elem* k, int n, int d, float* buffer) {
+    if constexpr (kDType == DType::kFloat32) {
+      return k;
+    } else {
+      const int64_t total = int64_t{n} * d;
+      int64_t i = 0;
+      for (; i + kW <= total; i += kW) Isa::Store(buffer + i, LoadKv(k + i));
+      if (i < total) Isa::StorePartial(buffer + i, LoadKvPartial(k + i, int(total - i)), int(total - i));
+      return buffer;
     }
   }
 
- private:
+  // scores[j * stride] (kW row lanes) = sum over c of k[j * d + c] * qt[c * stride], j < NK.
+  template <int NK>
+  static void ScoreLanes(const float* qt, int stride, const float* k, int d, float* scores) {
+    V acc[NK];
+    for (int j = 0; j < NK; ++j) acc[j] = Isa::Zero();
+    for (int c = 0; c < d; ++c) {
+      const V query = Isa::Load(qt + size_t(c) * stride);
+      for (int j = 0; j < NK; ++j) acc[j] = Isa::Fma(Isa::Set1(k[j * d + c]), query, acc[j]);
+    }
+    for (int j = 0; j < NK; ++j) Isa::Store(scores + size_t(j) * stride, acc[j]);
+  }
+
+  // The online softmax of Softmax below for kW rows at once (lanes), scores s[j * stride]:
+  // masks keys at or past each row's end, turns scores into weights in place, updates max and
+  // sum, and leaves in correction[] the factor each row's acc must be multiplied by.
+  static void SoftmaxLanes(float* s, int stride, int n, int32_t pos, const float* row_end,
+                           float* max, float* sum, float* correction) {
+    const V neg_inf = Isa::Set1(-std::numeric_limits<float>::infinity());
+    const V end = Isa::Load(row_end);
+    V span_max = neg_inf;
+    for (int j = 0; j < n; ++j) {
+      float* sj = s + size_t(j) * stride;
+      const auto visible = Isa::Less(Isa::Set1(static_cast<float>(pos + j)), end);
+      const V score = Isa::Select(visible, Isa::Load(sj), neg_inf);
+      Isa::Store(sj, score);
+      span_max = Isa::Max(span_max, score);
+    }
+    const V old_max = Isa::Load(max);
+    const V new_max = Isa::Max(old_max, span_max);
+    // Rows with no visible key yet keep max = -inf; shift by 0 there to avoid inf - inf.
+    const V shift = Isa::Select(Isa::Less(neg_inf, new_max), new_max, Isa::Zero());
+    const V factor = Isa::Select(Isa::Less(neg_inf, old_max),
+                                 VectorExp<Isa>::Exp(Isa::Sub(old_max, shift)), Isa::Zero());
+    V total = Isa::Mul(Isa::Load(sum), factor);
+    for (int j = 0; j < n; ++j) {
+      float* sj = s + size_t(j) * stride;
+      const V score = Isa::Load(sj);
+      const V p = Isa::Select(Isa::Less(neg_inf, score),
+                              VectorExp<Isa>::Exp(Isa::Sub(score, shift)), Isa::Zero());
+      Isa::Store(sj, p);
+      total = Isa::Add(total, p);
+    }
+    Isa::Store(sum, total);
+    Isa::Store(max, new_max);
+    Isa::Store(correction, factor);
+  }
+
   template <int N>
   using Int = std::integral_constant<int, N>;
 
@@ -197,19 +322,25 @@ class TileKernel {
     *max = new_max;
   }
 
-  // acc[r * d + c] += sum over j < n of p[r * kSpanTokens + j] * v[j * d + c], for r < NR.
+  // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
+  // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights).
   template <int NR>
-  static void AccumulateRows(const float* p, const Elem* v, int n, int d, float* acc) {
+  static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
+                             float* acc) {
+    const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
-    for (; c + 2 * kW <= d; c += 2 * kW) AccumulateColumns<NR, 2>(p, v + c, n, d, acc + c, kW);
-    for (; c + kW <= d; c += kW) AccumulateColumns<NR, 1>(p, v + c, n, d, acc + c, kW);
-    if (c < d) AccumulateColumns<NR, 1>(p, v + c, n, d, acc + c, d - c);
+    for (; c + 2 * kW <= d; c += 2 * kW)
+      AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+    for (; c + kW <= d; c += kW)
+      AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+    if (c < d) AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
   }
 
   // NC vectors of columns starting at v / acc; width < kW only for the last, partial vector.
   template <int NR, int NC>
-  static void AccumulateColumns(const float* p, const Elem* v, int n, int d, float* acc,
-                                int width) {
+  static void AccumulateColumns(const float* p, int row_stride, int key_stride, const Elem* v,
+                                int n, int d, float* acc, int width) {
     const bool partial = width < kW;
     V a[NR][NC];
     for (int r = 0; r < NR; ++r)
@@ -222,7 +353,7 @@ class TileKernel {
                            : LoadKv(v + int64_t{j} * d + i * kW);
       }
       for (int r = 0; r < NR; ++r) {
-        const V weight = Isa::Set1(p[r * kSpanTokens + j]);
+        const V weight = Isa::Set1(p[r * row_stride + j * key_stride]);
         for (int i = 0; i < NC; ++i) a[r][i] = Isa::Fma(weight, value[i], a[r][i]);
       }
     }

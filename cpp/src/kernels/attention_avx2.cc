@@ -62,6 +62,9 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static void ReduceAdd8(const V* x, float* out) {
+    for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);
+  }
   static V RoundNearest(V x) {
     return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }

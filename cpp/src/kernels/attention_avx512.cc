@@ -46,6 +46,30 @@ struct Avx512 {
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   static float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
+  // Eight horizontal sums at once (23 shuffles and adds instead of 8 x 8): fold 128-bit lanes of
+  // pairs, then pairs of pairs, then finish inside the lanes.
+  static void ReduceAdd8(const V* x, float* out) {
+    V pairs[4];
+    for (int i = 0; i < 4; ++i) {
+      pairs[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                               _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    }
+    // quads[0] lane k holds 4 partial sums of x[k], quads[1] lane k those of x[k + 4].
+    V quads[2];
+    for (int i = 0; i < 2; ++i) {
+      quads[i] = _mm512_add_ps(_mm512_shuffle_f32x4(pairs[2 * i], pairs[2 * i + 1], 0x88),
+                               _mm512_shuffle_f32x4(pairs[2 * i], pairs[2 * i + 1], 0xDD));
+    }
+    V v = _mm512_add_ps(_mm512_unpacklo_ps(quads[0], quads[1]),
+                        _mm512_unpackhi_ps(quads[0], quads[1]));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, v);  // lane k: [sum x[k], sum x[k + 4], ...]
+    for (int k = 0; k < 4; ++k) {
+      out[k] = lanes[4 * k];
+      out[k + 4] = lanes[4 * k + 1];
+    }
+  }
   static V RoundNearest(V x) {
     return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }

@@ -30,6 +30,9 @@ struct Portable {
   static V Fma(V a, V b, V c) { return a * b + c; }
   static V Max(V a, V b) { return a > b ? a : b; }
   static float ReduceAdd(V x) { return x; }
+  static void ReduceAdd8(const V* x, float* out) {
+    for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);
+  }
   static V RoundNearest(V x) { return std::nearbyint(x); }
   static V Scale2(V y, V n) { return std::ldexp(y, static_cast<int>(n)); }
 };

@@ -2,7 +2,7 @@
 // attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
 //   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
 //   their Partial forms (16-bit bits widened to float), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
-//   ReduceAdd, RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
+//   ReduceAdd, ReduceAdd8 (out[i] = ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
 //   Select(mask, a, b) (a where mask, else b).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
@@ -289,8 +289,15 @@ class TileKernel {
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
       }
     }
-    for (int r = 0; r < NR; ++r)
-      for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = Isa::ReduceAdd(acc[r][j]);
+    if constexpr (NR * NK == 8) {  // the common case: one transposing reduction for all 8
+      float sums[8];
+      Isa::ReduceAdd8(&acc[0][0], sums);
+      for (int r = 0; r < NR; ++r)
+        for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = sums[r * NK + j];
+    } else {
+      for (int r = 0; r < NR; ++r)
+        for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = Isa::ReduceAdd(acc[r][j]);
+    }
   }
 
   // Turns one row's scores s[0, n) into weights p (in place) for its visible keys j < visible

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   ferrum_kv::bindings::BindBlockPool(m);
   ferrum_kv::bindings::BindKvStorage(m);
   ferrum_kv::bindings::BindCacheManager(m);
+  ferrum_kv::bindings::BindAttention(m);
 }

@@ -1,4 +1,5 @@
-"""ferrum-kv: a KV-cache manager for LLM inference (block pool, paged KV storage, sequence manager).
+"""ferrum-kv: a KV-cache manager for LLM inference (block pool, paged KV storage, sequence manager,
+prefix caching, CPU paged attention).
 
 The core is C++ (``ferrum_kv._core``); this package re-exports its public names.
 """
@@ -15,6 +16,7 @@ from ferrum_kv._core import (
     PagedKvCache,
     __version__,
 )
+from ferrum_kv.attention import paged_attention_decode, paged_attention_prefill
 
 __all__ = [
     "BatchMetadata",
@@ -27,4 +29,6 @@ __all__ = [
     "OutOfBlocksError",
     "PagedKvCache",
     "__version__",
+    "paged_attention_decode",
+    "paged_attention_prefill",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -287,4 +287,61 @@ class PagedKvCache:
         """
         The device-tier KvStorage.
         """
+def attention_isas() -> list[str]:
+    """
+    The attention kernel variants this CPU runs, fastest first ("auto" picks the first).
+    """
+def memory_read_probe(data: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
+    """
+    Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
+    """
+def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+    """
+    Paged-attention decode over explicit block tables.
+    
+    Parameters
+    ----------
+    q : np.ndarray, [batch, num_q_heads, head_dim], float32, C-contiguous
+        One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads.
+    storage : KvStorage
+    layer : int
+    block_tables : np.ndarray, [batch, max_blocks], int32 (padding -1 past each sequence's blocks)
+    context_lens : np.ndarray, [batch], int32, each in [1, max_blocks * block_size]
+    scale : float, optional
+        Softmax scale; default 1 / sqrt(head_dim).
+    out : np.ndarray, optional
+        Like q; written in full and returned. A new array when omitted.
+    isa : str
+        "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
+    num_threads : int
+        0 (default) uses OpenMP's default.
+    
+    Returns
+    -------
+    np.ndarray, [batch, num_q_heads, head_dim], float32: out.
+    
+    The GIL is released during the computation; the caller keeps the blocks read unchanged.
+    """
+def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+    """
+    Paged-attention (chunked) prefill over explicit block tables.
+    
+    Parameters
+    ----------
+    q : np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32, C-contiguous
+        The last query_lens[i] tokens of sequence i, sequence after sequence; row j of sequence i is
+        position context_lens[i] - query_lens[i] + j and attends causally to positions 0..itself.
+    storage : KvStorage
+    layer : int
+    block_tables : np.ndarray, [batch, max_blocks], int32
+    context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
+        the cache)
+    query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
+    scale, out, isa, num_threads
+        As in paged_attention_decode_tables.
+    
+    Returns
+    -------
+    np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.
+    """
 __version__: str = '0.1.0'

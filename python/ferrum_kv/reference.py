@@ -55,3 +55,100 @@ def storage_to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return bfloat16_bits_to_float32(stored)
     return np.asarray(stored).astype(np.float32)
+
+
+def _gather_kv(storage, layer: int, table: np.ndarray, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """K and V of a sequence's first ``num_tokens`` tokens, widened to float64.
+
+    Returns two arrays [num_tokens, num_kv_heads, head_dim], float64.
+    """
+    dtype = storage.dtype
+    block_size = storage.config.block_size
+    blocks = np.asarray(table[: -(-num_tokens // block_size)], dtype=np.int64)
+    k = storage.key_cache(layer)[blocks]  # [blocks, num_kv_heads, block_size, head_dim]
+    v = storage.value_cache(layer)[blocks]
+
+    def tokens(x: np.ndarray) -> np.ndarray:
+        x = storage_to_float32(x, dtype).astype(np.float64).transpose(0, 2, 1, 3)
+        return x.reshape(-1, x.shape[2], x.shape[3])[:num_tokens]
+
+    return tokens(k), tokens(v)
+
+
+def paged_attention_prefill_reference(
+    q: np.ndarray,
+    storage,
+    layer: int,
+    block_tables: np.ndarray,
+    context_lens: np.ndarray,
+    query_lens: np.ndarray,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Causal attention of the last ``query_lens[i]`` tokens of each sequence, in float64.
+
+    Parameters
+    ----------
+    q : np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32
+        Query rows, sequence after sequence; num_q_heads is a multiple of num_kv_heads and query
+        head h reads KV head h // (num_q_heads // num_kv_heads).
+    storage : ferrum_kv.KvStorage
+        K/V as stored (16-bit values widened exactly).
+    layer : int
+    block_tables : np.ndarray, [batch, max_blocks], int32
+        Token t of sequence i is in block block_tables[i, t // block_size], offset t % block_size.
+    context_lens : np.ndarray, [batch], int32
+        Tokens of each sequence with K/V in the cache (the query chunk included).
+    query_lens : np.ndarray, [batch], int32
+        Row j of sequence i is position context_lens[i] - query_lens[i] + j and attends to
+        positions 0..itself.
+    scale : float, optional
+        Softmax scale, default 1 / sqrt(head_dim).
+
+    Returns
+    -------
+    np.ndarray, [sum(query_lens), num_q_heads, head_dim], float64
+    """
+    q = np.asarray(q, dtype=np.float64)
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    group = num_q_heads // storage.config.num_kv_heads
+    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
+    out = np.empty_like(q)
+    row = 0
+    for i, (context, queries) in enumerate(zip(context_lens, query_lens)):
+        context, queries = int(context), int(queries)
+        k, v = _gather_kv(storage, layer, block_tables[i], context)
+        k = np.repeat(k, group, axis=1)  # [context, num_q_heads, head_dim]
+        v = np.repeat(v, group, axis=1)
+        rows = q[row : row + queries]  # [queries, num_q_heads, head_dim]
+        scores = rows.transpose(1, 0, 2) @ k.transpose(1, 2, 0) * scale  # [heads, queries, context]
+        positions = context - queries + np.arange(queries)
+        scores[:, np.arange(context)[None, :] > positions[:, None]] = -np.inf
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights /= weights.sum(axis=-1, keepdims=True)
+        out[row : row + queries] = (weights @ v.transpose(1, 0, 2)).transpose(1, 0, 2)
+        row += queries
+    return out
+
+
+def paged_attention_decode_reference(
+    q: np.ndarray,
+    storage,
+    layer: int,
+    block_tables: np.ndarray,
+    context_lens: np.ndarray,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Attention of one query token per sequence over all its cached tokens, in float64.
+
+    Parameters
+    ----------
+    q : np.ndarray, [batch, num_q_heads, head_dim], float32
+    storage, layer, block_tables, context_lens, scale
+        As in :func:`paged_attention_prefill_reference`.
+
+    Returns
+    -------
+    np.ndarray, [batch, num_q_heads, head_dim], float64
+    """
+    ones = np.ones(len(context_lens), dtype=np.int32)
+    return paged_attention_prefill_reference(q, storage, layer, block_tables, context_lens, ones, scale)

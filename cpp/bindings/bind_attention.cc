@@ -1,0 +1,208 @@
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "ferrum_kv/attention.h"
+#include "ferrum_kv/memory_probe.h"
+#include "ferrum_kv/support/check.h"
+#include "numpy_args.h"
+
+namespace py = pybind11;
+
+namespace ferrum_kv::bindings {
+
+namespace {
+
+// Raises ValueError unless array has exactly this dtype and shape and is C-contiguous.
+void CheckArray(const py::array& array, const char* name, const py::dtype& dtype,
+                const std::vector<py::ssize_t>& shape) {
+  FKV_CHECK_ARG(array.dtype().is(dtype), name << " must have dtype " << std::string(py::str(dtype))
+                                              << ", got " << std::string(py::str(array.dtype())));
+  const bool same_shape = array.ndim() == py::ssize_t(shape.size()) &&
+                          std::equal(shape.begin(), shape.end(), array.shape());
+  FKV_CHECK_ARG(same_shape, name << " must have shape " << ShapeString(shape) << ", got "
+                                 << ShapeString(array));
+  FKV_CHECK_ARG(array.flags() & py::array::c_style, name << " must be C-contiguous");
+}
+
+void CheckNdim(const py::array& array, const char* name, py::ssize_t ndim, const char* axes) {
+  FKV_CHECK_ARG(array.ndim() == ndim, name << " must be " << ndim << "-D " << axes
+                                           << ", got shape " << ShapeString(array));
+}
+
+// The arguments both kernels share, checked against q and the storage; query_lens is absent for
+// decode. Returns the batch tables (pointers into the arrays, which the caller keeps alive) and
+// the output array (allocated when out is None).
+struct Prepared {
+  PagedBatch batch;
+  py::array out;
+  float scale;
+  AttentionOptions options;
+};
+
+Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& block_tables,
+                 const py::array& context_lens, const std::optional<py::array>& query_lens,
+                 std::optional<double> scale, std::optional<py::array> out,
+                 const std::string& isa, int32_t num_threads) {
+  const py::dtype f32 = py::dtype::of<float>();
+  const py::dtype i32 = py::dtype::of<int32_t>();
+  const int32_t head_dim = storage.config().head_dim;
+  CheckNdim(q, "q", 3, query_lens ? "[num_query_tokens, num_q_heads, head_dim]"
+                                  : "[batch, num_q_heads, head_dim]");
+  CheckArray(q, "q", f32, {q.shape(0), q.shape(1), head_dim});
+  CheckNdim(context_lens, "context_lens", 1, "[batch]");
+  const py::ssize_t batch_size = context_lens.shape(0);
+  if (!query_lens) {
+    CheckArray(context_lens, "context_lens", i32, {q.shape(0)});
+  } else {
+    CheckArray(context_lens, "context_lens", i32, {batch_size});
+    CheckArray(*query_lens, "query_lens", i32, {batch_size});
+  }
+  CheckNdim(block_tables, "block_tables", 2, "[batch, max_blocks]");
+  CheckArray(block_tables, "block_tables", i32, {batch_size, block_tables.shape(1)});
+  if (out) {
+    CheckArray(*out, "out", f32, {q.shape(0), q.shape(1), q.shape(2)});
+    FKV_CHECK_ARG(out->writeable(), "out must be writeable");
+  } else {
+    out = py::array(f32, {q.shape(0), q.shape(1), q.shape(2)});
+  }
+  FKV_CHECK_ARG(block_tables.shape(1) <= INT32_MAX && q.shape(1) <= INT32_MAX,
+                "block_tables and q dimensions must fit in int32");
+  Prepared prepared;
+  prepared.batch.block_tables = static_cast<const int32_t*>(block_tables.data());
+  prepared.batch.context_lens = static_cast<const int32_t*>(context_lens.data());
+  prepared.batch.query_lens =
+      query_lens ? static_cast<const int32_t*>(query_lens->data()) : nullptr;
+  prepared.batch.batch_size = static_cast<int32_t>(batch_size);
+  prepared.batch.max_blocks = static_cast<int32_t>(block_tables.shape(1));
+  prepared.out = *out;
+  prepared.scale = static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(head_dim)));
+  prepared.options.isa = ParseAttentionIsa(isa.c_str());
+  prepared.options.num_threads = num_threads;
+  return prepared;
+}
+
+constexpr const char* kDecodeDoc = R"doc(Paged-attention decode over explicit block tables.
+
+Parameters
+----------
+q : np.ndarray, [batch, num_q_heads, head_dim], float32, C-contiguous
+    One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads.
+storage : KvStorage
+layer : int
+block_tables : np.ndarray, [batch, max_blocks], int32 (padding -1 past each sequence's blocks)
+context_lens : np.ndarray, [batch], int32, each in [1, max_blocks * block_size]
+scale : float, optional
+    Softmax scale; default 1 / sqrt(head_dim).
+out : np.ndarray, optional
+    Like q; written in full and returned. A new array when omitted.
+isa : str
+    "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
+num_threads : int
+    0 (default) uses OpenMP's default.
+
+Returns
+-------
+np.ndarray, [batch, num_q_heads, head_dim], float32: out.
+
+The GIL is released during the computation; the caller keeps the blocks read unchanged.)doc";
+
+constexpr const char* kPrefillDoc = R"doc(Paged-attention (chunked) prefill over explicit block tables.
+
+Parameters
+----------
+q : np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32, C-contiguous
+    The last query_lens[i] tokens of sequence i, sequence after sequence; row j of sequence i is
+    position context_lens[i] - query_lens[i] + j and attends causally to positions 0..itself.
+storage : KvStorage
+layer : int
+block_tables : np.ndarray, [batch, max_blocks], int32
+context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
+    the cache)
+query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
+scale, out, isa, num_threads
+    As in paged_attention_decode_tables.
+
+Returns
+-------
+np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.)doc";
+
+}  // namespace
+
+void BindAttention(py::module_& m) {
+  m.def(
+      "paged_attention_decode_tables",
+      [](const py::array& q, const KvStorage& storage, int32_t layer,
+         const py::array& block_tables, const py::array& context_lens,
+         std::optional<double> scale, std::optional<py::array> out, const std::string& isa,
+         int32_t num_threads) {
+        Prepared p = Prepare(q, storage, block_tables, context_lens, std::nullopt, scale,
+                             std::move(out), isa, num_threads);
+        const auto* q_data = static_cast<const float*>(q.data());
+        auto* out_data = static_cast<float*>(p.out.mutable_data());
+        const auto num_q_heads = static_cast<int32_t>(q.shape(1));
+        {
+          py::gil_scoped_release release;
+          PagedAttentionDecode(q_data, num_q_heads, storage, layer, p.batch, p.scale, out_data,
+                               p.options);
+        }
+        return p.out;
+      },
+      py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
+      py::arg("context_lens"), py::arg("scale") = py::none(), py::arg("out") = py::none(),
+      py::arg("isa") = "auto", py::arg("num_threads") = 0, kDecodeDoc);
+  m.def(
+      "paged_attention_prefill_tables",
+      [](const py::array& q, const KvStorage& storage, int32_t layer,
+         const py::array& block_tables, const py::array& context_lens,
+         const py::array& query_lens, std::optional<double> scale,
+         std::optional<py::array> out, const std::string& isa, int32_t num_threads) {
+        Prepared p = Prepare(q, storage, block_tables, context_lens, query_lens, scale,
+                             std::move(out), isa, num_threads);
+        const auto* q_data = static_cast<const float*>(q.data());
+        auto* out_data = static_cast<float*>(p.out.mutable_data());
+        const auto num_q_heads = static_cast<int32_t>(q.shape(1));
+        const int64_t num_tokens = q.shape(0);
+        {
+          py::gil_scoped_release release;
+          PagedAttentionPrefill(q_data, num_tokens, num_q_heads, storage, layer, p.batch,
+                                p.scale, out_data, p.options);
+        }
+        return p.out;
+      },
+      py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
+      py::arg("context_lens"), py::arg("query_lens"), py::arg("scale") = py::none(),
+      py::arg("out") = py::none(), py::arg("isa") = "auto", py::arg("num_threads") = 0,
+      kPrefillDoc);
+  m.def(
+      "attention_isas",
+      [] {
+        std::vector<std::string> names;
+        for (AttentionIsa isa : {AttentionIsa::kAvx512, AttentionIsa::kAvx2,
+                                 AttentionIsa::kPortable, AttentionIsa::kReference}) {
+          if (AttentionIsaSupported(isa)) names.emplace_back(AttentionIsaName(isa));
+        }
+        return names;
+      },
+      "The attention kernel variants this CPU runs, fastest first (\"auto\" picks the first).");
+  m.def(
+      "memory_read_probe",
+      [](const py::array& data, int32_t num_threads) {
+        FKV_CHECK_ARG(data.flags() & py::array::c_style, "data must be C-contiguous");
+        const void* pointer = data.data();
+        const int64_t bytes = data.nbytes();
+        py::gil_scoped_release release;
+        return SumWords(pointer, bytes, num_threads);
+      },
+      py::arg("data"), py::arg("num_threads") = 0,
+      "Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads "
+      "threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.");
+}
+
+}  // namespace ferrum_kv::bindings

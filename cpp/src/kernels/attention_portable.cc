@@ -1,0 +1,44 @@
+// The tile kernel in plain C++ (one float per "vector"), for CPUs without AVX2: the default build
+// runs on any x86-64 (and any other architecture).
+#include <cmath>
+
+#include "ferrum_kv/dtype_convert.h"
+#include "kernels/attention_tile_impl.h"
+
+namespace ferrum_kv::kernels {
+namespace {
+
+struct Portable {
+  using V = float;
+  static constexpr int kWidth = 1;
+
+  static V Zero() { return 0.0f; }
+  static V Set1(float x) { return x; }
+  static V Load(const float* p) { return *p; }
+  static V LoadPartial(const float* p, int) { return *p; }  // never called: no tails at width 1
+  static void Store(float* p, V x) { *p = x; }
+  static void StorePartial(float* p, V x, int) { *p = x; }
+  static V LoadHalf(const uint16_t* p) { return HalfBitsToFloat(*p); }
+  static V LoadHalfPartial(const uint16_t* p, int) { return HalfBitsToFloat(*p); }
+  static V LoadBf16(const uint16_t* p) { return BFloat16BitsToFloat(*p); }
+  static V LoadBf16Partial(const uint16_t* p, int) { return BFloat16BitsToFloat(*p); }
+  static bool Less(V a, V b) { return a < b; }
+  static V Select(bool mask, V a, V b) { return mask ? a : b; }
+  static V Add(V a, V b) { return a + b; }
+  static V Sub(V a, V b) { return a - b; }
+  static V Mul(V a, V b) { return a * b; }
+  static V Fma(V a, V b, V c) { return a * b + c; }
+  static V Max(V a, V b) { return a > b ? a : b; }
+  static float ReduceAdd(V x) { return x; }
+  static void ReduceAdd8(const V* x, float* out) {
+    for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);
+  }
+  static V RoundNearest(V x) { return std::nearbyint(x); }
+  static V Scale2(V y, V n) { return std::ldexp(y, static_cast<int>(n)); }
+};
+
+}  // namespace
+
+void AttentionTilePortable(const AttentionTile& tile) { RunAttentionTile<Portable>(tile); }
+
+}  // namespace ferrum_kv::kernels

@@ -1,0 +1,50 @@
+// The unit of work of the paged-attention kernels (internal to the library): up to kMaxTileRows
+// query rows of one sequence that share one KV head, against one range of that sequence's key
+// positions. attention.cc cuts a batch into tiles (and long contexts into several key ranges),
+// runs them on threads and merges the partial results; the functions below are the per-ISA inner
+// loops, selected at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "ferrum_kv/types.h"
+
+namespace ferrum_kv::kernels {
+
+inline constexpr int32_t kMaxTileRows = 16;
+// Keys scored, softmaxed and accumulated per step (a multiple of every SIMD width).
+inline constexpr int32_t kSpanTokens = 64;
+
+struct AttentionTile {
+  // [num_rows][head_dim] float32, already multiplied by the softmax scale.
+  const float* q = nullptr;
+  // [num_rows]: row r attends to key positions < row_end[r] (its causal limit).
+  const int32_t* row_end = nullptr;
+  int32_t num_rows = 0;
+  // Key positions [key_begin, key_end) of the sequence are visited.
+  int32_t key_begin = 0;
+  int32_t key_end = 0;
+  // The sequence's block table row: position p is in block block_table[p / block_size]. Every
+  // entry covering [key_begin, key_end) has been validated by the caller.
+  const int32_t* block_table = nullptr;
+  // K (and V) of (block 0, the layer, the KV head, offset 0); block b's are block_bytes further.
+  const uint8_t* k_base = nullptr;
+  const uint8_t* v_base = nullptr;
+  int64_t block_bytes = 0;
+  int32_t block_size = 0;
+  int32_t head_dim = 0;
+  DType dtype = DType::kFloat32;
+  // Output, the unnormalised online-softmax state of each row over the visited keys:
+  // max[r] = max score, sum[r] = sum of exp(score - max[r]), acc[r] = sum of exp(score - max[r]) v.
+  // A row that sees no key in the range gets max = -inf, sum = 0, acc = 0.
+  float* acc = nullptr;  // [num_rows][head_dim]
+  float* max = nullptr;  // [num_rows]
+  float* sum = nullptr;  // [num_rows]
+};
+
+// Identical contracts; the AVX2 one needs AVX2 + FMA + F16C, the AVX-512 one AVX-512 F/BW/VL/DQ.
+void AttentionTilePortable(const AttentionTile& tile);
+void AttentionTileAvx2(const AttentionTile& tile);
+void AttentionTileAvx512(const AttentionTile& tile);
+
+}  // namespace ferrum_kv::kernels

@@ -1,0 +1,389 @@
+// The attention tile kernel, written once over a SIMD abstraction `Isa` and instantiated by each
+// attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
+//   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
+//   their Partial forms (16-bit bits widened to float), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
+//   ReduceAdd, ReduceAdd8 (out[i] = ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
+//   Select(mask, a, b) (a where mask, else b).
+// Partial forms touch only the first n < kWidth elements (loads zero the rest).
+//
+// Loop structure, per span of at most kSpanTokens keys inside one block:
+//   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
+//      groups of 4 rows x 2 keys (8 accumulators; each K vector loaded once per group), then one
+//      horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
+//   2. online softmax (vector exp), rescaling acc when a row's max grows;
+//   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
+// K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
+// touches each K/V cache line once; later row groups hit L1).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/attention_tile.h"
+
+namespace ferrum_kv::kernels {
+
+template <class Isa>
+struct VectorExp {
+  using V = typename Isa::V;
+  // exp(x) for x <= 0 (scores minus their running max), Cephes' expf polynomial after the
+  // reduction x = n ln2 + r, |r| <= ln2 / 2; relative error about 2 ulp. Inputs below -87 give
+  // exp(-87) ~ 1.6e-38 instead of a subnormal.
+  static V Exp(V x) {
+    x = Isa::Max(x, Isa::Set1(-87.0f));
+    const V n = Isa::RoundNearest(Isa::Mul(x, Isa::Set1(1.44269504088896341f)));
+    V r = Isa::Fma(n, Isa::Set1(-0.693359375f), x);
+    r = Isa::Fma(n, Isa::Set1(2.12194440e-4f), r);
+    V y = Isa::Set1(1.9875691500e-4f);
+    y = Isa::Fma(y, r, Isa::Set1(1.3981999507e-3f));
+    y = Isa::Fma(y, r, Isa::Set1(8.3334519073e-3f));
+    y = Isa::Fma(y, r, Isa::Set1(4.1665795894e-2f));
+    y = Isa::Fma(y, r, Isa::Set1(1.6666665459e-1f));
+    y = Isa::Fma(y, r, Isa::Set1(5.0000001201e-1f));
+    y = Isa::Fma(y, Isa::Mul(r, r), Isa::Add(r, Isa::Set1(1.0f)));
+    return Isa::Scale2(y, n);
+  }
+};
+
+template <class Isa, DType kDType>
+class TileKernel {
+  using V = typename Isa::V;
+  static constexpr int kW = Isa::kWidth;
+  static constexpr int kRowGroup = 4;
+
+ public:
+  using Elem = std::conditional_t<kDType == DType::kFloat32, float, uint16_t>;
+
+  static void Run(const AttentionTile& t) {
+    const int d = t.head_dim;
+    for (int r = 0; r < t.num_rows; ++r) {
+      t.max[r] = -std::numeric_limits<float>::infinity();
+      t.sum[r] = 0.0f;
+      std::fill(t.acc + int64_t{r} * d, t.acc + int64_t{r + 1} * d, 0.0f);
+    }
+    if (kW > 1 && t.num_rows >= kW) {
+      RunWide(t);
+    } else {
+      RunNarrow(t);
+    }
+  }
+
+ private:
+  // Calls fn(pos, n, k, v) for consecutive spans of at most kSpanTokens keys inside one block,
+  // k and v pointing at the span's first key and value; prefetches the next span meanwhile.
+  template <class Fn>
+  static void ForEachSpan(const AttentionTile& t, Fn&& fn) {
+    for (int32_t pos = t.key_begin; pos < t.key_end;) {
+      const int32_t offset = pos % t.block_size;
+      const int n = std::min({t.block_size - offset, t.key_end - pos, kSpanTokens});
+      const int64_t block = t.block_table[pos / t.block_size];
+      const int64_t element_offset = int64_t{offset} * t.head_dim;
+      const Elem* k = reinterpret_cast<const Elem*>(t.k_base + block * t.block_bytes) +
+                      element_offset;
+      const Elem* v = reinterpret_cast<const Elem*>(t.v_base + block * t.block_bytes) +
+                      element_offset;
+      if (pos + n < t.key_end) Prefetch(t, pos + n);
+      fn(pos, n, k, v);
+      pos += n;
+    }
+  }
+
+  // Few rows (decode): scores are dot products along head_dim, reduced horizontally.
+  static void RunNarrow(const AttentionTile& t) {
+    const int d = t.head_dim;
+    const int rows = t.num_rows;
+    alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
+      ForRowGroups(rows, [&](auto nr, int r0) {
+        ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens);
+      });
+      for (int r = 0; r < rows; ++r) {
+        Softmax(scores + r * kSpanTokens, n, t.row_end[r] - pos, t.max + r, t.sum + r,
+                t.acc + int64_t{r} * d, d);
+      }
+      ForRowGroups(rows, [&](auto nr, int r0) {
+        AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
+                                            t.acc + int64_t{r0} * d);
+      });
+    });
+  }
+
+  // At least kW rows (prefill tiles, wide GQA groups): rows go in SIMD lanes. q is transposed
+  // once per tile (qt[c][r]), so a score vector (one key, kW rows) is a chain of head_dim
+  // broadcast-FMAs with no horizontal sum, 8 keys at a time; the online softmax runs on row
+  // vectors too. Keys in 16-bit storage are widened into a float buffer once per span.
+  static void RunWide(const AttentionTile& t) {
+    const int d = t.head_dim;
+    const int rows = t.num_rows;
+    const int padded = (rows + kW - 1) / kW * kW;
+    std::vector<float> qt(size_t(d) * padded, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < d; ++c) qt[size_t(c) * padded + r] = t.q[int64_t{r} * d + c];
+    std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
+    for (int r = 0; r < rows; ++r) row_end[r] = static_cast<float>(t.row_end[r]);
+    std::fill(max.begin(), max.end(), -std::numeric_limits<float>::infinity());
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
+    std::vector<float> keys(kDType == DType::kFloat32 ? 0 : size_t(kSpanTokens) * d);
+    std::vector<float> correction(padded);
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
+      const float* k32 = WidenKeys(k, n, d, keys.data());
+      for (int r0 = 0; r0 < padded; r0 += kW) {
+        int j = 0;
+        for (; j + 8 <= n; j += 8) ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
+                                                 scores.data() + size_t(j) * padded + r0);
+        for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
+                                          scores.data() + size_t(j) * padded + r0);
+        SoftmaxLanes(scores.data() + r0, padded, n, pos, row_end.data() + r0, max.data() + r0,
+                     sum.data() + r0, correction.data() + r0);
+      }
+      for (int r = 0; r < rows; ++r) {
+        if (correction[r] == 1.0f) continue;
+        float* acc = t.acc + int64_t{r} * d;
+        for (int c = 0; c < d; ++c) acc[c] *= correction[r];
+      }
+      ForRowGroups(rows, [&](auto nr, int r0) {
+        AccumulateRows<decltype(nr)::value>(scores.data() + r0, padded, v, n, d,
+                                            t.acc + int64_t{r0} * d);
+      });
+    });
+    std::copy(max.begin(), max.begin() + rows, t.max);
+    std::copy(sum.begin(), sum.begin() + rows, t.sum);
+  }
+
+  // The span's keys as float32: the storage itself for float32, else widened into buffer.
+  static const float* WidenKeys(const Elem* k, int n, int d, float* buffer) {
+    if constexpr (kDType == DType::kFloat32) {
+      return k;
+    } else {
+      const int64_t total = int64_t{n} * d;
+      int64_t i = 0;
+      for (; i + kW <= total; i += kW) Isa::Store(buffer + i, LoadKv(k + i));
+      if (i < total) Isa::StorePartial(buffer + i, LoadKvPartial(k + i, int(total - i)), int(total - i));
+      return buffer;
+    }
+  }
+
+  // scores[j * stride] (kW row lanes) = sum over c of k[j * d + c] * qt[c * stride], j < NK.
+  template <int NK>
+  static void ScoreLanes(const float* qt, int stride, const float* k, int d, float* scores) {
+    V acc[NK];
+    for (int j = 0; j < NK; ++j) acc[j] = Isa::Zero();
+    for (int c = 0; c < d; ++c) {
+      const V query = Isa::Load(qt + size_t(c) * stride);
+      for (int j = 0; j < NK; ++j) acc[j] = Isa::Fma(Isa::Set1(k[j * d + c]), query, acc[j]);
+    }
+    for (int j = 0; j < NK; ++j) Isa::Store(scores + size_t(j) * stride, acc[j]);
+  }
+
+  // The online softmax of Softmax below for kW rows at once (lanes), scores s[j * stride]:
+  // masks keys at or past each row's end, turns scores into weights in place, updates max and
+  // sum, and leaves in correction[] the factor each row's acc must be multiplied by.
+  static void SoftmaxLanes(float* s, int stride, int n, int32_t pos, const float* row_end,
+                           float* max, float* sum, float* correction) {
+    const V neg_inf = Isa::Set1(-std::numeric_limits<float>::infinity());
+    const V end = Isa::Load(row_end);
+    V span_max = neg_inf;
+    for (int j = 0; j < n; ++j) {
+      float* sj = s + size_t(j) * stride;
+      const auto visible = Isa::Less(Isa::Set1(static_cast<float>(pos + j)), end);
+      const V score = Isa::Select(visible, Isa::Load(sj), neg_inf);
+      Isa::Store(sj, score);
+      span_max = Isa::Max(span_max, score);
+    }
+    const V old_max = Isa::Load(max);
+    const V new_max = Isa::Max(old_max, span_max);
+    // Rows with no visible key yet keep max = -inf; shift by 0 there to avoid inf - inf.
+    const V shift = Isa::Select(Isa::Less(neg_inf, new_max), new_max, Isa::Zero());
+    const V factor = Isa::Select(Isa::Less(neg_inf, old_max),
+                                 VectorExp<Isa>::Exp(Isa::Sub(old_max, shift)), Isa::Zero());
+    V total = Isa::Mul(Isa::Load(sum), factor);
+    for (int j = 0; j < n; ++j) {
+      float* sj = s + size_t(j) * stride;
+      const V score = Isa::Load(sj);
+      const V p = Isa::Select(Isa::Less(neg_inf, score),
+                              VectorExp<Isa>::Exp(Isa::Sub(score, shift)), Isa::Zero());
+      Isa::Store(sj, p);
+      total = Isa::Add(total, p);
+    }
+    Isa::Store(sum, total);
+    Isa::Store(max, new_max);
+    Isa::Store(correction, factor);
+  }
+
+  template <int N>
+  using Int = std::integral_constant<int, N>;
+
+  // Calls fn(Int<nr>, r0) for consecutive groups of at most kRowGroup rows.
+  template <class Fn>
+  static void ForRowGroups(int rows, Fn&& fn) {
+    for (int r0 = 0; r0 < rows; r0 += kRowGroup) {
+      switch (std::min(kRowGroup, rows - r0)) {
+        case 1: fn(Int<1>{}, r0); break;
+        case 2: fn(Int<2>{}, r0); break;
+        case 3: fn(Int<3>{}, r0); break;
+        default: fn(Int<4>{}, r0); break;
+      }
+    }
+  }
+
+  // Asks for the K and V of the span starting at pos (at most kSpanTokens keys, within one block,
+  // like the spans of Run) while the current span is computed. The hardware prefetchers alone do
+  // not keep up: one head's keys in a block are a short stream (block_size * head_dim elements)
+  // and the next block is anywhere in the arena.
+  static void Prefetch(const AttentionTile& t, int32_t pos) {
+    const int32_t offset = pos % t.block_size;
+    const int n = std::min({t.block_size - offset, t.key_end - pos, kSpanTokens});
+    const int64_t block = t.block_table[pos / t.block_size];
+    const int64_t begin = block * t.block_bytes + int64_t{offset} * t.head_dim * sizeof(Elem);
+    const int64_t bytes = int64_t{n} * t.head_dim * sizeof(Elem);
+    for (int64_t line = 0; line < bytes; line += 64) {
+      __builtin_prefetch(t.k_base + begin + line);
+      __builtin_prefetch(t.v_base + begin + line);
+    }
+  }
+
+  static V LoadKv(const Elem* p) {
+    if constexpr (kDType == DType::kFloat32) return Isa::Load(p);
+    if constexpr (kDType == DType::kFloat16) return Isa::LoadHalf(p);
+    if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16(p);
+  }
+  static V LoadKvPartial(const Elem* p, int n) {
+    if constexpr (kDType == DType::kFloat32) return Isa::LoadPartial(p, n);
+    if constexpr (kDType == DType::kFloat16) return Isa::LoadHalfPartial(p, n);
+    if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16Partial(p, n);
+  }
+
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n.
+  template <int NR>
+  static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores) {
+    int j = 0;
+    for (; j + 2 <= n; j += 2) ScoreKeys<NR, 2>(q, d, k + int64_t{j} * d, scores + j);
+    if (j < n) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
+  }
+
+  template <int NR, int NK>
+  static void ScoreKeys(const float* q, int d, const Elem* k, float* scores) {
+    V acc[NR][NK];
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
+    int c = 0;
+    for (; c + kW <= d; c += kW) {
+      V key[NK];
+      for (int j = 0; j < NK; ++j) key[j] = LoadKv(k + j * d + c);
+      for (int r = 0; r < NR; ++r) {
+        const V query = Isa::Load(q + r * d + c);
+        for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
+      }
+    }
+    if (c < d) {
+      const int rest = d - c;
+      V key[NK];
+      for (int j = 0; j < NK; ++j) key[j] = LoadKvPartial(k + j * d + c, rest);
+      for (int r = 0; r < NR; ++r) {
+        const V query = Isa::LoadPartial(q + r * d + c, rest);
+        for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
+      }
+    }
+    if constexpr (NR * NK == 8) {  // the common case: one transposing reduction for all 8
+      float sums[8];
+      Isa::ReduceAdd8(&acc[0][0], sums);
+      for (int r = 0; r < NR; ++r)
+        for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = sums[r * NK + j];
+    } else {
+      for (int r = 0; r < NR; ++r)
+        for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = Isa::ReduceAdd(acc[r][j]);
+    }
+  }
+
+  // Turns one row's scores s[0, n) into weights p (in place) for its visible keys j < visible
+  // (p = 0 beyond), folding them into the row's running (max, sum) and rescaling its acc.
+  static void Softmax(float* s, int n, int32_t visible, float* max, float* sum, float* acc,
+                      int d) {
+    const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
+    float span_max = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < nv; ++j) span_max = std::max(span_max, s[j]);
+    if (nv == 0) {
+      std::fill(s, s + n, 0.0f);
+      return;
+    }
+    const float new_max = std::max(*max, span_max);
+    const float correction = std::exp(*max - new_max);  // 0 for the first span (max = -inf)
+    const V shift = Isa::Set1(new_max);
+    // s has kSpanTokens (a multiple of kW) elements: whole vectors past nv are harmless and
+    // cleared below.
+    for (int j = 0; j < nv; j += kW) {
+      Isa::Store(s + j, VectorExp<Isa>::Exp(Isa::Sub(Isa::Load(s + j), shift)));
+    }
+    std::fill(s + nv, s + n, 0.0f);
+    float span_sum = 0.0f;
+    for (int j = 0; j < nv; ++j) span_sum += s[j];
+    *sum = *sum * correction + span_sum;
+    if (correction != 1.0f) {
+      for (int c = 0; c < d; ++c) acc[c] *= correction;
+    }
+    *max = new_max;
+  }
+
+  // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
+  // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights).
+  template <int NR>
+  static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
+                             float* acc) {
+    const int row_stride = key_stride == 1 ? kSpanTokens : 1;
+    int c = 0;
+    for (; c + 2 * kW <= d; c += 2 * kW)
+      AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+    for (; c + kW <= d; c += kW)
+      AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+    if (c < d) AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
+  }
+
+  // NC vectors of columns starting at v / acc; width < kW only for the last, partial vector.
+  template <int NR, int NC>
+  static void AccumulateColumns(const float* p, int row_stride, int key_stride, const Elem* v,
+                                int n, int d, float* acc, int width) {
+    const bool partial = width < kW;
+    V a[NR][NC];
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < NC; ++i)
+        a[r][i] = partial ? Isa::LoadPartial(acc + r * d, width) : Isa::Load(acc + r * d + i * kW);
+    for (int j = 0; j < n; ++j) {
+      V value[NC];
+      for (int i = 0; i < NC; ++i) {
+        value[i] = partial ? LoadKvPartial(v + int64_t{j} * d, width)
+                           : LoadKv(v + int64_t{j} * d + i * kW);
+      }
+      for (int r = 0; r < NR; ++r) {
+        const V weight = Isa::Set1(p[r * row_stride + j * key_stride]);
+        for (int i = 0; i < NC; ++i) a[r][i] = Isa::Fma(weight, value[i], a[r][i]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      for (int i = 0; i < NC; ++i) {
+        if (partial) {
+          Isa::StorePartial(acc + r * d, a[r][i], width);
+        } else {
+          Isa::Store(acc + r * d + i * kW, a[r][i]);
+        }
+      }
+    }
+  }
+};
+
+// The entry point each attention_<isa>.cc exports: dispatch on the storage dtype.
+template <class Isa>
+void RunAttentionTile(const AttentionTile& tile) {
+  switch (tile.dtype) {
+    case DType::kFloat32: return TileKernel<Isa, DType::kFloat32>::Run(tile);
+    case DType::kFloat16: return TileKernel<Isa, DType::kFloat16>::Run(tile);
+    case DType::kBFloat16: return TileKernel<Isa, DType::kBFloat16>::Run(tile);
+  }
+}
+
+}  // namespace ferrum_kv::kernels

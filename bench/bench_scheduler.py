@@ -6,6 +6,10 @@ slot mapping of the new tokens). Every 50 steps 10% of the sequences finish and 
 arrive with random prompts. Side by side in one run:
 
   ferrum-kv   PagedKvCache.append_batch + batch_metadata (C++)
+  ferrum-kv + prefix caching
+              the same with enable_prefix_caching=True and all prompts distinct (nothing hits):
+              prompts are hashed on arrival and published after their prefill, and each decode step
+              publishes the blocks that fill: the cost of caching when it never pays
   python      a pure-Python manager built the way vLLM's v1 block manager works: a block object
               per block with a ref count, a doubly linked free queue, a dict from request to its
               block list, and a persistent NumPy block table updated incrementally (like vLLM's
@@ -82,7 +86,8 @@ class PythonManager:
             b.ref_cnt = 1
         return out
 
-    def add_sequence(self, seq_id: int, num_tokens: int) -> None:
+    def add_sequence(self, seq_id: int, prompt: np.ndarray) -> None:
+        num_tokens = len(prompt)
         blocks = self.allocate(-(-num_tokens // BLOCK_SIZE))
         row = self.free_rows.pop()
         self.req_blocks[seq_id], self.num_tokens[seq_id], self.row_of[seq_id] = blocks, num_tokens, row
@@ -125,13 +130,17 @@ class PythonManager:
 
 
 class FerrumManager:
-    def __init__(self, num_blocks: int):
+    def __init__(self, num_blocks: int, prefix_caching: bool = False):
         cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=1, block_size=BLOCK_SIZE,
-                              num_blocks=num_blocks)
+                              num_blocks=num_blocks, enable_prefix_caching=prefix_caching)
         self.cache = fkv.PagedKvCache(cfg)
+        self.prefix_caching = prefix_caching
+        self.rng = np.random.default_rng(1234)
 
-    def add_sequence(self, seq_id: int, num_tokens: int) -> None:
-        self.cache.add_sequence(seq_id, np.ones(num_tokens, np.int32))
+    def add_sequence(self, seq_id: int, prompt: np.ndarray) -> None:
+        self.cache.add_sequence(seq_id, prompt)
+        if self.prefix_caching:
+            self.cache.mark_computed(seq_id, len(prompt))  # the prefill ran
 
     def append_batch(self, seq_ids: np.ndarray) -> None:
         self.cache.append_batch(seq_ids, np.ones(len(seq_ids), np.int32))
@@ -147,10 +156,14 @@ class FerrumManager:
 def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple[float, float]:
     """Returns (seconds per decode step, seconds per arrival/finish round)."""
     rng = np.random.default_rng(seed)
+
+    def prompt():  # distinct random token ids: no two prompts share a block
+        return rng.integers(0, 2**31 - 1, int(rng.integers(100, 1000)), dtype=np.int32)
+
     running = []
     next_id = 0
     for _ in range(seqs):
-        manager.add_sequence(next_id, int(rng.integers(100, 1000)))
+        manager.add_sequence(next_id, prompt())
         running.append(next_id)
         next_id += 1
     step_time = churn_time = 0.0
@@ -161,13 +174,16 @@ def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple
         manager.batch_metadata(ids)
         step_time += time.perf_counter() - start
         if step % 50 == 0:
+            finishing = [running.pop(int(rng.integers(len(running)))) for _ in range(seqs // 10)]
+            arriving = [prompt() for _ in finishing]
+            new_ids = list(range(next_id, next_id + len(arriving)))
+            next_id += len(arriving)
             start = time.perf_counter()
-            for _ in range(seqs // 10):
-                manager.free_sequence(running.pop(int(rng.integers(len(running)))))
-                manager.add_sequence(next_id, int(rng.integers(100, 1000)))
-                running.append(next_id)
-                next_id += 1
+            for old_id, new_id, tokens in zip(finishing, new_ids, arriving):
+                manager.free_sequence(old_id)
+                manager.add_sequence(new_id, tokens)
             churn_time += time.perf_counter() - start
+            running += new_ids
     return step_time / steps, churn_time / (steps // 50)
 
 
@@ -183,10 +199,12 @@ def main() -> None:
     results = {}
     for name, make, as_array in [
         ("ferrum-kv", lambda: FerrumManager(num_blocks), True),
+        ("ferrum-kv + prefix caching", lambda: FerrumManager(num_blocks, True), True),
         ("python (vLLM-style)", lambda: PythonManager(num_blocks, args.seqs, max_blocks), False),
     ]:
         results[name] = min(simulate(make(), args.seqs, args.steps, seed, as_array) for seed in (0, 0))
     ours, theirs = results["ferrum-kv"], results["python (vLLM-style)"]
+    caching = results["ferrum-kv + prefix caching"]
     rows = [
         {"manager": name, "us_per_step": f"{r[0] * 1e6:.1f}",
          "us_per_seq_per_step": f"{r[0] * 1e6 / args.seqs:.3f}",
@@ -198,8 +216,11 @@ def main() -> None:
           f"sequence + batch metadata; every 50 steps {args.seqs // 10} finish and as many arrive")
     print_table(rows, list(rows[0]))
     print(f"speedup per step: {theirs[0] / ours[0]:.1f}x; per churn round: {theirs[1] / ours[1]:.1f}x")
+    print(f"prefix caching with zero hits: step {caching[0] / ours[0]:.2f}x the time without, "
+          f"churn round {caching[1] / ours[1]:.2f}x")
     write_json(args.json, {"machine": machine(), "rows": rows,
-                           "speedup_step": theirs[0] / ours[0], "speedup_churn": theirs[1] / ours[1]})
+                           "speedup_step": theirs[0] / ours[0], "speedup_churn": theirs[1] / ours[1],
+                           "prefix_caching_overhead_step": caching[0] / ours[0]})
 
 
 if __name__ == "__main__":

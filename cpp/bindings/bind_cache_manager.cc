@@ -160,11 +160,32 @@ void BindCacheManager(py::module_& m) {
             cache.AppendBatch(ids, data, n);
           },
           py::arg("seq_ids"), py::arg("tokens"),
-          "One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing.")
+          "One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The "
+          "tokens before each appended one count as computed (a decode token is sampled from "
+          "its predecessor's logits): with prefix caching, blocks they filled are published.")
       .def("can_allocate", &PagedKvCache::CanAllocate, py::arg("num_tokens"))
       .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id"), py::arg("num_tokens"))
       .def("mark_computed", &PagedKvCache::MarkComputed, py::arg("seq_id"),
-           py::arg("num_tokens"))
+           py::arg("num_tokens"),
+           "The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, "
+           "full blocks among them become findable by later sequences.")
+      .def(
+          "mark_computed_batch",
+          [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle num_tokens_obj) {
+            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const Int64Array num_tokens = AsInt64Vector(num_tokens_obj, "num_tokens");
+            FKV_CHECK_ARG(seq_ids.size() == num_tokens.size(),
+                          "seq_ids and num_tokens must have the same length, got "
+                              << seq_ids.size() << " and " << num_tokens.size());
+            const int64_t* ids = seq_ids.data();
+            const int64_t* counts = num_tokens.data();
+            const int64_t n = seq_ids.size();
+            py::gil_scoped_release release;
+            cache.MarkComputedBatch(ids, counts, n);
+          },
+          py::arg("seq_ids"), py::arg("num_tokens"),
+          "mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is "
+          "validated before anything changes.")
       .def("fork", &PagedKvCache::Fork, py::arg("parent_id"), py::arg("child_id"),
            py::call_guard<py::gil_scoped_release>(),
            "child shares every block of parent; the first append into a shared, partly filled "

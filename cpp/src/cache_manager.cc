@@ -242,7 +242,11 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     AllocateDevice(needed);
     int64_t next = 0;
     for (int64_t i = 0; i < n; ++i) {
-      AppendWithBlocks(*batch_scratch_[i], tokens + i, 1, scratch_.data(), &next);
+      Sequence& seq = *batch_scratch_[i];
+      // A decode token is sampled from the logits of the sequence's last token, so every token
+      // before it has its K/V written.
+      if (prefix_) ApplyComputed(seq, int64_t(seq.tokens.size()));
+      AppendWithBlocks(seq, tokens + i, 1, scratch_.data(), &next);
     }
   });
 }
@@ -274,14 +278,33 @@ bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
   return BlocksNeededToAppend(seq, num_tokens) <= AvailableBlocks();
 }
 
-void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
-  MutexLock lock(&mu_);
+Sequence& PagedKvCache::CheckComputedCount(SeqId seq_id, int64_t num_tokens) {
   Sequence& seq = Find(seq_id);
   FKV_CHECK_ARG(num_tokens >= 0 && num_tokens <= int64_t(seq.tokens.size()),
                 "num_tokens must be in [0, " << seq.tokens.size() << "] for sequence " << seq_id
                                              << ", got " << num_tokens);
+  return seq;
+}
+
+void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
   seq.num_computed = std::max(seq.num_computed, num_tokens);
   if (prefix_ && !seq.swapped) PublishComputed(seq);
+}
+
+void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
+  MutexLock lock(&mu_);
+  ApplyComputed(CheckComputedCount(seq_id, num_tokens), num_tokens);
+}
+
+void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_tokens,
+                                     int64_t n) {
+  FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
+  MutexLock lock(&mu_);
+  batch_scratch_.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    batch_scratch_.push_back(&CheckComputedCount(seq_ids[i], num_tokens[i]));
+  }
+  for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i], num_tokens[i]);
 }
 
 void PagedKvCache::Fork(SeqId parent, SeqId child) {

@@ -373,3 +373,40 @@ def test_random_operations_against_the_model(seed):
             np.testing.assert_array_equal(cache.gather_kv(seq_id, 0)[0][:computed], kdata[seq_id][:computed])
     seen["evict"] = model.evictions
     assert seen["hit"] > 0 and seen["evict"] > 0 and seen["oob"] > 0, seen
+
+
+def test_mark_computed_batch_is_validated_first_then_publishes():
+    rng = np.random.default_rng(10)
+    cache = make_cache()
+    a, b = rng.integers(0, 100, 9), rng.integers(100, 200, 8)
+    cache.add_sequence(1, a)
+    cache.add_sequence(2, b)
+    with pytest.raises(ValueError, match="num_tokens must be in"):
+        cache.mark_computed_batch([1, 2], [9, 9])  # sequence 2 has 8 tokens
+    with pytest.raises(KeyError):
+        cache.mark_computed_batch([1, 7], [9, 1])
+    with pytest.raises(ValueError, match="same length"):
+        cache.mark_computed_batch([1, 2], [9])
+    assert cache.stats()["cached_blocks"] == 0  # nothing applied
+    cache.mark_computed_batch(np.array([1, 2]), np.array([9, 8]))
+    assert cache.stats()["cached_blocks"] == 4
+    assert cache.add_sequence(3, b) == 4 and cache.add_sequence(4, a) == 8
+
+
+def test_decode_steps_publish_the_blocks_they_fill():
+    rng = np.random.default_rng(11)
+    cache = make_cache()
+    prompt = rng.integers(0, 100, 6)
+    cache.add_sequence(1, prompt)
+    cache.mark_computed(1, 6)  # prefill done: block 0 published
+    assert cache.stats()["cached_blocks"] == 1
+    generated = []
+    for _ in range(3):  # tokens 6, 7, 8: block 1 fills with token 7
+        token = int(rng.integers(0, 100))
+        cache.append_batch([1], [token])
+        generated.append(token)
+    # The third append implies token 7 (the last of block 1) is computed: block 1 is published.
+    assert cache.stats()["cached_blocks"] == 2
+    history = np.concatenate([prompt, generated, [1]])
+    assert cache.add_sequence(2, history) == 8
+    cache.check_invariants()

@@ -113,7 +113,9 @@ class PagedKvCache {
   // Appends n >= 0 tokens, allocating blocks only when the last one fills.
   void AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
   // One decode step: tokens[i] is appended to seq_ids[i]; seq_ids must be distinct. One
-  // all-or-nothing allocation for the whole batch.
+  // all-or-nothing allocation for the whole batch. A decode token is sampled from the logits of
+  // its sequence's last token, so the tokens before it count as computed (MarkComputed up to the
+  // old length: with prefix caching, blocks they filled are published).
   void AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
   bool CanAllocate(int64_t num_tokens) const FKV_EXCLUDES(mu_);
   // False for a swapped-out sequence; UnknownSequence for an unknown one.
@@ -121,6 +123,9 @@ class PagedKvCache {
   // Records that the K/V of the first num_tokens tokens is written (monotonic); with prefix
   // caching, publishes the full blocks among them.
   void MarkComputed(SeqId seq_id, int64_t num_tokens) FKV_EXCLUDES(mu_);
+  // MarkComputed for seq_ids[i], num_tokens[i], i < n, in one call; validated as a whole first.
+  void MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_tokens, int64_t n)
+      FKV_EXCLUDES(mu_);
   void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
   void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
   // Copies the sequence's blocks to the host tier and frees its device blocks, or back into
@@ -190,6 +195,9 @@ class PagedKvCache {
   // left with only the index's reference become evictable, last block first.
   void ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority)
       FKV_REQUIRES(mu_);
+  // Finds seq_id and checks 0 <= num_tokens <= its token count (for MarkComputed).
+  Sequence& CheckComputedCount(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);
+  void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
   // Extends seq.block_hashes to its first num_full_blocks full blocks.
   void HashFullBlocks(Sequence& seq, int64_t num_full_blocks) const;
   // Offers seq's computed full blocks not yet offered to the prefix index.

@@ -11,5 +11,6 @@ void BindConfig(pybind11::module_& m);
 void BindBlockPool(pybind11::module_& m);
 void BindKvStorage(pybind11::module_& m);
 void BindCacheManager(pybind11::module_& m);
+void BindBlockHash(pybind11::module_& m);
 
 }  // namespace ferrum_kv::bindings

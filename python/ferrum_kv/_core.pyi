@@ -1,11 +1,11 @@
 """
-ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels.
+ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels, prefix hashes.
 """
 from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'block_hashes', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -274,4 +274,12 @@ class PagedKvCache:
         """
         The device-tier KvStorage.
         """
+def block_hashes(tokens: typing.Any, block_size: typing.SupportsInt | typing.SupportsIndex, namespace: bytes = b'') -> list:
+    """
+    Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): a list of 32-byte digests, one per full block (a partial trailing block is ignored). parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to h_i = SHA-256(parent || its token ids as little-endian uint32), and parent = h_i. ValueError for a negative token, a non-integer array or block_size < 1; TypeError when namespace is not bytes.
+    """
+def sha256_impl() -> str:
+    """
+    Which SHA-256 implementation this process runs: 'sha-ni' or 'portable'.
+    """
 __version__: str = '0.1.0'

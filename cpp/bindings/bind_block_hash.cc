@@ -1,4 +1,5 @@
 #include <pybind11/pybind11.h>
+#include <pybind11/typing.h>
 
 #include <string>
 #include <vector>
@@ -30,7 +31,7 @@ void BindBlockHash(py::module_& m) {
           const BlockHash root = RootHash(reinterpret_cast<const uint8_t*>(ns.data()), ns.size());
           HashBlocks(root, tokens.data(), num_blocks, int32_t(block_size), hashes.data());
         }
-        py::list result(num_blocks);
+        py::typing::List<py::bytes> result(num_blocks);
         for (int64_t i = 0; i < num_blocks; ++i) {
           result[i] = py::bytes(reinterpret_cast<const char*>(hashes[i].data()), hashes[i].size());
         }

@@ -274,7 +274,7 @@ class PagedKvCache:
         """
         The device-tier KvStorage.
         """
-def block_hashes(tokens: typing.Any, block_size: typing.SupportsInt | typing.SupportsIndex, namespace: bytes = b'') -> list:
+def block_hashes(tokens: typing.Any, block_size: typing.SupportsInt | typing.SupportsIndex, namespace: bytes = b'') -> list[bytes]:
     """
     Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): a list of 32-byte digests, one per full block (a partial trailing block is ignored). parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to h_i = SHA-256(parent || its token ids as little-endian uint32), and parent = h_i. ValueError for a negative token, a non-integer array or block_size < 1; TypeError when namespace is not bytes.
     """

@@ -94,7 +94,8 @@ void CheckTokenIds(const int32_t* tokens, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) min_token = std::min(min_token, tokens[i]);  // vectorised
   if (min_token >= 0) return;
   for (int64_t i = begin; i < end; ++i) {
-    FKV_CHECK_ARG(tokens[i] >= 0, "token ids must be >= 0, got tokens[" << i << "] = " << tokens[i]);
+    FKV_CHECK_ARG(tokens[i] >= 0,
+                  "token ids must be >= 0, got tokens[" << i << "] = " << tokens[i]);
   }
 }
 

@@ -9,12 +9,9 @@ ferrum-kv installed there too). vLLM is never a dependency of ferrum-kv.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import ferrum_kv as fkv  # noqa: E402
-from common import best_time, machine, print_table  # noqa: E402
+import ferrum_kv as fkv
+from ferrum_kv.benchmarks.common import best_time, machine, print_table
 
 
 def main() -> int:

@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import best_time, machine, print_table, write_json  # noqa: E402
+from ferrum_kv.benchmarks.common import best_time, machine, print_table, write_json
 
 BLOCK_SIZE = 16
 

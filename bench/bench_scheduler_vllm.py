@@ -32,13 +32,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import machine, print_table, write_json  # noqa: E402
+from ferrum_kv.benchmarks.common import machine, print_table, write_json
 
 BLOCK_SIZE = 16
 NUM_KV_HEADS = 8
@@ -204,7 +201,7 @@ def main() -> int:
     if v is None:
         return 0
     try:
-        from bench_scheduler import FerrumManager  # needs ferrum_kv.PagedKvCache
+        from ferrum_kv.benchmarks.scheduler import FerrumManager  # needs ferrum_kv.PagedKvCache
     except (ImportError, AttributeError) as e:
         print(f"bench_scheduler.FerrumManager / ferrum_kv.PagedKvCache unavailable ({e}).")
         return 1

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing, machine description, table and JSON output."""
+"""Helpers shared by the benchmarks: timing, machine description, result tables and JSON output."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -62,3 +63,28 @@ def write_json(path: str | None, payload: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(payload, f, indent=2)
+
+
+@dataclass
+class Result:
+    """One benchmark's output: a titled table (one row per case) and notes (ratios, caveats)."""
+
+    title: str
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+    def print(self) -> None:
+        print(f"== {self.title}")
+        print_table(self.rows, list(self.rows[0]))
+        for note in self.notes:
+            print(note)
+
+    def as_json(self) -> dict:
+        return {"title": self.title, "rows": self.rows, "notes": self.notes}
+
+
+def report(result: Result, json_path: str | None) -> None:
+    """Print the machine and the result; write both to json_path if given."""
+    print(f"machine: {machine()}")
+    result.print()
+    write_json(json_path, {"machine": machine(), **result.as_json()})

@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from ferrum_kv.benchmarks.common import machine, print_table, write_json
+from ferrum_kv.benchmarks.scheduler import FerrumManager, simulate
 
 BLOCK_SIZE = 16
 NUM_KV_HEADS = 8
@@ -99,17 +100,15 @@ class VllmManager:
         self.sampling = v["SamplingParams"](max_tokens=1 << 20)
         self.requests: dict[int, object] = {}
         self.pending: dict[int, object] = {}
-        self.tokens = np.random.default_rng(1)  # distinct prompts: no accidental prefix hits
         self.timed_update = timed_update
         self.update_time = 0.0
 
-    def prepare(self, seq_id: int, num_tokens: int) -> None:
+    def prepare(self, seq_id: int, prompt: np.ndarray) -> None:
         """Build the Request (the engine core's job; hashes the prompt's full blocks)."""
-        prompt = self.tokens.integers(0, 32000, num_tokens).tolist()
         self.pending[seq_id] = self.v["Request"](
-            str(seq_id), prompt, self.sampling, None, block_hasher=self.block_hasher)
+            str(seq_id), prompt.tolist(), self.sampling, None, block_hasher=self.block_hasher)
 
-    def add_sequence(self, seq_id: int, num_tokens: int) -> None:
+    def add_sequence(self, seq_id: int, prompt: np.ndarray) -> None:
         req = self.pending.pop(seq_id)
         blocks, num_computed, _ = self.manager.get_computed_blocks(req)
         new = self.manager.allocate_slots(req, req.num_tokens - num_computed, num_computed,
@@ -143,53 +142,6 @@ class VllmManager:
         self.manager.free(self.requests.pop(seq_id))
 
 
-def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool):
-    """bench_scheduler.simulate with a prepare() hook outside the timers; the same random
-    stream. Returns (s per step, s per churn round, s per step spent in vLLM's request update)."""
-    rng = np.random.default_rng(seed)
-    prepare = getattr(manager, "prepare", None)
-    running = []
-    next_id = 0
-    for _ in range(seqs):
-        n = int(rng.integers(100, 1000))
-        if prepare:
-            prepare(next_id, n)
-        manager.add_sequence(next_id, n)
-        running.append(next_id)
-        next_id += 1
-    if hasattr(manager, "update_time"):
-        manager.update_time = 0.0
-    step_time = churn_time = 0.0
-    for step in range(1, steps + 1):
-        ids = np.array(running, np.int64) if as_array else list(running)
-        start = time.perf_counter()
-        manager.append_batch(ids)
-        manager.batch_metadata(ids)
-        step_time += time.perf_counter() - start
-        if step % 50 == 0:
-            # Draw the round's random numbers first (same order as bench_scheduler.simulate)
-            # so the requests can be built outside the timer.
-            plan = []
-            live = list(running)
-            for k in range(seqs // 10):
-                victim = live.pop(int(rng.integers(len(live))))
-                n = int(rng.integers(100, 1000))
-                plan.append((victim, next_id + k, n))
-                live.append(next_id + k)
-            if prepare:
-                for _, new_id, n in plan:
-                    prepare(new_id, n)
-            start = time.perf_counter()
-            for victim, new_id, n in plan:
-                manager.free_sequence(victim)
-                manager.add_sequence(new_id, n)
-            churn_time += time.perf_counter() - start
-            running = live
-            next_id += len(plan)
-    update = getattr(manager, "update_time", 0.0)
-    return step_time / steps, churn_time / (steps // 50), update / steps
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description="KV-cache bookkeeping per decode step: vLLM")
     parser.add_argument("--seqs", type=int, default=256)
@@ -200,11 +152,6 @@ def main() -> int:
     v = import_vllm()
     if v is None:
         return 0
-    try:
-        from ferrum_kv.benchmarks.scheduler import FerrumManager  # needs ferrum_kv.PagedKvCache
-    except (ImportError, AttributeError) as e:
-        print(f"bench_scheduler.FerrumManager / ferrum_kv.PagedKvCache unavailable ({e}).")
-        return 1
 
     max_blocks = (1000 + args.steps) // BLOCK_SIZE + 2
     num_blocks = args.seqs * max_blocks + 64
@@ -219,7 +166,9 @@ def main() -> int:
     results = {}
     for _ in range(args.repeat):  # interleave the managers so drift hits them alike
         for name, make, as_array in cases:
-            r = simulate(make(), args.seqs, args.steps, 0, as_array)
+            manager = make()
+            r = (*simulate(manager, args.seqs, args.steps, 0, as_array),
+                 getattr(manager, "update_time", 0.0) / args.steps)
             # the step with the update excluded decides "best" for vLLM
             key = r[0] - r[2]
             if name not in results or key < results[name][0][0] - results[name][0][2]:

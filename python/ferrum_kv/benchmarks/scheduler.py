@@ -150,18 +150,21 @@ class FerrumManager:
 
 
 def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple[float, float]:
-    """Returns (seconds per decode step, seconds per arrival/finish round)."""
+    """Drive manager through the workload; returns (seconds per decode step, seconds per
+    arrival/finish round). A manager may define prepare(seq_id, prompt), called outside the
+    timers before each add_sequence (e.g. to build a request object)."""
     rng = np.random.default_rng(seed)
+    prepare = getattr(manager, "prepare", lambda seq_id, prompt: None)
 
     def prompt():  # distinct random token ids: no two prompts share a block
         return rng.integers(0, 2**31 - 1, int(rng.integers(100, 1000)), dtype=np.int32)
 
-    running = []
-    next_id = 0
-    for _ in range(seqs):
-        manager.add_sequence(next_id, prompt())
-        running.append(next_id)
-        next_id += 1
+    running = list(range(seqs))
+    for seq_id in running:
+        tokens = prompt()
+        prepare(seq_id, tokens)
+        manager.add_sequence(seq_id, tokens)
+    next_id = seqs
     step_time = churn_time = 0.0
     for step in range(1, steps + 1):
         ids = np.array(running, np.int64) if as_array else list(running)
@@ -174,6 +177,8 @@ def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple
             arriving = [prompt() for _ in finishing]
             new_ids = list(range(next_id, next_id + len(arriving)))
             next_id += len(arriving)
+            for new_id, tokens in zip(new_ids, arriving):
+                prepare(new_id, tokens)
             start = time.perf_counter()
             for old_id, new_id, tokens in zip(finishing, new_ids, arriving):
                 manager.free_sequence(old_id)

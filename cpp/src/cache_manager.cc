@@ -130,22 +130,24 @@ void PagedKvCache::PublishComputed(Sequence& seq) {
   seq.blocks_published = computed_blocks;
 }
 
-int64_t PagedKvCache::BlocksNeededToAppend(const Sequence& seq, int64_t n,
-                                           int32_t tail_copies_before) const {
-  if (n == 0) return 0;
-  const int64_t num_tokens = int64_t(seq.tokens.size());
-  const int64_t new_blocks =
-      BlocksForTokens(num_tokens + n, config_.block_size) - int64_t(seq.blocks.size());
-  const bool copy_on_write = num_tokens % config_.block_size != 0 &&
-                             pool_.RefCount(seq.blocks.back()) - tail_copies_before > 1;
-  return new_blocks + (copy_on_write ? 1 : 0);
+int32_t PagedKvCache::TailRefCount(const Sequence& seq) const {
+  if (seq.tokens.size() % config_.block_size == 0) return 0;
+  return pool_.RefCount(seq.blocks.back());
+}
+
+PagedKvCache::AppendPlan PagedKvCache::PlanAppend(const Sequence& seq, int64_t n,
+                                                  int32_t tail_holders) const {
+  if (n == 0) return AppendPlan{false, 0};
+  const int64_t new_blocks = BlocksForTokens(int64_t(seq.tokens.size()) + n, config_.block_size) -
+                             int64_t(seq.blocks.size());
+  const bool copy_tail = tail_holders > 1;
+  return AppendPlan{copy_tail, new_blocks + (copy_tail ? 1 : 0)};
 }
 
 void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n,
-                                    const BlockId* fresh, int64_t* next) {
+                                    bool copy_tail, const BlockId* fresh, int64_t* next) {
   if (n == 0) return;
-  const int64_t num_tokens = int64_t(seq.tokens.size());
-  if (num_tokens % config_.block_size != 0 && pool_.RefCount(seq.blocks.back()) > 1) {
+  if (copy_tail) {
     const BlockId shared = seq.blocks.back();
     const BlockId copy = fresh[(*next)++];
     storage_->CopyBlock(shared, copy);
@@ -154,7 +156,8 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
     cow_copies_.fetch_add(1, std::memory_order_relaxed);
   }
   const int64_t new_blocks =
-      BlocksForTokens(num_tokens + n, config_.block_size) - int64_t(seq.blocks.size());
+      BlocksForTokens(int64_t(seq.tokens.size()) + n, config_.block_size) -
+      int64_t(seq.blocks.size());
   for (int64_t i = 0; i < new_blocks; ++i) seq.blocks.push_back(fresh[(*next)++]);
   seq.tokens.insert(seq.tokens.end(), tokens, tokens + n);
 }
@@ -216,10 +219,10 @@ void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) 
   CheckTokens(tokens, n);
   Mutate([&]() FKV_REQUIRES(mu_) {
     Sequence& seq = FindResident(seq_id, "append to");
-    const int64_t needed = BlocksNeededToAppend(seq, n);
-    AllocateDevice(needed);
+    const AppendPlan plan = PlanAppend(seq, n, TailRefCount(seq));
+    AllocateDevice(plan.blocks);
     int64_t next = 0;
-    AppendWithBlocks(seq, tokens, n, scratch_.data(), &next);
+    AppendWithBlocks(seq, tokens, n, plan.copy_tail, scratch_.data(), &next);
   });
 }
 
@@ -236,27 +239,27 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       FKV_CHECK_ARG(seq.batch_stamp != stamp,
                     "seq_ids[" << i << "] = " << seq_ids[i] << " repeats in the batch");
       seq.batch_stamp = stamp;
-      needed += BlocksNeededToAppend(seq, 1, CountEarlierTailCopies(seq));
-      batch_scratch_.push_back(&seq);
+      const int32_t holders = TailRefCount(seq);
+      const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
+      needed += plan.blocks;
+      batch_scratch_.push_back(BatchEntry{&seq, plan.copy_tail});
     }
     AllocateDevice(needed);
     int64_t next = 0;
     for (int64_t i = 0; i < n; ++i) {
-      Sequence& seq = *batch_scratch_[i];
+      Sequence& seq = *batch_scratch_[i].seq;
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written.
       if (prefix_) ApplyComputed(seq, int64_t(seq.tokens.size()));
-      AppendWithBlocks(seq, tokens + i, 1, scratch_.data(), &next);
+      AppendWithBlocks(seq, tokens + i, 1, batch_scratch_[i].copy_tail, scratch_.data(), &next);
     }
   });
 }
 
-int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq) {
+int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq, int32_t tail_holders) {
   // Forked siblings in one batch may share a partly filled last block held by r tables: the
   // first r - 1 of them copy it, the last one finds itself sole owner and writes in place.
-  if (seq.tokens.size() % config_.block_size == 0 || pool_.RefCount(seq.blocks.back()) == 1) {
-    return 0;
-  }
+  if (tail_holders <= 1) return 0;
   for (auto& [block, count] : shared_tails_) {
     if (block == seq.blocks.back()) return count++;
   }
@@ -275,7 +278,7 @@ bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
   MutexLock lock(&mu_);
   const Sequence& seq = Find(seq_id);
   if (seq.swapped) return false;
-  return BlocksNeededToAppend(seq, num_tokens) <= AvailableBlocks();
+  return PlanAppend(seq, num_tokens, TailRefCount(seq)).blocks <= AvailableBlocks();
 }
 
 Sequence& PagedKvCache::CheckComputedCount(SeqId seq_id, int64_t num_tokens) {
@@ -302,9 +305,9 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   MutexLock lock(&mu_);
   batch_scratch_.clear();
   for (int64_t i = 0; i < n; ++i) {
-    batch_scratch_.push_back(&CheckComputedCount(seq_ids[i], num_tokens[i]));
+    batch_scratch_.push_back(BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false});
   }
-  for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i], num_tokens[i]);
+  for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i].seq, num_tokens[i]);
 }
 
 void PagedKvCache::Fork(SeqId parent, SeqId child) {

@@ -173,16 +173,23 @@ class PagedKvCache {
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
-  // Blocks an append of n tokens to seq needs: new blocks, plus one if the partly filled last
-  // block is still shared after tail_copies_before earlier holders copied it (copy-on-write).
-  int64_t BlocksNeededToAppend(const Sequence& seq, int64_t n,
-                               int32_t tail_copies_before = 0) const FKV_REQUIRES(mu_);
+  // What appending n tokens takes: whether the partly filled last block must be copied first
+  // (copy-on-write: more than one table holds it) and how many fresh blocks in all.
+  struct AppendPlan {
+    bool copy_tail;
+    int64_t blocks;
+  };
+  // Ref count of seq's last block if it is partly filled, else 0.
+  int32_t TailRefCount(const Sequence& seq) const FKV_REQUIRES(mu_);
+  // tail_holders: tables that will still hold the partly filled last block when seq appends.
+  AppendPlan PlanAppend(const Sequence& seq, int64_t n, int32_t tail_holders) const
+      FKV_REQUIRES(mu_);
   // Within one AppendBatch: how many earlier batch members hold seq's shared, partly filled last
   // block (and will have copied it by the time seq appends). Records seq as one more.
-  int32_t CountEarlierTailCopies(const Sequence& seq) FKV_REQUIRES(mu_);
-  // Appends tokens to a resident sequence, taking the blocks it needs from fresh[*next...].
-  void AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n, const BlockId* fresh,
-                        int64_t* next) FKV_REQUIRES(mu_);
+  int32_t CountEarlierTailCopies(const Sequence& seq, int32_t tail_holders) FKV_REQUIRES(mu_);
+  // Appends tokens to a resident sequence as planned, taking blocks from fresh[*next...].
+  void AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_t n, bool copy_tail,
+                        const BlockId* fresh, int64_t* next) FKV_REQUIRES(mu_);
   PressureLevel PressureLocked() const FKV_REQUIRES(mu_);
   // Counts the failure and throws OutOfBlocksError.
   [[noreturn]] void ThrowOutOfBlocks(int64_t needed, int64_t available);
@@ -217,7 +224,11 @@ class PagedKvCache {
   mutable Mutex mu_;
   std::unordered_map<SeqId, Sequence> sequences_ FKV_GUARDED_BY(mu_);
   std::vector<BlockId> scratch_ FKV_GUARDED_BY(mu_);
-  std::vector<Sequence*> batch_scratch_ FKV_GUARDED_BY(mu_);
+  struct BatchEntry {
+    Sequence* seq;
+    bool copy_tail;
+  };
+  std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;

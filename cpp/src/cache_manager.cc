@@ -82,11 +82,15 @@ void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
 
 void PagedKvCache::AllocateDevice(int64_t n) {
   if (n > AvailableBlocks()) ThrowOutOfBlocks(n, AvailableBlocks());
-  for (int64_t missing = n - pool_.num_free_blocks(); missing > 0; --missing) {
-    const BlockId victim = prefix_->evictable().PopVictim();
-    prefix_->Erase(victim);
-    pool_.Free(&victim, 1);  // the index's reference was the last one
-    ++evictions_;
+  const int64_t missing = n - pool_.num_free_blocks();
+  if (missing > 0) {
+    block_scratch_.clear();
+    for (int64_t i = 0; i < missing; ++i) {
+      block_scratch_.push_back(prefix_->evictable().PopVictim());
+      prefix_->Erase(block_scratch_.back());
+    }
+    pool_.Free(block_scratch_.data(), missing);  // the index's references were the last ones
+    evictions_ += missing;
   }
   if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
   pool_.Allocate(n, scratch_.data());
@@ -119,14 +123,16 @@ void PagedKvCache::PublishComputed(Sequence& seq) {
   const int64_t computed_blocks = seq.num_computed / config_.block_size;
   if (computed_blocks <= seq.blocks_published) return;
   HashFullBlocks(seq, computed_blocks);
+  block_scratch_.clear();  // the blocks this call publishes
   for (int64_t i = seq.blocks_published; i < computed_blocks; ++i) {
     const BlockId block = seq.blocks[i];
     // Skip blocks already cached (reused or published through a sibling) and content another
     // block already holds (two identical prompts computed side by side).
     if (prefix_->IsCached(block) || prefix_->Find(seq.block_hashes[i]) != kNullBlock) continue;
     prefix_->Insert(seq.block_hashes[i], block);
-    pool_.IncRef(&block, 1);
+    block_scratch_.push_back(block);
   }
+  pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
   seq.blocks_published = computed_blocks;
 }
 

@@ -230,7 +230,8 @@ class PagedKvCache {
   };
   std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
-  std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);  // blocks evicted or published by one call
+  // The blocks one call evicts or publishes.
+  std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;

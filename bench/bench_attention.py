@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# OpenBLAS worker threads spin after each NumPy matmul and would steal the cores from the columns
+# measured after them; the NumPy column's matmuls are small, so one BLAS thread costs it little.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 

@@ -73,8 +73,30 @@ class TileKernel {
   }
 
  private:
-  // Calls fn(pos, n, k, v) for consecutive spans of at most kSpanTokens keys inside one block,
-  // k and v pointing at the span's first key and value; prefetches the next span meanwhile.
+  // The K and V lines of the next span, prefetched a part at a time while the current span is
+  // scored. The hardware prefetchers alone fall behind (one head's keys in a block are a short
+  // stream and the next block is anywhere in the arena); issued in one burst, a few hundred
+  // prefetches fill the core's miss queues and stall it until most lines have arrived, which
+  // serialises memory and arithmetic again.
+  struct NextSpan {
+    const uint8_t* k = nullptr;
+    const uint8_t* v = nullptr;
+    int64_t bytes = 0;
+    int64_t issued = 0;
+
+    // Prefetches the first done/total of the span's lines (those not yet asked for).
+    void Until(int done, int total) {
+      const int64_t target = bytes * done / total;
+      for (; issued < target; issued += 64) {
+        __builtin_prefetch(k + issued);
+        __builtin_prefetch(v + issued);
+      }
+    }
+  };
+
+  // Calls fn(pos, n, k, v, next) for consecutive spans of at most kSpanTokens keys inside one
+  // block, k and v pointing at the span's first key and value, next describing the following
+  // span (fn advances its prefetch as it goes; the rest is issued after fn).
   template <class Fn>
   static void ForEachSpan(const AttentionTile& t, Fn&& fn) {
     for (int32_t pos = t.key_begin; pos < t.key_end;) {
@@ -86,8 +108,10 @@ class TileKernel {
                       element_offset;
       const Elem* v = reinterpret_cast<const Elem*>(t.v_base + block * t.block_bytes) +
                       element_offset;
-      if (pos + n < t.key_end) Prefetch(t, pos + n);
-      fn(pos, n, k, v);
+      NextSpan next;
+      if (pos + n < t.key_end) next = Locate(t, pos + n);
+      fn(pos, n, k, v, next);
+      next.Until(1, 1);
       pos += n;
     }
   }
@@ -97,9 +121,10 @@ class TileKernel {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
-    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v, NextSpan& next) {
       ForRowGroups(rows, [&](auto nr, int r0) {
-        ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens);
+        ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens,
+                                       next);
       });
       for (int r = 0; r < rows; ++r) {
         Softmax(scores + r * kSpanTokens, n, t.row_end[r] - pos, t.max + r, t.sum + r,
@@ -130,12 +155,15 @@ class TileKernel {
     std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
     std::vector<float> keys(kDType == DType::kFloat32 ? 0 : size_t(kSpanTokens) * d);
     std::vector<float> correction(padded);
-    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v) {
+    ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v, NextSpan& next) {
       const float* k32 = WidenKeys(k, n, d, keys.data());
       for (int r0 = 0; r0 < padded; r0 += kW) {
         int j = 0;
-        for (; j + 8 <= n; j += 8) ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
-                                                 scores.data() + size_t(j) * padded + r0);
+        for (; j + 8 <= n; j += 8) {
+          ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
+                        scores.data() + size_t(j) * padded + r0);
+          next.Until(j + 8, n);
+        }
         for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                                           scores.data() + size_t(j) * padded + r0);
         SoftmaxLanes(scores.data() + r0, padded, n, pos, row_end.data() + r0, max.data() + r0,
@@ -231,20 +259,17 @@ class TileKernel {
     }
   }
 
-  // Asks for the K and V of the span starting at pos (at most kSpanTokens keys, within one block,
-  // like the spans of Run) while the current span is computed. The hardware prefetchers alone do
-  // not keep up: one head's keys in a block are a short stream (block_size * head_dim elements)
-  // and the next block is anywhere in the arena.
-  static void Prefetch(const AttentionTile& t, int32_t pos) {
+  // The span starting at pos, as ForEachSpan cuts them.
+  static NextSpan Locate(const AttentionTile& t, int32_t pos) {
     const int32_t offset = pos % t.block_size;
     const int n = std::min({t.block_size - offset, t.key_end - pos, kSpanTokens});
     const int64_t block = t.block_table[pos / t.block_size];
     const int64_t begin = block * t.block_bytes + int64_t{offset} * t.head_dim * sizeof(Elem);
-    const int64_t bytes = int64_t{n} * t.head_dim * sizeof(Elem);
-    for (int64_t line = 0; line < bytes; line += 64) {
-      __builtin_prefetch(t.k_base + begin + line);
-      __builtin_prefetch(t.v_base + begin + line);
-    }
+    NextSpan next;
+    next.k = t.k_base + begin;
+    next.v = t.v_base + begin;
+    next.bytes = int64_t{n} * t.head_dim * sizeof(Elem);
+    return next;
   }
 
   static V LoadKv(const Elem* p) {
@@ -260,9 +285,14 @@ class TileKernel {
 
   // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n.
   template <int NR>
-  static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores) {
+  // Advances next's prefetch with the keys.
+  static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
+                        NextSpan& next) {
     int j = 0;
-    for (; j + 2 <= n; j += 2) ScoreKeys<NR, 2>(q, d, k + int64_t{j} * d, scores + j);
+    for (; j + 2 <= n; j += 2) {
+      ScoreKeys<NR, 2>(q, d, k + int64_t{j} * d, scores + j);
+      next.Until(j + 2, n);
+    }
     if (j < n) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
   }
 

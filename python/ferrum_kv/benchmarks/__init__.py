@@ -11,7 +11,7 @@ import time
 from ferrum_kv.benchmarks.common import machine
 
 # Module names, in the order the suite runs them.
-SUITE = ["block_pool", "scheduler", "block_hash", "prefix_cache"]
+SUITE = ["block_pool", "scheduler", "block_hash", "prefix_cache", "attention"]
 
 
 def run_quick_suite() -> int:
@@ -20,6 +20,8 @@ def run_quick_suite() -> int:
     for name in SUITE:
         start = time.perf_counter()
         module = importlib.import_module(f"ferrum_kv.benchmarks.{name}")
-        module.quick().print()
+        results = module.quick()
+        for result in results if isinstance(results, list) else [results]:
+            result.print()
         print(f"({time.perf_counter() - start:.1f} s)\n", flush=True)
     return 0

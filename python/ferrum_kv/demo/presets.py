@@ -49,9 +49,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # For tests: a few milliseconds per step.
     "tiny": ModelConfig(vocab_size=256, hidden_size=64, num_layers=2, num_q_heads=4,
                         num_kv_heads=2, head_dim=16, ffn_size=128),
-    # The demo's default: big enough that the kernels and the cache do real work.
     "small": ModelConfig(vocab_size=2048, hidden_size=256, num_layers=4, num_q_heads=8,
                          num_kv_heads=2, head_dim=32, ffn_size=688),
+    # The demo's default: big enough that the kernels and the cache do real work.
     "base": ModelConfig(vocab_size=8192, hidden_size=512, num_layers=8, num_q_heads=8,
                         num_kv_heads=4, head_dim=64, ffn_size=1376),
 }

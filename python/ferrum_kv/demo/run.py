@@ -43,7 +43,7 @@ class DemoOptions:
         extra threads mostly add synchronisation.
     """
 
-    preset: str = "small"
+    preset: str = "base"
     sessions: int = 48
     num_blocks: int = 96
     num_host_blocks: int = 24

@@ -12,5 +12,6 @@ void BindBlockPool(pybind11::module_& m);
 void BindKvStorage(pybind11::module_& m);
 void BindCacheManager(pybind11::module_& m);
 void BindAttention(pybind11::module_& m);
+void BindBlockHash(pybind11::module_& m);
 
 }  // namespace ferrum_kv::bindings

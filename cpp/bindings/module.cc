@@ -5,7 +5,7 @@
 #endif
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels.";
+  m.doc() = "ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels, prefix hashes.";
   m.attr("__version__") = FKV_VERSION;
   ferrum_kv::bindings::BindErrors(m);
   ferrum_kv::bindings::BindConfig(m);
@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   ferrum_kv::bindings::BindKvStorage(m);
   ferrum_kv::bindings::BindCacheManager(m);
   ferrum_kv::bindings::BindAttention(m);
+  ferrum_kv::bindings::BindBlockHash(m);
 }

@@ -58,18 +58,6 @@ class LinkMessage {
   uint8_t* data_ = inline_;
 };
 
-void CheckTokens(const int32_t* tokens, int64_t num_blocks, int32_t block_size) {
-  FKV_CHECK_ARG(block_size >= 1, "block_size must be >= 1, got " << block_size);
-  FKV_CHECK_ARG(num_blocks >= 0, "num_blocks must be >= 0, got " << num_blocks);
-  const int64_t n = num_blocks * block_size;
-  int32_t min_token = 0;
-  for (int64_t i = 0; i < n; ++i) min_token = std::min(min_token, tokens[i]);  // vectorised
-  if (min_token >= 0) return;
-  for (int64_t i = 0; i < n; ++i) {
-    FKV_CHECK_ARG(tokens[i] >= 0, "token ids must be >= 0, got tokens[" << i << "] = " << tokens[i]);
-  }
-}
-
 }  // namespace
 
 BlockHash RootHash(const uint8_t* ns, size_t ns_len) {
@@ -89,13 +77,25 @@ BlockHash HashBlock(const BlockHash& parent, const int32_t* tokens, int32_t bloc
 
 void HashBlocks(const BlockHash& parent, const int32_t* tokens, int64_t num_blocks,
                 int32_t block_size, BlockHash* out) {
-  CheckTokens(tokens, num_blocks, block_size);
+  FKV_CHECK_ARG(block_size >= 1, "block_size must be >= 1, got " << block_size);
+  FKV_CHECK_ARG(num_blocks >= 0, "num_blocks must be >= 0, got " << num_blocks);
+  CheckTokenIds(tokens, 0, num_blocks * block_size);
   if (num_blocks == 0) return;
   const sha256::CompressFn compress = sha256::BestCompress();
   LinkMessage message(block_size);
   message.Hash(compress, parent, tokens, &out[0]);
   for (int64_t i = 1; i < num_blocks; ++i) {
     message.Hash(compress, out[i - 1], tokens + i * block_size, &out[i]);
+  }
+}
+
+void CheckTokenIds(const int32_t* tokens, int64_t begin, int64_t end) {
+  int32_t min_token = 0;
+  for (int64_t i = begin; i < end; ++i) min_token = std::min(min_token, tokens[i]);  // vectorised
+  if (min_token >= 0) return;
+  for (int64_t i = begin; i < end; ++i) {
+    FKV_CHECK_ARG(tokens[i] >= 0,
+                  "token ids must be >= 0, got tokens[" << i << "] = " << tokens[i]);
   }
 }
 

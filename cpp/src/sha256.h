@@ -36,7 +36,9 @@ CompressFn BestCompress();
 const char* BestCompressName();
 
 // Length of a len-byte message after padding: the next multiple of 64 that is >= len + 9.
-constexpr size_t PaddedSize(size_t len) { return (len + 9 + kBlockBytes - 1) / kBlockBytes * kBlockBytes; }
+constexpr size_t PaddedSize(size_t len) {
+  return (len + 9 + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+}
 // Writes the padding of a len-byte message, 0x80, zeros and the 64-bit big-endian length in bits,
 // PaddedSize(len) - len bytes, starting at end (the byte after the message's last).
 void WritePadding(uint8_t* end, size_t len);

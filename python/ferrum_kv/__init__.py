@@ -15,6 +15,7 @@ from ferrum_kv._core import (
     OutOfBlocksError,
     PagedKvCache,
     __version__,
+    block_hashes,
 )
 from ferrum_kv.attention import paged_attention_decode, paged_attention_prefill
 
@@ -29,6 +30,7 @@ __all__ = [
     "OutOfBlocksError",
     "PagedKvCache",
     "__version__",
+    "block_hashes",
     "paged_attention_decode",
     "paged_attention_prefill",
 ]

@@ -1,11 +1,11 @@
 """
-ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels.
+ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels, prefix hashes.
 """
 from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -199,7 +199,7 @@ class PagedKvCache:
         """
     def append_batch(self, seq_ids: typing.Any, tokens: typing.Any) -> None:
         """
-        One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing.
+        One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The tokens before each appended one count as computed (a decode token is sampled from its predecessor's logits): with prefix caching, blocks they filled are published.
         """
     def append_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> None:
         ...
@@ -234,7 +234,13 @@ class PagedKvCache:
     def is_swapped(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
         ...
     def mark_computed(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
+        """
+        The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, full blocks among them become findable by later sequences.
+        """
+    def mark_computed_batch(self, seq_ids: typing.Any, num_tokens: typing.Any) -> None:
+        """
+        mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is validated before anything changes.
+        """
     def num_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
     def reset_prefix_cache(self) -> None:
@@ -291,6 +297,10 @@ def attention_isas() -> list[str]:
     """
     The attention kernel variants this CPU runs, fastest first ("auto" picks the first).
     """
+def block_hashes(tokens: typing.Any, block_size: typing.SupportsInt | typing.SupportsIndex, namespace: bytes = b'') -> list[bytes]:
+    """
+    Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): a list of 32-byte digests, one per full block (a partial trailing block is ignored). parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to h_i = SHA-256(parent || its token ids as little-endian uint32), and parent = h_i. ValueError for a negative token, a non-integer array or block_size < 1; TypeError when namespace is not bytes.
+    """
 def memory_read_probe(data: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
     """
     Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
@@ -343,5 +353,9 @@ def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: 
     Returns
     -------
     np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.
+    """
+def sha256_impl() -> str:
+    """
+    Which SHA-256 implementation this process runs: 'sha-ni' or 'portable'.
     """
 __version__: str = '0.1.0'

@@ -142,6 +142,8 @@ TEST(BlockHashTest, RejectsBadArgumentsBeforeWriting) {
   EXPECT_THROW(HashBlocks(root, tokens.data(), -1, 2, out), InvalidArgument);
   EXPECT_NO_THROW(HashBlocks(root, tokens.data(), 0, 2, out));
   EXPECT_NO_THROW(HashBlocks(root, tokens.data(), 1, 3, out));
+  EXPECT_NO_THROW(CheckTokenIds(tokens.data(), 0, 3));
+  EXPECT_THROW(CheckTokenIds(tokens.data(), 3, 4), InvalidArgument);
 }
 
 }  // namespace

@@ -410,3 +410,14 @@ def test_decode_steps_publish_the_blocks_they_fill():
     history = np.concatenate([prompt, generated, [1]])
     assert cache.add_sequence(2, history) == 8
     cache.check_invariants()
+
+
+def test_published_hashes_are_the_block_hashes_of_the_spec():
+    rng = np.random.default_rng(12)
+    cache = make_cache()
+    prompt = rng.integers(0, 2**31 - 1, 18)
+    cache.add_sequence(1, prompt, namespace=b"tenant")
+    cache.mark_computed(1, 18)
+    stored = [e["hash"] for e in cache.drain_events() if e["type"] == "stored"]
+    assert stored == fkv.block_hashes(prompt, BS, namespace=b"tenant")
+    assert len(stored) == 4

@@ -46,6 +46,10 @@ BlockHash HashBlock(const BlockHash& parent, const int32_t* tokens, int32_t bloc
 void HashBlocks(const BlockHash& parent, const int32_t* tokens, int64_t num_blocks,
                 int32_t block_size, BlockHash* out);
 
+// Throws InvalidArgument naming the first negative id in tokens[begin, end), if any (HashBlocks
+// runs it on the tokens it hashes).
+void CheckTokenIds(const int32_t* tokens, int64_t begin, int64_t end);
+
 // Which SHA-256 implementation runs in this process: "sha-ni" or "portable".
 const char* Sha256Implementation();
 

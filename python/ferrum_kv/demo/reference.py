@@ -16,7 +16,7 @@ hits, copy-on-write, swapping and recomputation all leave the numbers unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -146,7 +146,8 @@ def reference_logits(model: Decoder, tokens: np.ndarray, num_prompt: int,
 
 
 def verify(model: Decoder, samples: Iterable[Sequence], storage_dtype: str,
-           tolerance: float = DEFAULT_TOLERANCE, progress: Optional[callable] = None) -> VerifyReport:
+           tolerance: float = DEFAULT_TOLERANCE,
+           progress: Optional[Callable[[], object]] = None) -> VerifyReport:
     """Check every finished sample of a serving run (run with ``record_logits``) against the
     reference.
 

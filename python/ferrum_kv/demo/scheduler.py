@@ -197,8 +197,9 @@ class Scheduler:
         decode, preempted = self._schedule_decodes(budget)
         budget -= len(decode)
         chunks = []  # (sequence, start, end)
+        decoding = set(decode)
         for seq in self.running:
-            if budget and seq.num_computed < seq.num_cached and seq not in decode:
+            if budget and seq.num_computed < seq.num_cached and seq not in decoding:
                 chunks.append(self._chunk(seq, budget))
                 budget -= chunks[-1][2] - chunks[-1][1]
         if not preempted:

@@ -56,32 +56,57 @@ def paged_attention_prefill(
     query_lens: IntArray,
     scale: Optional[float] = None,
     out: Optional[np.ndarray] = None,
+    *,
+    context_lens: Optional[IntArray] = None,
 ) -> np.ndarray:
     """Causal attention for the last ``query_lens[i]`` tokens of each sequence (chunked prefill).
 
-    Query row ``j`` of sequence ``i`` is token position ``num_tokens(i) - query_lens[i] + j`` and
-    attends to every position up to and including its own, which may sit in cached blocks
-    (a cached prefix or earlier chunks). The K/V of the query tokens must already be written.
+    Query row ``j`` of sequence ``i`` is token position ``context_lens[i] - query_lens[i] + j``
+    (by default ``context_lens[i] = num_tokens(i)``: the sequence's last tokens) and attends to
+    every position up to and including its own, which may sit in cached blocks (a cached prefix
+    or earlier chunks). The K/V of the query tokens must already be written.
 
     Parameters
     ----------
     q : np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32, C-contiguous
         The query rows of sequence 0, then of sequence 1, ...
     cache, layer, seq_ids, scale : as for paged_attention_decode
-    query_lens : 1-D int array [B], each in [1, num_tokens(seq_ids[i])]
+    query_lens : 1-D int array [B], each in [1, context_lens[i]]
     out : np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32, optional
+    context_lens : 1-D int array [B], optional
+        Where each chunk ends, each in [1, num_tokens(seq_ids[i])]: a chunk in the middle of a
+        prompt whose blocks are all allocated (``add_sequence`` of the whole prompt, prefilled
+        over several steps). Default: ``num_tokens`` of each sequence.
 
     Returns
     -------
     np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32
     """
     metadata = cache.batch_metadata(seq_ids)
-    query_lens = np.asarray(query_lens)
-    if query_lens.dtype.kind in "iu" and query_lens.dtype != np.int32:
-        if query_lens.size and (query_lens.min() < 0 or query_lens.max() > np.iinfo(np.int32).max):
-            raise ValueError(f"query_lens out of the int32 range: {query_lens}")
-        query_lens = query_lens.astype(np.int32)
+    query_lens = _as_int32(query_lens, "query_lens")
+    if context_lens is None:
+        context_lens = metadata.context_lens
+    else:
+        context_lens = _as_int32(context_lens, "context_lens")
+        if context_lens.shape != metadata.context_lens.shape or np.any(
+            (context_lens < 1) | (context_lens > metadata.context_lens)
+        ):
+            raise ValueError(
+                f"context_lens must be {metadata.context_lens.shape[0]} values in "
+                f"[1, num_tokens] = [1, {metadata.context_lens.tolist()}], got {context_lens.tolist()}"
+            )
     return _core.paged_attention_prefill_tables(
-        q, cache.storage, layer, metadata.block_tables, metadata.context_lens,
-        np.ascontiguousarray(query_lens), scale=scale, out=out,
+        q, cache.storage, layer, metadata.block_tables, context_lens, query_lens,
+        scale=scale, out=out,
     )
+
+
+def _as_int32(values: IntArray, name: str) -> np.ndarray:
+    """A C-contiguous int32 copy of an integer array (other dtypes pass through for the core's
+    validation to name); ValueError when a value leaves the int32 range."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu" and values.dtype != np.int32:
+        if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{name} out of the int32 range: {values}")
+        values = values.astype(np.int32)
+    return np.ascontiguousarray(values)

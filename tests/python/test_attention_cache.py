@@ -96,6 +96,30 @@ def test_chunked_prefill_over_a_cached_prefix():
     assert rel_err(out, np.stack(rows)) < 1e-5
 
 
+def test_chunk_in_the_middle_of_an_allocated_prompt():
+    """context_lens: a prompt added whole and prefilled over two steps; the first chunk must not
+    see the second chunk's (not yet written) K/V."""
+    rng = np.random.default_rng(3)
+    cache = setup("float32", rng)
+    cache.add_sequence(1, rng.integers(0, 1000, 30))
+    cache.add_sequence(2, rng.integers(0, 1000, 7))
+    k = rng.standard_normal((30, HEADS_KV, DIM)).astype(np.float32)
+    v = rng.standard_normal((30, HEADS_KV, DIM)).astype(np.float32)
+    cache.write_kv(0, cache.slot_mapping(1, 0, 20), k[:20], v[:20])  # first chunk: tokens 0-19
+    write(cache, 2, 0, rng)
+    q = rng.standard_normal((12 + 7, HEADS_KV * GROUP, DIM)).astype(np.float32)
+    out = fkv.paged_attention_prefill(q, cache, 0, [1, 2], [12, 7], context_lens=[20, 7])
+    k2, v2 = gathered(cache, 2, 0, "float32")
+    expected = [attend(q[j].astype(np.float64), k[: 8 + j + 1].astype(np.float64),
+                       v[: 8 + j + 1].astype(np.float64), 1 / np.sqrt(DIM)) for j in range(12)]
+    expected += [attend(q[12 + j].astype(np.float64), k2[: j + 1], v2[: j + 1], 1 / np.sqrt(DIM))
+                 for j in range(7)]
+    assert rel_err(out, np.stack(expected)) < 1e-5
+    for bad in ([31, 7], [20], [0, 7]):
+        with pytest.raises(ValueError, match="context_lens"):
+            fkv.paged_attention_prefill(q, cache, 0, [1, 2], [12, 7], context_lens=bad)
+
+
 def test_bad_arguments_raise():
     rng = np.random.default_rng(2)
     cache = setup("float32", rng)

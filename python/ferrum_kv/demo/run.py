@@ -1,0 +1,177 @@
+"""One demo run: build the model, the cache and the workload, serve it, optionally verify."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+import ferrum_kv as fkv
+from ferrum_kv.demo.model import Decoder
+from ferrum_kv.demo.presets import MODEL_PRESETS
+from ferrum_kv.demo.reference import DEFAULT_TOLERANCE, VerifyReport, verify
+from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig, StepRecord
+from ferrum_kv.demo.workload import Workload, WorkloadConfig
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Everything a demo run depends on (the CLI's options).
+
+    Attributes
+    ----------
+    preset : str
+        A key of ``MODEL_PRESETS``.
+    sessions : int
+        Workload size: conversations plus one-shot requests.
+    num_blocks, num_host_blocks, block_size : int
+        Device cache, host tier (0: preemption always recomputes) and block geometry.
+    dtype : str
+        K/V storage dtype.
+    eviction_policy : str
+        Prefix-cache eviction order.
+    prefix_caching : bool
+    token_budget, max_num_seqs : int
+        Scheduler limits (``SchedulerConfig``).
+    seed : int
+        Weights and workload.
+    threads : int
+        Threads for NumPy's BLAS and the attention kernels. The demo's batches are small, so
+        extra threads mostly add synchronisation.
+    """
+
+    preset: str = "base"
+    sessions: int = 48
+    num_blocks: int = 96
+    num_host_blocks: int = 24
+    block_size: int = 16
+    dtype: str = "float32"
+    eviction_policy: str = "lru"
+    prefix_caching: bool = True
+    token_budget: int = 256
+    max_num_seqs: int = 24
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {self.preset!r} "
+                             f"(choose from {', '.join(MODEL_PRESETS)})")
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What a run produced.
+
+    Attributes
+    ----------
+    summary : dict
+        The figures of the summary table (``report.format_summary`` lays them out).
+    history : list of StepRecord
+        One per step, for the plot.
+    verification : VerifyReport or None
+        With ``verify=True``.
+    """
+
+    summary: dict
+    history: list[StepRecord]
+    verification: Optional[VerifyReport]
+
+
+def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[bool] = None,
+             tolerance: float = DEFAULT_TOLERANCE) -> DemoResult:
+    """Serve the synthetic workload over a PagedKvCache and summarise; optionally verify it.
+
+    Parameters
+    ----------
+    options : DemoOptions
+    verify_run : bool
+        Also run every sample through the contiguous reference (``reference.verify``).
+    progress : bool, optional
+        Show tqdm progress bars on stderr; None (default): when stderr is a terminal.
+    tolerance : float
+        Relative logit tolerance of the verification.
+
+    Returns
+    -------
+    DemoResult
+
+    Raises
+    ------
+    ValueError, ferrum_kv.Error
+        For a configuration that cannot work (e.g. a cache too small for the longest request).
+    """
+    model_config = MODEL_PRESETS[options.preset]
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=model_config.num_layers, num_kv_heads=model_config.num_kv_heads,
+        head_dim=model_config.head_dim, block_size=options.block_size,
+        num_blocks=options.num_blocks, dtype=options.dtype,
+        num_host_blocks=options.num_host_blocks, enable_prefix_caching=options.prefix_caching,
+        eviction_policy=options.eviction_policy))
+    model = Decoder(model_config, seed=options.seed)
+    workload = Workload(WorkloadConfig(num_sessions=options.sessions), model_config.vocab_size,
+                        seed=options.seed)
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(
+        token_budget=options.token_budget, max_num_seqs=options.max_num_seqs,
+        record_logits=verify_run))
+
+    hide_progress = None if progress is None else not progress  # tqdm: None = auto
+    with threadpool_limits(limits=options.threads):
+        start = time.perf_counter()
+        with tqdm(total=workload.num_samples, desc="serving", unit="sample",
+                  disable=hide_progress, leave=False) as bar:
+            while not scheduler.done:
+                record = scheduler.step()
+                bar.update(len(scheduler.finished) - bar.n)
+                bar.set_postfix(running=record.running, swapped=record.swapped,
+                                blocks=f"{record.blocks_held}/{options.num_blocks}", refresh=False)
+        elapsed = time.perf_counter() - start
+        verification = None
+        if verify_run:
+            with tqdm(total=len(scheduler.finished), desc="verifying", unit="sample",
+                      disable=hide_progress, leave=False) as bar:
+                verify_start = time.perf_counter()
+                verification = verify(model, scheduler.finished, options.dtype, tolerance,
+                                      progress=bar.update)
+                verify_elapsed = time.perf_counter() - verify_start
+
+    summary = _summarise(options, scheduler, elapsed)
+    if verification is not None:
+        summary["verify_s"] = verify_elapsed
+    return DemoResult(summary=summary, history=scheduler.history, verification=verification)
+
+
+def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> dict:
+    stats = scheduler.cache.stats()
+    requests = {seq.request.request_id: seq.request for seq in scheduler.finished}
+    prompt_tokens = sum(len(r.prompt) for r in requests.values())
+    generated_tokens = sum(seq.num_generated for seq in scheduler.finished)
+    return {
+        "requests": len(requests),
+        "samples": len(scheduler.finished),
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated_tokens,
+        "computed_tokens": scheduler.computed_tokens,
+        "steps": len(scheduler.history),
+        "elapsed_s": elapsed,
+        "tokens_per_s": (prompt_tokens + generated_tokens) / elapsed,
+        "generated_tokens_per_s": generated_tokens / elapsed,
+        "prefix_hit_rate": stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1),
+        "prefix_hit_tokens": stats["prefix_hit_tokens"],
+        "peak_blocks_used": max((r.blocks_held for r in scheduler.history), default=0),
+        "num_blocks": options.num_blocks,
+        "preemptions": scheduler.preemptions,
+        "preemptions_by_swap": scheduler.preemptions_by_swap,
+        "preemptions_by_recompute": scheduler.preemptions_by_recompute,
+        "swap_outs": stats["swap_outs"],
+        "swap_ins": stats["swap_ins"],
+        "cow_copies": stats["cow_copies"],
+        "evictions": stats["evictions"],
+        "model": options.preset,
+        "dtype": options.dtype,
+    }

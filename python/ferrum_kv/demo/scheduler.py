@@ -1,0 +1,365 @@
+"""A continuous-batching scheduler over PagedKvCache, with the decoder as its model.
+
+Each ``step()``:
+
+1. **Decode.** Every running sequence with a sampled-but-not-yet-run token appends it
+   (``append_batch``: one call for the batch). When blocks run out, the most recently admitted
+   running sequence is preempted and the append retried: it is swapped out to the host tier when
+   that has room, else freed, to be recomputed from its tokens later (prefix caching makes that
+   cheap when its blocks are still cached).
+2. **Prefill.** Running sequences still prefilling get chunks, oldest first, from what is left of
+   the step's token budget.
+3. **Resume and admit** (only when nothing was preempted this step, so freed room is not
+   immediately refilled): swapped sequences are swapped back in (they run from the next step),
+   then waiting sequences, preempted-for-recompute ones first, are added with ``add_sequence``
+   (its prefix hit counts as computed) and get a first chunk, while the budget, the sequence
+   limit and free blocks (above a small watermark) allow.
+4. **Run** the decoder over the step's rows (decode rows, then chunks) through
+   ``PagedStepAttention``, ``mark_computed_batch`` the written tokens, and sample greedily for
+   every sequence whose rows reached its last token. A request with ``n > 1`` forks its prompt
+   once it is computed: sample ``i`` starts with the ``i``-th most likely token (copy-on-write
+   splits the shared last block on the first append). A sample that has generated
+   ``max_new_tokens`` tokens is freed; its blocks stay in the prefix cache.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import ferrum_kv as fkv
+from ferrum_kv.demo.model import Decoder
+from ferrum_kv.demo.paged import PagedStepAttention
+from ferrum_kv.demo.workload import Request, Workload
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Scheduling limits.
+
+    Attributes
+    ----------
+    token_budget : int
+        Rows (prefill chunk tokens plus decode tokens) per step.
+    max_num_seqs : int
+        Running sequences beyond which nothing new is admitted (forks of an admitted request
+        may exceed it).
+    watermark_blocks : int
+        Blocks left free when admitting or swapping in while other sequences run, so that they
+        can keep decoding for a while without preemption.
+    record_logits : bool
+        Keep every sample's logits (for ``--verify``).
+    """
+
+    token_budget: int = 256
+    max_num_seqs: int = 24
+    watermark_blocks: int = 2
+    record_logits: bool = False
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1 or self.max_num_seqs < 1 or self.watermark_blocks < 0:
+            raise ValueError(f"bad scheduler limits: {self}")
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"    # not in the cache: new, or preempted for recompute
+    RUNNING = "running"
+    SWAPPED = "swapped"    # in the host tier
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One sample of a request, as the scheduler tracks it.
+
+    Attributes
+    ----------
+    seq_id : int
+        Its id in the PagedKvCache.
+    request : Request
+    sample_index : int
+        In ``[0, request.n)``; sample i's first token is the i-th most likely one.
+    tokens : list of int
+        Prompt, then the generated tokens; the last one may not have been run yet.
+    num_cached : int
+        Tokens the cache holds for it (0 while waiting).
+    num_computed : int
+        Leading tokens whose K/V is written (a prefix hit counts).
+    logits : list of np.ndarray, each [vocab_size] float32
+        With ``record_logits``: the logits each generated token was chosen from, in order.
+    """
+
+    seq_id: int
+    request: Request
+    sample_index: int
+    tokens: list[int]
+    status: Status = Status.WAITING
+    num_cached: int = 0
+    num_computed: int = 0
+    logits: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - len(self.request.prompt)
+
+    @property
+    def generated(self) -> np.ndarray:
+        """The generated tokens, [num_generated] int32."""
+        return np.asarray(self.tokens[len(self.request.prompt):], dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step did and the cache's state after it."""
+
+    step: int
+    decode_tokens: int
+    prefill_tokens: int
+    running: int
+    swapped: int
+    waiting: int
+    blocks_held: int    # device blocks held by sequences
+    blocks_cached: int  # evictable blocks kept for the prefix cache
+    prefix_hit_rate: float  # cumulative, over tokens looked up
+
+
+class Scheduler:
+    """Drives a workload to completion over one PagedKvCache.
+
+    Parameters
+    ----------
+    model : Decoder
+    cache : PagedKvCache
+        Its geometry must match the model (layers, KV heads, head_dim); prefix caching is used
+        when the cache enables it; swapping needs ``num_host_blocks > 0``.
+    workload : Workload
+    config : SchedulerConfig
+
+    Raises
+    ------
+    ValueError
+        When the cache does not fit the model or cannot hold the workload's longest sample.
+    """
+
+    def __init__(self, model: Decoder, cache: fkv.PagedKvCache, workload: Workload,
+                 config: SchedulerConfig = SchedulerConfig()) -> None:
+        m, c = model.config, cache.config
+        if (m.num_layers, m.num_kv_heads, m.head_dim) != (c.num_layers, c.num_kv_heads, c.head_dim):
+            raise ValueError(
+                f"cache geometry (layers, kv heads, head_dim) = "
+                f"{(c.num_layers, c.num_kv_heads, c.head_dim)} does not match the model's "
+                f"{(m.num_layers, m.num_kv_heads, m.head_dim)}")
+        longest = workload.max_request_tokens
+        if -(-longest // c.block_size) > c.num_blocks:
+            raise ValueError(
+                f"the cache is too small for the workload: its longest request may reach {longest} "
+                f"tokens = {-(-longest // c.block_size)} blocks of {c.block_size}, but the cache "
+                f"has {c.num_blocks} blocks")
+        if longest > m.max_positions:
+            raise ValueError(f"the workload's longest request may reach {longest} tokens, beyond "
+                             f"the model's max_positions ({m.max_positions})")
+        self.model, self.cache, self.workload, self.config = model, cache, workload, config
+        self.step_no = 0
+        self.running: list[Sequence] = []   # admission order: the last is preempted first
+        self.swapped: deque[Sequence] = deque()
+        self.waiting: deque[Sequence] = deque()
+        self.finished: list[Sequence] = []
+        self.history: list[StepRecord] = []
+        self.preemptions_by_swap = 0
+        self.preemptions_by_recompute = 0
+        self.computed_tokens = 0   # rows run through the model (recomputation included)
+        self.requests_finished = 0
+        self._next_seq_id = 0
+        self._unfinished_samples: dict[int, list[Sequence]] = {}  # request id -> its samples
+
+    @property
+    def done(self) -> bool:
+        return self.workload.done and not (self.running or self.swapped or self.waiting)
+
+    @property
+    def preemptions(self) -> int:
+        return self.preemptions_by_swap + self.preemptions_by_recompute
+
+    def run(self) -> None:
+        """Step until every request of the workload is finished."""
+        while not self.done:
+            self.step()
+
+    def step(self) -> StepRecord:
+        """Schedule and run one step (see the module docstring); returns its record."""
+        for request in self.workload.arrivals(self.step_no):
+            self._unfinished_samples[request.request_id] = [self._new_sequence(request, 0)]
+            self.waiting.append(self._unfinished_samples[request.request_id][0])
+        budget = self.config.token_budget
+        decode, preempted = self._schedule_decodes(budget)
+        budget -= len(decode)
+        chunks = []  # (sequence, start, end)
+        decoding = set(decode)
+        for seq in self.running:
+            if budget and seq.num_computed < seq.num_cached and seq not in decoding:
+                chunks.append(self._chunk(seq, budget))
+                budget -= chunks[-1][2] - chunks[-1][1]
+        if not preempted:
+            self._swap_in()
+            while budget and self.waiting and self._admit(self.waiting[0]):
+                seq = self.waiting.popleft()
+                chunks.append(self._chunk(seq, budget))
+                budget -= chunks[-1][2] - chunks[-1][1]
+        if decode or chunks:
+            self._run_model(decode, chunks)
+        elif not (preempted or self.running or self.swapped):
+            if self.waiting:  # excluded by the size check in __init__
+                raise RuntimeError("scheduler stalled: a waiting sequence does not fit the empty "
+                                   "cache")
+            # Idle until the next arrival: jump the clock there.
+            self.step_no = max(self.step_no, self.workload.next_arrival_step() - 1)
+        record = self._record(len(decode), sum(end - start for _, start, end in chunks))
+        self.step_no += 1
+        return record
+
+    def _new_sequence(self, request: Request, sample_index: int) -> Sequence:
+        seq = Sequence(seq_id=self._next_seq_id, request=request, sample_index=sample_index,
+                       tokens=request.prompt.tolist())
+        self._next_seq_id += 1
+        return seq
+
+    def _schedule_decodes(self, budget: int) -> tuple[list[Sequence], bool]:
+        """Append the pending token of up to ``budget`` decoding sequences, preempting from the
+        back of the running list until the batch fits. Returns (the batch, whether preempted)."""
+        decode = [s for s in self.running if s.num_cached < len(s.tokens)][:budget]
+        preempted = False
+        while decode:
+            try:
+                self.cache.append_batch([s.seq_id for s in decode], [s.tokens[-1] for s in decode])
+                break
+            except fkv.OutOfBlocksError:
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim in decode:
+                    decode.remove(victim)
+        for seq in decode:
+            seq.num_cached += 1
+        return decode, preempted
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        try:
+            self.cache.swap_out(seq.seq_id)
+        except fkv.OutOfBlocksError:  # no host tier, or it is full: recompute later
+            self.cache.free_sequence(seq.seq_id)
+            seq.status, seq.num_cached, seq.num_computed = Status.WAITING, 0, 0
+            self.waiting.appendleft(seq)
+            self.preemptions_by_recompute += 1
+        else:
+            seq.status = Status.SWAPPED
+            self.swapped.append(seq)
+            self.preemptions_by_swap += 1
+
+    def _room_for(self, num_tokens: int) -> bool:
+        """Whether ``num_tokens`` more tokens fit in free (or evictable) blocks with the
+        watermark left over (no watermark when nothing runs)."""
+        reserve = self.config.watermark_blocks * self.cache.config.block_size if self.running else 0
+        return self.cache.can_allocate(num_tokens + reserve)
+
+    def _swap_in(self) -> None:
+        while (self.swapped and len(self.running) < self.config.max_num_seqs
+               and self._room_for(self.swapped[0].num_cached)):
+            seq = self.swapped.popleft()
+            self.cache.swap_in(seq.seq_id)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+
+    def _admit(self, seq: Sequence) -> bool:
+        """Add a waiting sequence to the cache if the limits allow: the watermark is free and
+        the blocks it needs beyond its prefix hit are available (add_sequence is all-or-nothing)."""
+        if len(self.running) >= self.config.max_num_seqs or not self._room_for(0):
+            return False
+        try:
+            hit = self.cache.add_sequence(seq.seq_id, np.asarray(seq.tokens, np.int32))
+        except fkv.OutOfBlocksError:
+            return False
+        seq.num_computed = hit
+        seq.num_cached = len(seq.tokens)
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        return True
+
+    @staticmethod
+    def _chunk(seq: Sequence, budget: int) -> tuple[Sequence, int, int]:
+        return seq, seq.num_computed, min(seq.num_cached, seq.num_computed + budget)
+
+    def _run_model(self, decode: list[Sequence], chunks: list[tuple[Sequence, int, int]]) -> None:
+        rows = [(seq, seq.num_computed, seq.num_cached) for seq in decode] + chunks
+        tokens = np.concatenate([np.asarray(seq.tokens[start:end], np.int32)
+                                 for seq, start, end in rows])
+        positions = np.concatenate([np.arange(start, end) for _, start, end in rows])
+        attention = PagedStepAttention(self.cache, [s.seq_id for s in decode],
+                                       [s.seq_id for s, _, _ in chunks],
+                                       [start for _, start, _ in chunks],
+                                       [end for _, _, end in chunks])
+        hidden = self.model.forward(tokens, positions, attention)
+        self.computed_tokens += len(tokens)
+        for seq, _, end in rows:
+            seq.num_computed = end
+        self.cache.mark_computed_batch([s.seq_id for s, _, _ in rows], [end for _, _, end in rows])
+        last_rows = np.cumsum([end - start for _, start, end in rows]) - 1
+        sampling = [(seq, row) for (seq, _, end), row in zip(rows, last_rows) if end == len(seq.tokens)]
+        if sampling:
+            logits = self.model.logits(hidden[[row for _, row in sampling]])
+            for (seq, _), seq_logits in zip(sampling, logits):
+                self._sample(seq, seq_logits)
+
+    def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
+        """Greedy sampling; forks the other samples of an ``n > 1`` request off its prompt."""
+        samples = [seq]
+        if seq.request.n > 1 and seq.num_generated == 0:
+            for index in range(1, seq.request.n):
+                child = self._new_sequence(seq.request, index)
+                self.cache.fork(seq.seq_id, child.seq_id)
+                child.status, child.num_cached, child.num_computed = (
+                    Status.RUNNING, seq.num_cached, seq.num_computed)
+                self.running.append(child)
+                self._unfinished_samples[seq.request.request_id].append(child)
+                samples.append(child)
+        for sample in samples:
+            sample.tokens.append(rank_token(logits, sample.sample_index if sample.num_generated == 0 else 0))
+            if self.config.record_logits:
+                sample.logits.append(logits)
+            if sample.num_generated == sample.request.max_new_tokens:
+                self._finish(sample)
+
+    def _finish(self, seq: Sequence) -> None:
+        self.cache.free_sequence(seq.seq_id)
+        self.running.remove(seq)
+        seq.status = Status.FINISHED
+        self.finished.append(seq)
+        samples = self._unfinished_samples[seq.request.request_id]
+        if all(s.status is Status.FINISHED for s in samples):
+            del self._unfinished_samples[seq.request.request_id]
+            self.requests_finished += 1
+            self.workload.finished(seq.request, samples[0].generated, self.step_no)
+
+    def _record(self, decode_tokens: int, prefill_tokens: int) -> StepRecord:
+        stats = self.cache.stats()
+        record = StepRecord(
+            step=self.step_no, decode_tokens=decode_tokens, prefill_tokens=prefill_tokens,
+            running=len(self.running), swapped=len(self.swapped), waiting=len(self.waiting),
+            blocks_held=stats["used_blocks"] - stats["evictable_blocks"],
+            blocks_cached=stats["evictable_blocks"],
+            prefix_hit_rate=stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1))
+        self.history.append(record)
+        return record
+
+
+def rank_token(logits: np.ndarray, rank: int) -> int:
+    """The ``rank``-th most likely token (0: the greedy choice; ties go to the lower id).
+
+    logits : [vocab_size] float.
+    """
+    if rank == 0:
+        return int(np.argmax(logits))
+    return int(np.argsort(-logits, kind="stable")[rank])

@@ -1,0 +1,185 @@
+"""The demo's continuous-batching scheduler: preemption and resume (swap, recompute), copy-on-write
+through parallel sampling, prefix hits, and end-to-end agreement with the contiguous reference."""
+
+import numpy as np
+import pytest
+
+import ferrum_kv as fkv
+from ferrum_kv.demo import DemoOptions, run_demo
+from ferrum_kv.demo.model import Decoder
+from ferrum_kv.demo.presets import MODEL_PRESETS
+from ferrum_kv.demo.reference import verify
+from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig
+from ferrum_kv.demo.workload import Request
+
+MODEL = MODEL_PRESETS["tiny"]
+BS = 4
+
+
+class FixedWorkload:
+    """Explicit requests, all arriving at step 0 (the Workload interface the scheduler uses)."""
+
+    def __init__(self, requests):
+        self._pending = list(requests)
+        self.finished_requests = []
+        self.max_request_tokens = max(len(r.prompt) + r.max_new_tokens for r in requests)
+
+    @property
+    def done(self):
+        return not self._pending
+
+    def next_arrival_step(self):
+        return 0 if self._pending else None
+
+    def add(self, request):
+        self._pending.append(request)
+
+    def arrivals(self, step):
+        arrived, self._pending = self._pending, []
+        return arrived
+
+    def finished(self, request, reply, step):
+        self.finished_requests.append(request)
+
+
+def request(request_id, prompt, max_new_tokens, n=1):
+    return Request(request_id=request_id, prompt=np.asarray(prompt, np.int32),
+                   max_new_tokens=max_new_tokens, n=n, arrival_step=0, session=request_id, turn=0)
+
+
+def serve(requests, num_blocks, num_host_blocks=0, prefix_caching=True, **limits):
+    model = Decoder(MODEL, seed=1)
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
+        block_size=BS, num_blocks=num_blocks, num_host_blocks=num_host_blocks,
+        enable_prefix_caching=prefix_caching))
+    workload = FixedWorkload(requests)
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(record_logits=True, **limits))
+    while not scheduler.done:
+        scheduler.step()
+        cache.check_invariants()
+    assert len(cache) == 0 and len(workload.finished_requests) == len(requests)
+    return scheduler
+
+
+def assert_matches_reference(scheduler):
+    report = verify(scheduler.model, scheduler.finished, "float32")
+    assert report.ok, report.mismatches[:3]
+    assert report.steps == sum(s.request.max_new_tokens for s in scheduler.finished)
+    return report
+
+
+def two_long_requests(rng):
+    # 16-token prompts (4 blocks each) growing by 12 tokens (3 blocks each): 14 blocks > 12.
+    return [request(0, rng.integers(0, MODEL.vocab_size, 16), 12),
+            request(1, rng.integers(0, MODEL.vocab_size, 16), 12)]
+
+
+def test_preemption_by_swap_and_resume():
+    scheduler = serve(two_long_requests(np.random.default_rng(0)), num_blocks=12,
+                      num_host_blocks=12)
+    stats = scheduler.cache.stats()
+    assert scheduler.preemptions_by_swap >= 1 and scheduler.preemptions_by_recompute == 0
+    assert stats["swap_outs"] == stats["swap_ins"] == scheduler.preemptions_by_swap
+    assert any(r.swapped for r in scheduler.history)
+    # The later admitted request is the victim; the first one runs through.
+    assert scheduler.finished[0].request.request_id == 0
+    assert_matches_reference(scheduler)
+
+
+def test_preemption_by_recompute_and_resume():
+    scheduler = serve(two_long_requests(np.random.default_rng(0)), num_blocks=12)
+    stats = scheduler.cache.stats()
+    assert scheduler.preemptions_by_recompute >= 1 and scheduler.preemptions_by_swap == 0
+    assert stats["swap_outs"] == 0
+    # Recomputing re-runs tokens; distinct prompts, so every prefix hit is the victim finding
+    # its own published blocks again.
+    assert scheduler.computed_tokens > 2 * (16 + 12 - 1)
+    assert stats["prefix_hit_tokens"] > 0
+    assert_matches_reference(scheduler)
+
+
+def test_recompute_without_prefix_caching_runs_everything_again():
+    scheduler = serve(two_long_requests(np.random.default_rng(0)), num_blocks=12,
+                      prefix_caching=False)
+    assert scheduler.preemptions_by_recompute >= 1
+    assert scheduler.cache.stats()["prefix_hit_tokens"] == 0
+    assert_matches_reference(scheduler)
+
+
+def test_parallel_sampling_forks_and_copies_the_shared_tail_on_write():
+    rng = np.random.default_rng(1)
+    # 10-token prompt: blocks 0-1 full, block 2 holds 2 tokens and is shared by 3 samples.
+    scheduler = serve([request(0, rng.integers(0, MODEL.vocab_size, 10), 6, n=3)], num_blocks=32)
+    samples = sorted(scheduler.finished, key=lambda s: s.sample_index)
+    assert [s.sample_index for s in samples] == [0, 1, 2]
+    assert scheduler.cache.stats()["cow_copies"] == 2  # all but the last appender copy
+    first = [int(s.generated[0]) for s in samples]
+    expected = np.argsort(-samples[0].logits[0], kind="stable")[:3].tolist()
+    assert first == expected  # sample i starts with the i-th most likely token
+    # The prompt ran once: 10 prompt tokens, then one row per later token per sample.
+    assert scheduler.computed_tokens == 10 + 3 * 5
+    assert_matches_reference(scheduler)
+
+
+def test_prefix_hits_skip_the_shared_system_prompt():
+    rng = np.random.default_rng(2)
+    system = rng.integers(0, MODEL.vocab_size, 12)
+    first = request(0, np.concatenate([system, [1, 2, 3]]), 4)
+    second = request(1, np.concatenate([system, [4, 5]]), 4)
+    model = Decoder(MODEL, seed=1)
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
+        block_size=BS, num_blocks=32, enable_prefix_caching=True))
+    workload = FixedWorkload([first])
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(record_logits=True))
+    scheduler.step()  # prefill of the first request publishes its 3 full blocks
+    workload.add(second)
+    scheduler.step()
+    late = next(s for s in scheduler.running if s.request is second)
+    assert cache.stats()["prefix_hit_tokens"] == 12
+    assert late.num_computed == 14  # hit 12, then one chunk of 2 in the same step
+    scheduler.run()
+    assert_matches_reference(scheduler)
+
+
+def test_chunked_prefill_under_a_small_token_budget():
+    rng = np.random.default_rng(3)
+    scheduler = serve([request(0, rng.integers(0, MODEL.vocab_size, 30), 3),
+                       request(1, rng.integers(0, MODEL.vocab_size, 7), 3)],
+                      num_blocks=32, token_budget=8)
+    assert all(r.prefill_tokens + r.decode_tokens <= 8 for r in scheduler.history)
+    assert sum(r.prefill_tokens for r in scheduler.history) == 37
+    assert_matches_reference(scheduler)
+
+
+def test_a_cache_too_small_for_the_longest_request_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        serve([request(0, np.arange(40), 10)], num_blocks=8)
+
+
+def test_verify_reports_a_changed_logit_and_a_changed_token():
+    scheduler = serve(two_long_requests(np.random.default_rng(4)), num_blocks=12)
+    seq = scheduler.finished[0]
+    seq.logits[3] = seq.logits[3] * (1 + 1e-3)
+    report = verify(scheduler.model, scheduler.finished, "float32")
+    assert [(m.request_id, m.position) for m in report.mismatches] == [
+        (seq.request.request_id, len(seq.request.prompt) + 3)]
+    seq.logits[3] = seq.logits[3] / (1 + 1e-3)
+    # The last token: a different one would change no later step.
+    seq.tokens[-1] = int(np.argmin(seq.logits[-1]))
+    report = verify(scheduler.model, scheduler.finished, "float32")
+    assert len(report.mismatches) == 1
+    assert report.mismatches[0].served_token == seq.tokens[-1]
+    assert report.mismatches[0].relative_error < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_end_to_end_demo_matches_the_reference(dtype):
+    options = DemoOptions(preset="tiny", sessions=10, num_blocks=40, num_host_blocks=8,
+                          dtype=dtype, seed=3)
+    result = run_demo(options, verify_run=True, progress=False)
+    s, v = result.summary, result.verification
+    assert v.ok and v.samples == s["samples"] and v.steps == s["generated_tokens"]
+    assert s["preemptions"] > 0 and s["prefix_hit_rate"] > 0 and s["cow_copies"] > 0
+    assert s["peak_blocks_used"] <= 40

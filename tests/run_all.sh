@@ -41,7 +41,7 @@ if [ "${FKV_SKIP_SANITIZERS:-0}" != 1 ]; then
 fi
 
 step "Python package: pip install .[test]"
-"$PY" -m pip install --quiet --disable-pip-version-check ".[test]"
+CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" "$PY" -m pip install --quiet --disable-pip-version-check ".[test]"
 
 step "Python tests"
 "$PY" -m pytest -q -p no:cacheprovider tests/python

@@ -183,33 +183,23 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
             seq_id = int(rng.choice(list(model.seqs)))
             cache.free_sequence(seq_id)
             model.drop(model.seqs.pop(seq_id)["blocks"])
-        elif op == "swap_out" and resident():
-            seq_id = int(rng.choice(resident()))
-            seq = model.seqs[seq_id]
-            if len(seq["blocks"]) > model.free_host_blocks():
-                with pytest.raises(fkv.OutOfBlocksError):
-                    cache.swap_out(seq_id)
-                counts["oob"] += 1
-            else:
-                cache.swap_out(seq_id)
-                model.drop(seq["blocks"])
-                seq["blocks"] = model.take(len(seq["blocks"]))
-                seq["swapped"] = True
-                counts["swap"] += 1
-        elif op == "swap_in":
-            swapped = [s for s, q in model.seqs.items() if q["swapped"]]
-            if swapped:
-                seq_id = int(rng.choice(swapped))
+        elif op in ("swap_out", "swap_in"):
+            to_host = op == "swap_out"
+            candidates = [s for s, q in model.seqs.items() if q["swapped"] != to_host]
+            if candidates:
+                seq_id = int(rng.choice(candidates))
                 seq = model.seqs[seq_id]
-                if len(seq["blocks"]) > model.free_blocks():
+                room = model.free_host_blocks() if to_host else model.free_blocks()
+                swap = cache.swap_out if to_host else cache.swap_in
+                if len(seq["blocks"]) > room:
                     with pytest.raises(fkv.OutOfBlocksError):
-                        cache.swap_in(seq_id)
+                        swap(seq_id)
                     counts["oob"] += 1
                 else:
-                    cache.swap_in(seq_id)
+                    swap(seq_id)
                     model.drop(seq["blocks"])
                     seq["blocks"] = model.take(len(seq["blocks"]))
-                    seq["swapped"] = False
+                    seq["swapped"] = to_host
                     counts["swap"] += 1
         check_all(cache, model)
     return counts

@@ -5,9 +5,11 @@
 namespace ferrum_kv {
 
 PrefixIndex::PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy)
-    : hashes_(static_cast<size_t>(num_blocks)),
+    : entries_(static_cast<size_t>(num_blocks)),
       publish_order_(static_cast<size_t>(num_blocks), 0),
-      evictable_(MakeEvictionPolicy(policy, num_blocks)) {}
+      evictable_(MakeEvictionPolicy(policy, num_blocks)) {
+  by_hash_.reserve(static_cast<size_t>(num_blocks));
+}
 
 BlockId PrefixIndex::Find(const BlockHash& hash) const {
   auto it = by_hash_.find(hash);
@@ -16,10 +18,10 @@ BlockId PrefixIndex::Find(const BlockHash& hash) const {
 
 void PrefixIndex::Insert(const BlockHash& hash, BlockId block) {
   assert(!IsCached(block));
-  const bool inserted = by_hash_.emplace(hash, block).second;
+  const auto [entry, inserted] = by_hash_.emplace(hash, block);
   assert(inserted);
   (void)inserted;
-  hashes_[block] = hash;
+  entries_[block] = entry;
   publish_order_[block] = ++publish_clock_;
   Log(CacheEvent::Kind::kBlockStored, hash, block);
 }
@@ -27,9 +29,9 @@ void PrefixIndex::Insert(const BlockHash& hash, BlockId block) {
 void PrefixIndex::Erase(BlockId block) {
   assert(IsCached(block));
   if (evictable_->Contains(block)) evictable_->Remove(block);
-  by_hash_.erase(hashes_[block]);
+  Log(CacheEvent::Kind::kBlockRemoved, HashOf(block), block);
+  by_hash_.erase(entries_[block]);
   publish_order_[block] = 0;
-  Log(CacheEvent::Kind::kBlockRemoved, hashes_[block], block);
 }
 
 void PrefixIndex::Clear() {

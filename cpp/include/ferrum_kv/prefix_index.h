@@ -32,7 +32,8 @@ class PrefixIndex {
   // The block holding hash, or kNullBlock.
   BlockId Find(const BlockHash& hash) const;
   bool IsCached(BlockId block) const { return publish_order_[block] != 0; }
-  const BlockHash& HashOf(BlockId block) const { return hashes_[block]; }
+  // Precondition: IsCached(block).
+  const BlockHash& HashOf(BlockId block) const { return entries_[block]->first; }
   // When block was published (1, 2, ...); 0 if it is not cached.
   uint64_t PublishOrder(BlockId block) const { return publish_order_[block]; }
   int64_t size() const { return int64_t(by_hash_.size()); }
@@ -56,8 +57,11 @@ class PrefixIndex {
  private:
   void Log(CacheEvent::Kind kind, const BlockHash& hash, BlockId block);
 
-  std::unordered_map<BlockHash, BlockId, BlockHashHasher> by_hash_;
-  std::vector<BlockHash> hashes_;
+  using Map = std::unordered_map<BlockHash, BlockId, BlockHashHasher>;
+  // Reserved for num_blocks entries up front, so it never rehashes and the iterators in entries_
+  // stay valid: Erase and HashOf need no hashing.
+  Map by_hash_;
+  std::vector<Map::iterator> entries_;  // entries_[b] is b's entry while b is cached
   std::vector<uint64_t> publish_order_;
   uint64_t publish_clock_ = 0;
   std::unique_ptr<EvictionPolicy> evictable_;

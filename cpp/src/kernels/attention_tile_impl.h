@@ -162,7 +162,7 @@ class TileKernel {
       });
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
-          Softmax(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
+          Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
                   t.acc + int64_t{r} * d, d);
         }
       } else {
@@ -172,7 +172,7 @@ class TileKernel {
           const int32_t end = t.row_end[r] - pos;
           TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
                        std::clamp<int32_t>(end, 0, n));
-          Softmax(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
+          Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
@@ -432,11 +432,12 @@ class TileKernel {
 
   // Turns one row's scores s[0, n) into weights p (in place) for its visible keys
   // begin <= j < visible (p = 0 elsewhere), folding them into the row's running (max, sum) and
-  // rescaling its acc.
+  // rescaling its acc. kBegin false (no sliding window) ignores begin: the plain hot path.
+  template <bool kBegin>
   static void Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
                       float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
-    const int lo = static_cast<int>(std::clamp<int32_t>(begin, 0, nv));
+    const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
     float span_max = -std::numeric_limits<float>::infinity();
     for (int j = lo; j < nv; ++j) span_max = std::max(span_max, s[j]);
     if (lo == nv) {

@@ -44,7 +44,31 @@ struct Prepared {
   py::array out;
   float scale;
   AttentionOptions options;
+  std::optional<py::array> alibi_slopes;  // kept alive for options.alibi_slopes
 };
+
+// The optional features (attention.h), checked here with Python's conventions (None = off).
+void SetFeatures(Prepared& prepared, py::ssize_t num_q_heads, std::optional<int64_t> sliding_window,
+                 std::optional<double> soft_cap, const std::optional<py::array>& alibi_slopes) {
+  if (sliding_window) {
+    FKV_CHECK_ARG(*sliding_window >= 1 && *sliding_window <= INT32_MAX,
+                  "sliding_window must be an int in [1, 2**31 - 1] or None, got "
+                      << *sliding_window);
+    prepared.options.sliding_window = static_cast<int32_t>(*sliding_window);
+  }
+  if (soft_cap) {
+    const float cap = static_cast<float>(*soft_cap);
+    FKV_CHECK_ARG(std::isfinite(cap) && cap > 0.0f,
+                  "soft_cap must be a finite float > 0 or None, got " << *soft_cap);
+    prepared.options.soft_cap = cap;
+  }
+  if (alibi_slopes) {
+    CheckNdim(*alibi_slopes, "alibi_slopes", 1, "[num_q_heads]");
+    CheckArray(*alibi_slopes, "alibi_slopes", py::dtype::of<float>(), {num_q_heads});
+    prepared.alibi_slopes = alibi_slopes;
+    prepared.options.alibi_slopes = static_cast<const float*>(alibi_slopes->data());
+  }
+}
 
 Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& block_tables,
                  const py::array& context_lens, const std::optional<py::array>& query_lens,
@@ -106,6 +130,12 @@ isa : str
     "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
 num_threads : int
     0 (default) uses OpenMP's default.
+sliding_window : int, optional
+    Attend only to the last sliding_window positions (the query's own included); >= 1.
+soft_cap : float, optional
+    Logit soft cap (> 0): logits -> soft_cap * tanh(logits / soft_cap), on the scaled logits.
+alibi_slopes : np.ndarray, [num_q_heads], float32, optional
+    ALiBi: adds alibi_slopes[h] * (key_pos - query_pos) to query head h's logits (after the cap).
 
 Returns
 -------
@@ -126,8 +156,8 @@ block_tables : np.ndarray, [batch, max_blocks], int32
 context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
     the cache)
 query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
-scale, out, isa, num_threads
-    As in paged_attention_decode_tables.
+scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes
+    As in paged_attention_decode_tables (the window and ALiBi distances use each row's position).
 
 Returns
 -------
@@ -141,9 +171,11 @@ void BindAttention(py::module_& m) {
       [](const py::array& q, const KvStorage& storage, int32_t layer,
          const py::array& block_tables, const py::array& context_lens,
          std::optional<double> scale, std::optional<py::array> out, const std::string& isa,
-         int32_t num_threads) {
+         int32_t num_threads, std::optional<int64_t> sliding_window,
+         std::optional<double> soft_cap, std::optional<py::array> alibi_slopes) {
         Prepared p = Prepare(q, storage, block_tables, context_lens, std::nullopt, scale,
                              std::move(out), isa, num_threads);
+        SetFeatures(p, q.shape(1), sliding_window, soft_cap, alibi_slopes);
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
         const auto num_q_heads = static_cast<int32_t>(q.shape(1));
@@ -156,15 +188,20 @@ void BindAttention(py::module_& m) {
       },
       py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("scale") = py::none(), py::arg("out") = py::none(),
-      py::arg("isa") = "auto", py::arg("num_threads") = 0, kDecodeDoc);
+      py::arg("isa") = "auto", py::arg("num_threads") = 0, py::kw_only(),
+      py::arg("sliding_window") = py::none(), py::arg("soft_cap") = py::none(),
+      py::arg("alibi_slopes") = py::none(), kDecodeDoc);
   m.def(
       "paged_attention_prefill_tables",
       [](const py::array& q, const KvStorage& storage, int32_t layer,
          const py::array& block_tables, const py::array& context_lens,
          const py::array& query_lens, std::optional<double> scale,
-         std::optional<py::array> out, const std::string& isa, int32_t num_threads) {
+         std::optional<py::array> out, const std::string& isa, int32_t num_threads,
+         std::optional<int64_t> sliding_window, std::optional<double> soft_cap,
+         std::optional<py::array> alibi_slopes) {
         Prepared p = Prepare(q, storage, block_tables, context_lens, query_lens, scale,
                              std::move(out), isa, num_threads);
+        SetFeatures(p, q.shape(1), sliding_window, soft_cap, alibi_slopes);
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
         const auto num_q_heads = static_cast<int32_t>(q.shape(1));
@@ -179,7 +216,8 @@ void BindAttention(py::module_& m) {
       py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("query_lens"), py::arg("scale") = py::none(),
       py::arg("out") = py::none(), py::arg("isa") = "auto", py::arg("num_threads") = 0,
-      kPrefillDoc);
+      py::kw_only(), py::arg("sliding_window") = py::none(), py::arg("soft_cap") = py::none(),
+      py::arg("alibi_slopes") = py::none(), kPrefillDoc);
   m.def(
       "attention_isas",
       [] {

@@ -58,6 +58,16 @@ void Validate(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
   FKV_CHECK_ARG(batch.max_blocks >= 0, "max_blocks must be >= 0, got " << batch.max_blocks);
   FKV_CHECK_ARG(options.num_threads >= 0,
                 "num_threads must be >= 0, got " << options.num_threads);
+  FKV_CHECK_ARG(options.sliding_window >= 0,
+                "sliding_window must be >= 0 (0 = off), got " << options.sliding_window);
+  FKV_CHECK_ARG(std::isfinite(options.soft_cap) && options.soft_cap >= 0.0f,
+                "soft_cap must be finite and >= 0 (0 = off), got " << options.soft_cap);
+  if (options.alibi_slopes) {
+    for (int32_t h = 0; h < num_q_heads; ++h) {
+      FKV_CHECK_ARG(std::isfinite(options.alibi_slopes[h]),
+                    "alibi_slopes[" << h << "] must be finite, got " << options.alibi_slopes[h]);
+    }
+  }
   if (batch.batch_size == 0) {
     FKV_CHECK_ARG(num_query_tokens == 0, "an empty batch has no query tokens, got "
                                              << num_query_tokens);
@@ -106,6 +116,7 @@ struct TileSpec {
   int32_t token_begin, token_end;  // query tokens of the sequence, [0, query_lens[seq])
   int32_t head_begin, head_end;    // query heads within the KV head's group
   int64_t first_row;               // index of the sequence's first query token in q
+  int32_t key_begin;               // first key any token sees (sliding window; else 0)
   int32_t key_end;                 // keys the last token sees
   int32_t num_splits;
   int64_t scratch_offset;          // where split partial states start (num_splits > 1)
@@ -121,10 +132,12 @@ struct WorkItem {
 
 class Plan {
  public:
-  Plan(int32_t num_q_heads, const KvStorage& storage, const PagedBatch& batch, int32_t threads)
+  Plan(int32_t num_q_heads, const KvStorage& storage, const PagedBatch& batch, int32_t threads,
+       int32_t sliding_window)
       : config_(storage.config()),
         num_q_heads_(num_q_heads),
-        group_(num_q_heads / config_.num_kv_heads) {
+        group_(num_q_heads / config_.num_kv_heads),
+        window_(sliding_window) {
     const int32_t heads_per_tile = std::min(group_, kMaxTileRows);
     const int32_t tokens_per_tile = std::max(1, kMaxTileRows / group_);
     int64_t first_row = 0;
@@ -135,8 +148,11 @@ class Plan {
         for (int32_t t0 = 0; t0 < queries; t0 += tokens_per_tile) {
           const int32_t t1 = std::min(queries, t0 + tokens_per_tile);
           for (int32_t g0 = 0; g0 < group_; g0 += heads_per_tile) {
+            // The first token's window start (0 without a window): every earlier key is skipped.
+            const int32_t first_position = context - queries + t0;
+            const int32_t key_begin = window_ > 0 ? std::max(0, first_position + 1 - window_) : 0;
             tiles_.push_back({i, h, t0, t1, g0, std::min(group_, g0 + heads_per_tile), first_row,
-                              context - queries + t1, 1, 0});
+                              key_begin, context - queries + t1, 1, 0});
           }
         }
       }
@@ -146,19 +162,23 @@ class Plan {
     const int64_t splits_wanted = (wanted + int64_t(tiles_.size()) - 1) / int64_t(tiles_.size());
     for (int32_t index = 0; index < int32_t(tiles_.size()); ++index) {
       TileSpec& tile = tiles_[index];
-      const int64_t max_splits = std::max<int64_t>(1, tile.key_end / kMinSplitKeys);
+      const int64_t max_splits =
+          std::max<int64_t>(1, (tile.key_end - tile.key_begin) / kMinSplitKeys);
       tile.num_splits = static_cast<int32_t>(std::min(splits_wanted, max_splits));
-      const int32_t blocks = (tile.key_end + config_.block_size - 1) / config_.block_size;
+      // Ranges of whole blocks from the block holding key_begin.
+      const int32_t first_key = tile.key_begin / config_.block_size * config_.block_size;
+      const int32_t blocks =
+          (tile.key_end - first_key + config_.block_size - 1) / config_.block_size;
       const int32_t blocks_per_split = (blocks + tile.num_splits - 1) / tile.num_splits;
       const int32_t keys_per_split = blocks_per_split * config_.block_size;
-      tile.num_splits = (tile.key_end + keys_per_split - 1) / keys_per_split;
+      tile.num_splits = (tile.key_end - first_key + keys_per_split - 1) / keys_per_split;
       if (tile.num_splits > 1) {
         tile.scratch_offset = scratch_floats_;
         scratch_floats_ += int64_t{tile.num_splits} * tile.num_rows() * (config_.head_dim + 2);
       }
       for (int32_t s = 0; s < tile.num_splits; ++s) {
-        items_.push_back({index, s, s * keys_per_split,
-                          std::min(tile.key_end, (s + 1) * keys_per_split)});
+        items_.push_back({index, s, std::max(tile.key_begin, first_key + s * keys_per_split),
+                          std::min(tile.key_end, first_key + (s + 1) * keys_per_split)});
       }
     }
   }
@@ -179,11 +199,21 @@ class Plan {
     const int32_t heads = tile.head_end - tile.head_begin;
     return tile.key_end - (tile.token_end - tile.token_begin) + r / heads + 1;
   }
+  // Window start of row r (sliding window only): its position + 1 - window, at least 0.
+  int32_t RowBegin(const TileSpec& tile, int32_t r) const {
+    return std::max(0, RowEnd(tile, r) - window_);
+  }
+  // Query head of row r.
+  int32_t RowHead(const TileSpec& tile, int32_t r) const {
+    const int32_t heads = tile.head_end - tile.head_begin;
+    return tile.kv_head * group_ + tile.head_begin + r % heads;
+  }
 
  private:
   const CacheConfig& config_;
   const int32_t num_q_heads_;
   const int32_t group_;
+  const int32_t window_;
   std::vector<TileSpec> tiles_;
   std::vector<WorkItem> items_;
   int64_t scratch_floats_ = 0;
@@ -193,17 +223,17 @@ class Plan {
 struct ThreadBuffers {
   explicit ThreadBuffers(int32_t head_dim)
       : q(kMaxTileRows * head_dim), acc(kMaxTileRows * head_dim), max(kMaxTileRows),
-        sum(kMaxTileRows), row_end(kMaxTileRows) {}
-  std::vector<float> q, acc, max, sum;
-  std::vector<int32_t> row_end;
+        sum(kMaxTileRows), slope(kMaxTileRows), row_end(kMaxTileRows), row_begin(kMaxTileRows) {}
+  std::vector<float> q, acc, max, sum, slope;
+  std::vector<int32_t> row_end, row_begin;
 };
 
 void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int32_t layer,
               const PagedBatch& batch, float scale, float* out, TileFunction tile_function,
-              int32_t threads) {
+              int32_t threads, const AttentionOptions& options) {
   const CacheConfig& config = storage.config();
   const int32_t d = config.head_dim;
-  const Plan plan(num_q_heads, storage, batch, threads);
+  const Plan plan(num_q_heads, storage, batch, threads, options.sliding_window);
   const auto& tiles = plan.tiles();
   const auto& items = plan.items();
   threads = static_cast<int32_t>(std::min<int64_t>(threads, int64_t(items.size())));
@@ -229,6 +259,8 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
         const float* src = q + plan.RowOffset(spec, r);
         for (int32_t c = 0; c < d; ++c) buffer.q[r * d + c] = src[c] * scale;
         buffer.row_end[r] = plan.RowEnd(spec, r);
+        if (options.sliding_window > 0) buffer.row_begin[r] = plan.RowBegin(spec, r);
+        if (options.alibi_slopes) buffer.slope[r] = options.alibi_slopes[plan.RowHead(spec, r)];
       }
       AttentionTile tile;
       tile.q = buffer.q.data();
@@ -243,6 +275,9 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
       tile.block_size = config.block_size;
       tile.head_dim = d;
       tile.dtype = storage.dtype();
+      tile.row_begin = options.sliding_window > 0 ? buffer.row_begin.data() : nullptr;
+      tile.soft_cap = options.soft_cap;
+      tile.row_slope = options.alibi_slopes ? buffer.slope.data() : nullptr;
       if (spec.num_splits == 1) {
         tile.acc = buffer.acc.data();
         tile.max = buffer.max.data();
@@ -302,7 +337,7 @@ void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_head
   Validate(q, num_query_tokens, num_q_heads, storage, layer, batch, scale, out, options);
   if (batch.batch_size == 0) return;
   if (isa == AttentionIsa::kReference) {
-    kernels::PagedAttentionReference(q, num_q_heads, storage, layer, batch, scale, out);
+    kernels::PagedAttentionReference(q, num_q_heads, storage, layer, batch, scale, out, options);
     return;
   }
 #ifdef _OPENMP
@@ -310,7 +345,8 @@ void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_head
 #else
   const int32_t threads = 1;
 #endif
-  RunTiles(q, num_q_heads, storage, layer, batch, scale, out, TileFunctionFor(isa), threads);
+  RunTiles(q, num_q_heads, storage, layer, batch, scale, out, TileFunctionFor(isa), threads,
+           options);
 }
 
 }  // namespace

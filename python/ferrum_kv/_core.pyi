@@ -305,7 +305,7 @@ def memory_read_probe(data: numpy.ndarray, num_threads: typing.SupportsInt | typ
     """
     Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
     """
-def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0, *, sliding_window: typing.SupportsInt | typing.SupportsIndex | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention decode over explicit block tables.
     
@@ -325,6 +325,12 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: t
         "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
     num_threads : int
         0 (default) uses OpenMP's default.
+    sliding_window : int, optional
+        Attend only to the last sliding_window positions (the query's own included); >= 1.
+    soft_cap : float, optional
+        Logit soft cap (> 0): logits -> soft_cap * tanh(logits / soft_cap), on the scaled logits.
+    alibi_slopes : np.ndarray, [num_q_heads], float32, optional
+        ALiBi: adds alibi_slopes[h] * (key_pos - query_pos) to query head h's logits (after the cap).
     
     Returns
     -------
@@ -332,7 +338,7 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: t
     
     The GIL is released during the computation; the caller keeps the blocks read unchanged.
     """
-def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0, *, sliding_window: typing.SupportsInt | typing.SupportsIndex | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention (chunked) prefill over explicit block tables.
     
@@ -347,8 +353,8 @@ def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: 
     context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
         the cache)
     query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
-    scale, out, isa, num_threads
-        As in paged_attention_decode_tables.
+    scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes
+        As in paged_attention_decode_tables (the window and ALiBi distances use each row's position).
     
     Returns
     -------

@@ -23,6 +23,10 @@ def paged_attention_decode(
     seq_ids: IntArray,
     scale: Optional[float] = None,
     out: Optional[np.ndarray] = None,
+    *,
+    sliding_window: Optional[int] = None,
+    soft_cap: Optional[float] = None,
+    alibi_slopes: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """One query token per sequence attending to all of that sequence's cached tokens.
 
@@ -37,6 +41,12 @@ def paged_attention_decode(
         Softmax scale; default ``1 / sqrt(head_dim)``.
     out : np.ndarray, [B, num_q_heads, head_dim], float32, optional
         Written in place and returned.
+    sliding_window : int, optional
+        Attend only to the last ``sliding_window`` positions, the query's own included (>= 1).
+    soft_cap : float, optional
+        Logit soft cap (> 0): ``logits -> soft_cap * tanh(logits / soft_cap)`` on the scaled logits.
+    alibi_slopes : np.ndarray, [num_q_heads], float32, optional
+        ALiBi: adds ``alibi_slopes[h] * (key_pos - query_pos)`` to head h's logits (after the cap).
 
     Returns
     -------
@@ -44,7 +54,8 @@ def paged_attention_decode(
     """
     metadata = cache.batch_metadata(seq_ids)
     return _core.paged_attention_decode_tables(
-        q, cache.storage, layer, metadata.block_tables, metadata.context_lens, scale=scale, out=out
+        q, cache.storage, layer, metadata.block_tables, metadata.context_lens, scale=scale, out=out,
+        sliding_window=sliding_window, soft_cap=soft_cap, alibi_slopes=alibi_slopes,
     )
 
 
@@ -58,6 +69,9 @@ def paged_attention_prefill(
     out: Optional[np.ndarray] = None,
     *,
     context_lens: Optional[IntArray] = None,
+    sliding_window: Optional[int] = None,
+    soft_cap: Optional[float] = None,
+    alibi_slopes: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Causal attention for the last ``query_lens[i]`` tokens of each sequence (chunked prefill).
 
@@ -77,6 +91,8 @@ def paged_attention_prefill(
         Where each chunk ends, each in [1, num_tokens(seq_ids[i])]: a chunk in the middle of a
         prompt whose blocks are all allocated (``add_sequence`` of the whole prompt, prefilled
         over several steps). Default: ``num_tokens`` of each sequence.
+    sliding_window, soft_cap, alibi_slopes : as for paged_attention_decode; the window and the
+        ALiBi distances are relative to each query row's own position.
 
     Returns
     -------
@@ -97,7 +113,8 @@ def paged_attention_prefill(
             )
     return _core.paged_attention_prefill_tables(
         q, cache.storage, layer, metadata.block_tables, context_lens, query_lens,
-        scale=scale, out=out,
+        scale=scale, out=out, sliding_window=sliding_window, soft_cap=soft_cap,
+        alibi_slopes=alibi_slopes,
     )
 
 

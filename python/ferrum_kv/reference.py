@@ -83,6 +83,10 @@ def paged_attention_prefill_reference(
     context_lens: np.ndarray,
     query_lens: np.ndarray,
     scale: float | None = None,
+    *,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+    alibi_slopes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Causal attention of the last ``query_lens[i]`` tokens of each sequence, in float64.
 
@@ -103,6 +107,12 @@ def paged_attention_prefill_reference(
         positions 0..itself.
     scale : float, optional
         Softmax scale, default 1 / sqrt(head_dim).
+    sliding_window : int, optional
+        Row at position p attends only to positions p - sliding_window + 1 .. p (>= 1).
+    soft_cap : float, optional
+        Scaled logits l become soft_cap * tanh(l / soft_cap) (> 0).
+    alibi_slopes : np.ndarray, [num_q_heads], optional
+        Adds alibi_slopes[h] * (key_pos - query_pos) to head h's logits, after the soft cap.
 
     Returns
     -------
@@ -110,6 +120,7 @@ def paged_attention_prefill_reference(
     """
     q = np.asarray(q, dtype=np.float64)
     num_q_heads, head_dim = q.shape[1], q.shape[2]
+    _check_features(num_q_heads, sliding_window, soft_cap, alibi_slopes)
     group = num_q_heads // storage.config.num_kv_heads
     scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
     out = np.empty_like(q)
@@ -122,7 +133,16 @@ def paged_attention_prefill_reference(
         rows = q[row : row + queries]  # [queries, num_q_heads, head_dim]
         scores = rows.transpose(1, 0, 2) @ k.transpose(1, 2, 0) * scale  # [heads, queries, context]
         positions = context - queries + np.arange(queries)
-        scores[:, np.arange(context)[None, :] > positions[:, None]] = -np.inf
+        keys = np.arange(context)
+        if soft_cap is not None:
+            scores = soft_cap * np.tanh(scores / soft_cap)
+        if alibi_slopes is not None:
+            distance = (keys[None, :] - positions[:, None]).astype(np.float64)  # [queries, context]
+            scores += np.asarray(alibi_slopes, np.float64)[:, None, None] * distance[None]
+        hidden = keys[None, :] > positions[:, None]
+        if sliding_window is not None:
+            hidden |= keys[None, :] <= positions[:, None] - sliding_window
+        scores[:, hidden] = -np.inf
         weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
         weights /= weights.sum(axis=-1, keepdims=True)
         out[row : row + queries] = (weights @ v.transpose(1, 0, 2)).transpose(1, 0, 2)
@@ -137,13 +157,17 @@ def paged_attention_decode_reference(
     block_tables: np.ndarray,
     context_lens: np.ndarray,
     scale: float | None = None,
+    *,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+    alibi_slopes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Attention of one query token per sequence over all its cached tokens, in float64.
 
     Parameters
     ----------
     q : np.ndarray, [batch, num_q_heads, head_dim], float32
-    storage, layer, block_tables, context_lens, scale
+    storage, layer, block_tables, context_lens, scale, sliding_window, soft_cap, alibi_slopes
         As in :func:`paged_attention_prefill_reference`.
 
     Returns
@@ -151,4 +175,24 @@ def paged_attention_decode_reference(
     np.ndarray, [batch, num_q_heads, head_dim], float64
     """
     ones = np.ones(len(context_lens), dtype=np.int32)
-    return paged_attention_prefill_reference(q, storage, layer, block_tables, context_lens, ones, scale)
+    return paged_attention_prefill_reference(
+        q, storage, layer, block_tables, context_lens, ones, scale,
+        sliding_window=sliding_window, soft_cap=soft_cap, alibi_slopes=alibi_slopes,
+    )
+
+
+def _check_features(num_q_heads: int, sliding_window, soft_cap, alibi_slopes) -> None:
+    """ValueError (naming the value) for an out-of-range optional feature argument."""
+    if sliding_window is not None and (
+        isinstance(sliding_window, bool) or int(sliding_window) != sliding_window or sliding_window < 1
+    ):
+        raise ValueError(f"sliding_window must be an int >= 1 or None, got {sliding_window!r}")
+    if soft_cap is not None and not (np.isfinite(soft_cap) and soft_cap > 0):
+        raise ValueError(f"soft_cap must be a finite float > 0 or None, got {soft_cap!r}")
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes)
+        if slopes.shape != (num_q_heads,) or not np.isfinite(slopes).all():
+            raise ValueError(
+                f"alibi_slopes must be {num_q_heads} finite values [num_q_heads], got shape "
+                f"{slopes.shape}: {slopes.tolist()}"
+            )

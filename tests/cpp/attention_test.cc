@@ -24,6 +24,10 @@ struct Case {
   DType dtype;
   std::vector<int32_t> context_lens;
   std::vector<int32_t> query_lens;  // empty for decode
+  // Optional features (0 / false = off); ALiBi slopes are vLLM's 2^(-8 (h + 1) / Hq).
+  int32_t sliding_window = 0;
+  float soft_cap = 0.0f;
+  bool alibi = false;
 };
 
 class Fixture {
@@ -68,6 +72,9 @@ class Fixture {
     // Queries of norm ~3 * sqrt(head_dim): with scale 1/sqrt(head_dim) the softmax is peaked.
     q_.resize(rows_ * num_q_heads() * c.head_dim);
     for (float& x : q_) x = 3.0f * normal(rng_);
+    for (int32_t h = 0; h < num_q_heads(); ++h) {
+      slopes_.push_back(std::exp2(-8.0f * float(h + 1) / float(num_q_heads())));
+    }
   }
 
   int32_t num_q_heads() const { return case_.num_kv_heads * case_.group; }
@@ -81,6 +88,9 @@ class Fixture {
     AttentionOptions options;
     options.isa = isa;
     options.num_threads = threads;
+    options.sliding_window = case_.sliding_window;
+    options.soft_cap = case_.soft_cap;
+    options.alibi_slopes = case_.alibi ? slopes_.data() : nullptr;
     if (case_.query_lens.empty()) {
       PagedAttentionDecode(q_.data(), num_q_heads(), *storage_, layer, batch_, scale(),
                            out.data(), options);
@@ -99,6 +109,7 @@ class Fixture {
   PagedBatch batch_;
   int64_t rows_ = 0;
   std::vector<float> q_;
+  std::vector<float> slopes_;
 };
 
 double RelativeError(const std::vector<float>& out, const std::vector<float>& ref) {
@@ -127,7 +138,8 @@ void ExpectMatchesReference(const Case& c) {
       EXPECT_LT(RelativeError(f.Run(isa, 1, threads), ref), kTolerance)
           << AttentionIsaName(isa) << " threads=" << threads << " dtype=" << DTypeName(c.dtype)
           << " head_dim=" << c.head_dim << " block_size=" << c.block_size
-          << " group=" << c.group;
+          << " group=" << c.group << " window=" << c.sliding_window
+          << " soft_cap=" << c.soft_cap << " alibi=" << c.alibi;
     }
   }
 }
@@ -156,6 +168,67 @@ TEST(AttentionTest, PrefillMatchesReferenceWithAndWithoutPrefix) {
     ExpectMatchesReference({1, 3, 72, 5, dtype, {90, 9, 1}, {13, 9, 1}});  // prefix + chunk
     ExpectMatchesReference({2, 1, 40, 8, dtype, {700}, {3}});
   }
+}
+
+// Each optional feature alone and all together, decode and prefill (with a cached prefix),
+// windows smaller than, equal to and larger than the contexts, odd shapes, split contexts.
+TEST(AttentionTest, OptionalFeaturesMatchReference) {
+  struct Features {
+    int32_t window;
+    float soft_cap;
+    bool alibi;
+  };
+  const Features features[] = {{1, 0, false},  {7, 0, false},    {40, 0, false},
+                               {300, 0, false}, {5000, 0, false}, {0, 5.0f, false},
+                               {0, 50.0f, false}, {0, 0, true},   {33, 2.0f, true}};
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    for (const Features& f : features) {
+      std::vector<Case> cases = {
+          {2, 4, 128, 16, dtype, {1, 17, 40, 300}, {}},
+          {3, 3, 72, 5, dtype, {7, 64, 65, 129}, {}},
+          {1, 6, 36, 8, dtype, {33, 2}, {}},
+          {1, 4, 64, 16, dtype, {3000}, {}},                 // split across threads
+          {2, 4, 64, 16, dtype, {37, 20}, {37, 20}},         // prefill, no prefix
+          {1, 3, 72, 5, dtype, {90, 9, 1}, {13, 9, 1}},      // prefix + chunk
+          {2, 1, 40, 8, dtype, {700}, {3}},
+          {1, 8, 64, 16, dtype, {200}, {64}},                // wide tiles (rows in lanes)
+      };
+      for (Case& c : cases) {
+        c.sliding_window = f.window;
+        c.soft_cap = f.soft_cap;
+        c.alibi = f.alibi;
+        ExpectMatchesReference(c);
+      }
+    }
+  }
+}
+
+TEST(AttentionTest, WindowCoveringTheContextChangesNothing) {
+  Case plain{2, 4, 64, 16, DType::kFloat16, {40, 77}, {40, 5}};
+  Case windowed = plain;
+  windowed.sliding_window = 77;
+  Fixture a(plain), b(windowed);
+  for (AttentionIsa isa : SupportedIsas()) EXPECT_EQ(a.Run(isa), b.Run(isa)) << AttentionIsaName(isa);
+}
+
+TEST(AttentionTest, RejectsBadOptions) {
+  Fixture f({2, 2, 32, 4, DType::kFloat16, {10, 5}, {}});
+  std::vector<float> out(f.q().size());
+  auto decode = [&](const AttentionOptions& options) {
+    PagedAttentionDecode(f.q().data(), 4, f.storage(), 0, f.batch(), 0.5f, out.data(), options);
+  };
+  AttentionOptions options;
+  options.sliding_window = -1;
+  EXPECT_THROW(decode(options), InvalidArgument);
+  options = {};
+  options.soft_cap = -1.0f;
+  EXPECT_THROW(decode(options), InvalidArgument);
+  options.soft_cap = INFINITY;
+  EXPECT_THROW(decode(options), InvalidArgument);
+  options = {};
+  const float slopes[] = {0.5f, NAN, 0.1f, 0.2f};
+  options.alibi_slopes = slopes;
+  EXPECT_THROW(decode(options), InvalidArgument);
 }
 
 TEST(AttentionTest, WritesOnlyOutAndLeavesQAlone) {

@@ -246,3 +246,162 @@ def test_prefill_rejects_bad_query_lens(small, query_lens, rows, match):
                                             case.context_lens,
                                             np.asarray(query_lens, np.int32), out=out)
     assert np.isnan(out).all()
+
+
+# ---- optional features: sliding window, logit soft cap, ALiBi (alone and combined)
+
+def alibi_slopes(num_q_heads):
+    """vLLM's / the ALiBi paper's slopes for a power-of-two head count, 2^(-8 (h + 1) / H)."""
+    return np.exp2(-8.0 * np.arange(1, num_q_heads + 1) / num_q_heads).astype(np.float32)
+
+
+FEATURES = [
+    dict(sliding_window=1),
+    dict(sliding_window=7),
+    dict(sliding_window=16),  # equal to some contexts below
+    dict(sliding_window=100),
+    dict(sliding_window=10**6),  # larger than every context
+    dict(soft_cap=5.0),
+    dict(soft_cap=50.0),
+    dict(alibi=True),
+    dict(sliding_window=20, soft_cap=3.0, alibi=True),
+]
+
+
+def feature_kwargs(features, num_q_heads):
+    kwargs = {k: v for k, v in features.items() if k != "alibi"}
+    if features.get("alibi"):
+        kwargs["alibi_slopes"] = alibi_slopes(num_q_heads)
+    return kwargs
+
+
+FEATURE_DECODE_GRID = [
+    (16, 128, 2, 4, [1, 15, 16, 17, 1000]),
+    (5, 72, 2, 1, [16, 100]),
+    (8, 80, 1, 4, [4097]),  # split across threads
+    (1, 36, 1, 8, [17, 300]),
+]
+
+
+@pytest.mark.parametrize("features", FEATURES, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", FEATURE_DECODE_GRID)
+def test_decode_features_match_float64_reference(features, dtype, block_size, head_dim,
+                                                 num_kv_heads, group, context_lens):
+    case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
+    q = case.queries(len(context_lens))
+    kwargs = feature_kwargs(features, case.num_q_heads)
+    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
+                                                    case.context_lens, **kwargs)
+    for isa in FAST_ISAS + ["reference"]:
+        out = poisoned(q)
+        core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
+                                           case.context_lens, out=out, isa=isa, **kwargs)
+        assert np.isfinite(out).all(), isa
+        assert relative_error(out, expected) < TOLERANCE, isa
+
+
+FEATURE_PREFILL_GRID = [
+    (16, 128, 2, 4, [17, 1, 100], [17, 1, 100]),  # whole prompts
+    (5, 72, 1, 8, [1000, 40], [37, 40]),  # a chunk after a cached prefix
+    (1, 80, 1, 4, [15, 16], [1, 16]),
+    (16, 96, 2, 8, [300], [300]),
+]
+
+
+@pytest.mark.parametrize("features", FEATURES, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens,query_lens",
+                         FEATURE_PREFILL_GRID)
+def test_prefill_features_match_float64_reference(features, dtype, block_size, head_dim,
+                                                  num_kv_heads, group, context_lens, query_lens):
+    case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
+    query_lens = np.asarray(query_lens, dtype=np.int32)
+    q = case.queries(int(query_lens.sum()))
+    kwargs = feature_kwargs(features, case.num_q_heads)
+    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
+                                                     case.context_lens, query_lens, **kwargs)
+    for isa in FAST_ISAS:
+        out = poisoned(q)
+        core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
+                                            case.context_lens, query_lens, out=out, isa=isa,
+                                            **kwargs)
+        assert np.isfinite(out).all(), isa
+        assert relative_error(out, expected) < TOLERANCE, isa
+
+
+def test_features_change_the_result_and_reference_agrees_with_explicit_formula():
+    # Window 1 attends only to the query's own key: out = V of the last token.
+    case = Case("float32", 4, 32, 2, 2, [10, 5])
+    q = case.queries(2)
+    out = core.paged_attention_decode_tables(q, case.storage, 0, case.block_tables,
+                                             case.context_lens, sliding_window=1)
+    for i, context in enumerate(case.context_lens):
+        t = int(context) - 1
+        block = case.block_tables[i, t // 4]
+        v = case.storage.value_cache(0)[block][:, t % 4]  # [num_kv_heads, head_dim]
+        np.testing.assert_allclose(out[i], np.repeat(v, 2, axis=0), rtol=1e-6)
+    plain = core.paged_attention_decode_tables(q, case.storage, 0, case.block_tables,
+                                               case.context_lens)
+    for kwargs in [dict(sliding_window=3), dict(soft_cap=1.0),
+                   dict(alibi_slopes=np.full(4, 0.5, np.float32))]:
+        changed = core.paged_attention_decode_tables(q, case.storage, 0, case.block_tables,
+                                                     case.context_lens, **kwargs)
+        assert relative_error(changed, plain) > 1e-3, kwargs
+
+
+def test_public_wrappers_pass_the_features():
+    from ferrum_kv import PagedKvCache, CacheConfig, paged_attention_decode, paged_attention_prefill
+    config = CacheConfig(num_layers=1, num_kv_heads=2, head_dim=16, block_size=4, num_blocks=16,
+                         dtype="float32")
+    cache = PagedKvCache(config)
+    rng = np.random.default_rng(3)
+    cache.add_sequence(7, np.arange(13))
+    storage = cache.storage
+    storage.array()[...] = rng.standard_normal(storage.array().shape, dtype=np.float32)
+    metadata = cache.batch_metadata([7])
+    kwargs = dict(sliding_window=5, soft_cap=4.0, alibi_slopes=alibi_slopes(4))
+    q = 3.0 * rng.standard_normal((1, 4, 16), dtype=np.float32)
+    expected = ref.paged_attention_decode_reference(q, storage, 0, metadata.block_tables,
+                                                    metadata.context_lens, **kwargs)
+    assert relative_error(paged_attention_decode(q, cache, 0, [7], **kwargs), expected) < TOLERANCE
+    q = 3.0 * rng.standard_normal((6, 4, 16), dtype=np.float32)
+    expected = ref.paged_attention_prefill_reference(q, storage, 0, metadata.block_tables,
+                                                     np.array([11], np.int32),
+                                                     np.array([6], np.int32), **kwargs)
+    got = paged_attention_prefill(q, cache, 0, [7], [6], context_lens=[11], **kwargs)
+    assert relative_error(got, expected) < TOLERANCE
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sliding_window=0), r"sliding_window must be .* got 0"),
+    (dict(sliding_window=-3), r"sliding_window must be .* got -3"),
+    (dict(soft_cap=0.0), r"soft_cap must be .* got 0"),
+    (dict(soft_cap=-2.5), r"soft_cap must be .* got -2.5"),
+    (dict(soft_cap=float("inf")), r"soft_cap must be .* got inf"),
+    (dict(alibi_slopes=np.ones(3, np.float32)), r"alibi_slopes must have shape \(4,\), got \(3,\)"),
+    (dict(alibi_slopes=np.ones(4, np.float64)), "alibi_slopes must have dtype float32, got float64"),
+    (dict(alibi_slopes=np.ones((4, 1), np.float32)), "alibi_slopes must be 1-D"),
+    (dict(alibi_slopes=np.array([1, np.nan, 1, 1], np.float32)), r"alibi_slopes\[1\] must be finite, got nan"),
+])
+@pytest.mark.parametrize("kernel", ["decode", "prefill"])
+def test_features_reject_bad_arguments(small, kwargs, match, kernel):
+    case, q = small
+    out = poisoned(q)
+    with pytest.raises(ValueError, match=match):
+        if kernel == "decode":
+            decode(case, q=q, out=out, **kwargs)
+        else:
+            core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
+                                                case.context_lens, np.ones(2, np.int32), out=out,
+                                                **kwargs)
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(sliding_window=0), dict(soft_cap=-1.0),
+                                    dict(alibi_slopes=np.ones(3))])
+def test_reference_rejects_bad_feature_arguments(small, kwargs):
+    case, q = small
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ref.paged_attention_decode_reference(q, case.storage, 0, case.block_tables,
+                                             case.context_lens, **kwargs)

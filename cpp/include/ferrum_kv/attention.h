@@ -16,8 +16,16 @@
 // Semantics: out[row][h] = softmax_t(scale * q[row][h] . K[t][h / G]) @ V[t][h / G] with
 // G = Hq / Hkv (grouped-query attention; Hq == Hkv is multi-head, Hkv == 1 multi-query).
 // Accumulation is float32 with an online softmax; 16-bit K/V are widened exactly in registers.
+// Optional features (AttentionOptions; all off by default), for query head h at position p and
+// key position t: the logit is l = scale * q . k, then
+//   soft cap       l = soft_cap * tanh(l / soft_cap)                 (Gemma-2; before ALiBi)
+//   ALiBi          l += alibi_slopes[h] * (t - p)                    (t - p <= 0)
+//   sliding window only keys p - sliding_window < t <= p are attended (the last W positions up
+//                  to and including the query's own); keys before the window are skipped, never
+//                  read.
 //
 // Errors (thrown before anything is read or written): InvalidArgument for inconsistent sizes,
+// a negative sliding_window, a negative or non-finite soft_cap, a non-finite ALiBi slope,
 // Hq not a multiple of Hkv, context or query lengths out of range, a table entry that will be
 // read outside [0, num_blocks), a max_blocks too small for a context, or a kernel variant this
 // CPU lacks; IndexOutOfRange for a layer outside [0, num_layers).
@@ -52,6 +60,12 @@ struct AttentionOptions {
   AttentionIsa isa = AttentionIsa::kAuto;
   // Threads to use; 0 means OpenMP's default (omp_get_max_threads()).
   int32_t num_threads = 0;
+  // Sliding window W (attend to the last W positions, the query's own included); 0 = off.
+  int32_t sliding_window = 0;
+  // Logit soft cap: logits -> soft_cap * tanh(logits / soft_cap); 0 = off. Finite, >= 0.
+  float soft_cap = 0.0f;
+  // ALiBi: [num_q_heads] float32 slopes (finite), or nullptr = off. Read during the call only.
+  const float* alibi_slopes = nullptr;
 };
 
 // The tables of one batch, as described above. query_lens is nullptr for decode.

@@ -44,6 +44,7 @@ struct Avx512 {
   static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Div(V a, V b) { return _mm512_div_ps(a, b); }
   static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   static float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
   // Eight horizontal sums at once (23 shuffles and adds instead of 8 x 8): fold 128-bit lanes of

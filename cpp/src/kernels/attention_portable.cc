@@ -28,6 +28,7 @@ struct Portable {
   static V Sub(V a, V b) { return a - b; }
   static V Mul(V a, V b) { return a * b; }
   static V Fma(V a, V b, V c) { return a * b + c; }
+  static V Div(V a, V b) { return a / b; }
   static V Max(V a, V b) { return a > b ? a : b; }
   static float ReduceAdd(V x) { return x; }
   static void ReduceAdd8(const V* x, float* out) {

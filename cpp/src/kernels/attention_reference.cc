@@ -22,7 +22,8 @@ double ElementAt(const uint8_t* data, DType dtype, int64_t index) {
 }  // namespace
 
 void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorage& storage,
-                             int32_t layer, const PagedBatch& batch, float scale, float* out) {
+                             int32_t layer, const PagedBatch& batch, float scale, float* out,
+                             const AttentionOptions& options) {
   const CacheConfig& config = storage.config();
   const int32_t head_dim = config.head_dim;
   const int32_t group = num_q_heads / config.num_kv_heads;
@@ -39,27 +40,38 @@ void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorag
              kv_head * storage.HeadStride() + (token % config.block_size) * storage.TokenStride();
     };
     for (int32_t j = 0; j < queries; ++j, ++row) {
-      const int32_t visible = context - queries + j + 1;
-      weights.resize(visible);
+      const int32_t position = context - queries + j;
+      const int32_t visible = position + 1;
+      // Keys [first, visible): all of them, or the last sliding_window.
+      const int32_t first =
+          options.sliding_window > 0 ? std::max(0, visible - options.sliding_window) : 0;
+      weights.assign(visible, 0.0);
       for (int32_t h = 0; h < num_q_heads; ++h) {
         const float* q_row = q + (row * num_q_heads + h) * head_dim;
         const int32_t kv_head = h / group;
         double max_score = -INFINITY;
-        for (int32_t t = 0; t < visible; ++t) {
+        for (int32_t t = first; t < visible; ++t) {
           const int64_t base = element(t, 0, kv_head);
           double dot = 0.0;
           for (int32_t c = 0; c < head_dim; ++c) {
             dot += double{q_row[c]} * ElementAt(storage.Data(), storage.dtype(), base + c);
           }
-          weights[t] = dot * scale;
+          double logit = dot * double{scale};
+          if (options.soft_cap > 0.0f) {
+            logit = double{options.soft_cap} * std::tanh(logit / double{options.soft_cap});
+          }
+          if (options.alibi_slopes) logit += double{options.alibi_slopes[h]} * (t - position);
+          weights[t] = logit;
           max_score = std::max(max_score, weights[t]);
         }
         double total = 0.0;
-        for (double& w : weights) total += (w = std::exp(w - max_score));
+        for (int32_t t = first; t < visible; ++t) {
+          total += (weights[t] = std::exp(weights[t] - max_score));
+        }
         float* out_row = out + (row * num_q_heads + h) * head_dim;
         for (int32_t c = 0; c < head_dim; ++c) {
           double value = 0.0;
-          for (int32_t t = 0; t < visible; ++t) {
+          for (int32_t t = first; t < visible; ++t) {
             value += weights[t] * ElementAt(storage.Data(), storage.dtype(),
                                             element(t, 1, kv_head) + c);
           }

@@ -12,8 +12,9 @@
 namespace ferrum_kv::kernels {
 
 // Arguments as PagedAttentionPrefill's (already validated); batch.query_lens == nullptr means one
-// query row per sequence (decode).
+// query row per sequence (decode). Honours options' sliding_window, soft_cap and alibi_slopes.
 void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorage& storage,
-                             int32_t layer, const PagedBatch& batch, float scale, float* out);
+                             int32_t layer, const PagedBatch& batch, float scale, float* out,
+                             const AttentionOptions& options = {});
 
 }  // namespace ferrum_kv::kernels

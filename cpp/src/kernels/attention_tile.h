@@ -34,6 +34,14 @@ struct AttentionTile {
   int32_t block_size = 0;
   int32_t head_dim = 0;
   DType dtype = DType::kFloat32;
+  // Optional features (attention.h). Row r is query position row_end[r] - 1.
+  // Sliding window: [num_rows], row r also masks key positions < row_begin[r]; nullptr = off.
+  // The caller starts key_begin at the smallest row_begin (whole blocks before it are skipped).
+  const int32_t* row_begin = nullptr;
+  // Logit soft cap (> 0), applied to the scaled scores; 0 = off.
+  float soft_cap = 0.0f;
+  // ALiBi: [num_rows] slope of each row's query head; score += slope * (key - query position).
+  const float* row_slope = nullptr;
   // Output, the unnormalised online-softmax state of each row over the visited keys:
   // max[r] = max score, sum[r] = sum of exp(score - max[r]), acc[r] = sum of exp(score - max[r]) v.
   // A row that sees no key in the range gets max = -inf, sum = 0, acc = 0.

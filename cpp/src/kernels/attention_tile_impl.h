@@ -47,7 +47,37 @@ struct VectorExp {
     y = Isa::Fma(y, Isa::Mul(r, r), Isa::Add(r, Isa::Set1(1.0f)));
     return Isa::Scale2(y, n);
   }
+
+  // cap * tanh(x / cap), inv_cap = 1 / cap: Cephes' tanhf (odd polynomial for |y| < 0.625,
+  // (1 - e^-2|y|) / (1 + e^-2|y|) with the sign restored above), relative error a few ulp.
+  static V SoftCap(V x, V cap, V inv_cap) {
+    const V y = Isa::Mul(x, inv_cap);
+    const V zero = Isa::Zero();
+    const V neg_y = Isa::Sub(zero, y);
+    const V abs_y = Isa::Max(y, neg_y);
+    const V z = Isa::Mul(y, y);
+    V p = Isa::Set1(-5.70498872745e-3f);
+    p = Isa::Fma(p, z, Isa::Set1(2.06390887954e-2f));
+    p = Isa::Fma(p, z, Isa::Set1(-5.37397155531e-2f));
+    p = Isa::Fma(p, z, Isa::Set1(1.33314422036e-1f));
+    p = Isa::Fma(p, z, Isa::Set1(-3.33332819422e-1f));
+    const V small = Isa::Fma(Isa::Mul(p, z), y, y);
+    const V e = Exp(Isa::Mul(abs_y, Isa::Set1(-2.0f)));
+    const V one = Isa::Set1(1.0f);
+    const V large_abs = Isa::Div(Isa::Sub(one, e), Isa::Add(one, e));
+    const V large = Isa::Select(Isa::Less(y, zero), Isa::Sub(zero, large_abs), large_abs);
+    return Isa::Mul(cap, Isa::Select(Isa::Less(abs_y, Isa::Set1(0.625f)), small, large));
+  }
 };
+
+// 0, 1, ..., kSpanTokens - 1 as floats (the key offsets of a span, for ALiBi).
+struct SpanIota {
+  alignas(64) float values[kSpanTokens];
+  constexpr SpanIota() : values() {
+    for (int i = 0; i < kSpanTokens; ++i) values[i] = static_cast<float>(i);
+  }
+};
+inline constexpr SpanIota kSpanIota{};
 
 template <class Isa, DType kDType>
 class TileKernel {
@@ -130,9 +160,20 @@ class TileKernel {
         ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens,
                                        next);
       });
-      for (int r = 0; r < rows; ++r) {
-        Softmax(scores + r * kSpanTokens, n, t.row_end[r] - pos, t.max + r, t.sum + r,
-                t.acc + int64_t{r} * d, d);
+      if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
+        for (int r = 0; r < rows; ++r) {
+          Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
+                  t.acc + int64_t{r} * d, d);
+        }
+      } else {
+        for (int r = 0; r < rows; ++r) {
+          float* s = scores + r * kSpanTokens;
+          const int32_t begin = t.row_begin ? t.row_begin[r] - pos : 0;
+          const int32_t end = t.row_end[r] - pos;
+          TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
+                       std::clamp<int32_t>(end, 0, n));
+          Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
+        }
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
@@ -154,6 +195,19 @@ class TileKernel {
       for (int c = 0; c < d; ++c) qt[size_t(c) * padded + r] = t.q[int64_t{r} * d + c];
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
     for (int r = 0; r < rows; ++r) row_end[r] = static_cast<float>(t.row_end[r]);
+    // Optional features, in lanes: window start, query position, ALiBi slope of each row.
+    const bool options = t.row_begin || t.soft_cap > 0.0f || t.row_slope;
+    std::vector<float> row_begin, row_pos, row_slope;
+    if (options) {
+      row_begin.assign(padded, 0.0f);
+      row_pos.assign(padded, 0.0f);
+      row_slope.assign(padded, 0.0f);
+      for (int r = 0; r < rows; ++r) {
+        if (t.row_begin) row_begin[r] = static_cast<float>(t.row_begin[r]);
+        row_pos[r] = static_cast<float>(t.row_end[r] - 1);
+        if (t.row_slope) row_slope[r] = t.row_slope[r];
+      }
+    }
     std::fill(max.begin(), max.end(), -std::numeric_limits<float>::infinity());
     std::fill(sum.begin(), sum.end(), 0.0f);
     std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
@@ -170,6 +224,10 @@ class TileKernel {
         }
         for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                                           scores.data() + size_t(j) * padded + r0);
+        if (options) {
+          TransformLanes(t, scores.data() + r0, padded, n, pos, row_begin.data() + r0,
+                         row_pos.data() + r0, row_slope.data() + r0);
+        }
         SoftmaxLanes(scores.data() + r0, padded, n, pos, row_end.data() + r0, max.data() + r0,
                      sum.data() + r0, correction.data() + r0);
       }
@@ -210,6 +268,44 @@ class TileKernel {
       for (int j = 0; j < NK; ++j) acc[j] = Isa::Fma(Isa::Set1(k[j * d + c]), query, acc[j]);
     }
     for (int j = 0; j < NK; ++j) Isa::Store(scores + size_t(j) * stride, acc[j]);
+  }
+
+  // The optional logit features for kW rows (lanes) of scores s[j * stride], keys pos + j:
+  // soft cap, ALiBi, and -inf before each row's window start (SoftmaxLanes gives those weight 0).
+  static void TransformLanes(const AttentionTile& t, float* s, int stride, int n, int32_t pos,
+                             const float* row_begin, const float* row_pos, const float* row_slope) {
+    const V neg_inf = Isa::Set1(-std::numeric_limits<float>::infinity());
+    const V cap = Isa::Set1(t.soft_cap);
+    const V inv_cap = Isa::Set1(t.soft_cap > 0.0f ? 1.0f / t.soft_cap : 0.0f);
+    const V begin = Isa::Load(row_begin);
+    const V query_pos = Isa::Load(row_pos);
+    const V slope = Isa::Load(row_slope);
+    for (int j = 0; j < n; ++j) {
+      float* sj = s + size_t(j) * stride;
+      const V key = Isa::Set1(static_cast<float>(pos + j));
+      V x = Isa::Load(sj);
+      if (t.soft_cap > 0.0f) x = VectorExp<Isa>::SoftCap(x, cap, inv_cap);
+      if (t.row_slope) x = Isa::Fma(slope, Isa::Sub(key, query_pos), x);
+      if (t.row_begin) x = Isa::Select(Isa::Less(key, begin), neg_inf, x);
+      Isa::Store(sj, x);
+    }
+  }
+
+  // Soft cap and ALiBi on row r's scores s[lo, hi) (keys pos + j), in whole vectors: the lanes
+  // outside [lo, hi) are inside s's kSpanTokens and are cleared by Softmax.
+  static void TransformRow(const AttentionTile& t, int r, int32_t pos, float* s, int lo, int hi) {
+    if (lo >= hi || (t.soft_cap == 0.0f && !t.row_slope)) return;
+    const V cap = Isa::Set1(t.soft_cap);
+    const V inv_cap = Isa::Set1(t.soft_cap > 0.0f ? 1.0f / t.soft_cap : 0.0f);
+    const V slope = Isa::Set1(t.row_slope ? t.row_slope[r] : 0.0f);
+    // Distance of key pos + j from the query (position row_end[r] - 1), minus j.
+    const V offset = Isa::Set1(static_cast<float>(pos - (t.row_end[r] - 1)));
+    for (int j = lo / kW * kW; j < hi; j += kW) {
+      V x = Isa::Load(s + j);
+      if (t.soft_cap > 0.0f) x = VectorExp<Isa>::SoftCap(x, cap, inv_cap);
+      if (t.row_slope) x = Isa::Fma(slope, Isa::Add(Isa::Load(kSpanIota.values + j), offset), x);
+      Isa::Store(s + j, x);
+    }
   }
 
   // The online softmax of Softmax below for kW rows at once (lanes), scores s[j * stride]:
@@ -334,14 +430,17 @@ class TileKernel {
     }
   }
 
-  // Turns one row's scores s[0, n) into weights p (in place) for its visible keys j < visible
-  // (p = 0 beyond), folding them into the row's running (max, sum) and rescaling its acc.
-  static void Softmax(float* s, int n, int32_t visible, float* max, float* sum, float* acc,
-                      int d) {
+  // Turns one row's scores s[0, n) into weights p (in place) for its visible keys
+  // begin <= j < visible (p = 0 elsewhere), folding them into the row's running (max, sum) and
+  // rescaling its acc. kBegin false (no sliding window) ignores begin: the plain hot path.
+  template <bool kBegin>
+  static void Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
+                      float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
+    const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
     float span_max = -std::numeric_limits<float>::infinity();
-    for (int j = 0; j < nv; ++j) span_max = std::max(span_max, s[j]);
-    if (nv == 0) {
+    for (int j = lo; j < nv; ++j) span_max = std::max(span_max, s[j]);
+    if (lo == nv) {
       std::fill(s, s + n, 0.0f);
       return;
     }
@@ -350,12 +449,13 @@ class TileKernel {
     const V shift = Isa::Set1(new_max);
     // s has kSpanTokens (a multiple of kW) elements: whole vectors past nv are harmless and
     // cleared below.
-    for (int j = 0; j < nv; j += kW) {
+    for (int j = lo / kW * kW; j < nv; j += kW) {
       Isa::Store(s + j, VectorExp<Isa>::Exp(Isa::Sub(Isa::Load(s + j), shift)));
     }
+    std::fill(s, s + lo, 0.0f);
     std::fill(s + nv, s + n, 0.0f);
     float span_sum = 0.0f;
-    for (int j = 0; j < nv; ++j) span_sum += s[j];
+    for (int j = lo; j < nv; ++j) span_sum += s[j];
     *sum = *sum * correction + span_sum;
     if (correction != 1.0f) {
       for (int c = 0; c < d; ++c) acc[c] *= correction;

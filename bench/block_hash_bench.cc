@@ -1,0 +1,54 @@
+// The SHA-256 chain in C++ alone (no Python): HashBlocks over a 32K-token prompt against a bare
+// loop of the same number of compressions (two dependent 64-byte compressions per 16-token
+// block, what one chain cannot go below). Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
+// run build/<dir>/block_hash_bench.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "ferrum_kv/block_hash.h"
+#include "sha256.h"
+
+namespace ferrum_kv {
+namespace {
+
+constexpr int32_t kBlockSize = 16;
+constexpr int64_t kNumTokens = 32768;
+constexpr int64_t kNumBlocks = kNumTokens / kBlockSize;
+
+void BM_HashBlocks(benchmark::State& state) {
+  std::mt19937 rng(0);
+  std::vector<int32_t> tokens(kNumTokens);
+  for (int32_t& token : tokens) token = int32_t(rng() % 150000);
+  std::vector<BlockHash> out(kNumBlocks);
+  const BlockHash root = RootHash(nullptr, 0);
+  for (auto _ : state) {
+    HashBlocks(root, tokens.data(), kNumBlocks, kBlockSize, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kNumTokens);
+  state.SetLabel(Sha256Implementation());
+}
+BENCHMARK(BM_HashBlocks);
+
+// Two dependent compressions per block, chained through the state: the latency floor.
+void BM_BareCompressions(benchmark::State& state) {
+  const sha256::CompressFn compress = sha256::BestCompress();
+  uint8_t message[2 * sha256::kBlockBytes] = {1, 2, 3};
+  for (auto _ : state) {
+    sha256::State chain = sha256::kInitialState;
+    for (int64_t i = 0; i < kNumBlocks; ++i) {
+      compress(&chain, message, 2);
+      message[0] = uint8_t(chain.h[0]);  // the next message depends on this result
+    }
+    benchmark::DoNotOptimize(chain);
+  }
+  state.SetItemsProcessed(state.iterations() * kNumTokens);
+  state.SetLabel(sha256::BestCompressName());
+}
+BENCHMARK(BM_BareCompressions);
+
+}  // namespace
+}  // namespace ferrum_kv

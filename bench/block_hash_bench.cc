@@ -1,6 +1,7 @@
 // The SHA-256 chain in C++ alone (no Python): HashBlocks over a 32K-token prompt against a bare
 // loop of the same number of compressions (two dependent 64-byte compressions per 16-token
-// block, what one chain cannot go below). Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
+// block, what one chain cannot go below), and the prefix cache's SipHash key chain
+// (prefix_key.h) over the same prompt. Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
 // run build/<dir>/block_hash_bench.
 #include <benchmark/benchmark.h>
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "ferrum_kv/block_hash.h"
+#include "ferrum_kv/prefix_key.h"
 #include "sha256.h"
 
 namespace ferrum_kv {
@@ -49,6 +51,22 @@ void BM_BareCompressions(benchmark::State& state) {
   state.SetLabel(sha256::BestCompressName());
 }
 BENCHMARK(BM_BareCompressions);
+
+void BM_PrefixKeyChain(benchmark::State& state) {
+  std::mt19937 rng(0);
+  std::vector<int32_t> tokens(kNumTokens);
+  for (int32_t& token : tokens) token = int32_t(rng() % 150000);
+  std::vector<PrefixKey> out(kNumBlocks);
+  const PrefixKeyer keyer;
+  const PrefixKey root = keyer.Root("");
+  for (auto _ : state) {
+    keyer.Chain(root, tokens.data(), kNumBlocks, kBlockSize, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kNumTokens);
+  state.SetLabel("SipHash-2-4-128");
+}
+BENCHMARK(BM_PrefixKeyChain);
 
 }  // namespace
 }  // namespace ferrum_kv

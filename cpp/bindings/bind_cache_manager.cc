@@ -290,8 +290,9 @@ void BindCacheManager(py::module_& m) {
             return events;
           },
           "Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per "
-          "event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes; empty for "
-          "'cleared') and block_id (-1 for 'cleared').")
+          "event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's "
+          "block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always "
+          "empty unless the config has enable_kv_events=True.")
       .def("stats", [](const PagedKvCache& cache) { return StatsDict(cache.Stats()); },
            "Counters as a dict of ints.")
       .def_property_readonly(

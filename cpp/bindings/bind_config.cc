@@ -25,6 +25,7 @@ std::string Repr(const CacheConfig& c) {
       << ", num_blocks=" << c.num_blocks << ", dtype='" << DTypeName(c.dtype)
       << "', num_host_blocks=" << c.num_host_blocks
       << ", enable_prefix_caching=" << (c.enable_prefix_caching ? "True" : "False")
+      << ", enable_kv_events=" << (c.enable_kv_events ? "True" : "False")
       << ", high_watermark=" << c.high_watermark
       << ", critical_watermark=" << c.critical_watermark << ", eviction_policy='"
       << EvictionPolicyName(c.eviction_policy) << "')";
@@ -41,7 +42,7 @@ void BindConfig(py::module_& m) {
                        int64_t block_size, int64_t num_blocks, const std::string& dtype,
                        int64_t num_host_blocks, bool enable_prefix_caching,
                        double high_watermark, double critical_watermark,
-                       const std::string& eviction_policy) {
+                       const std::string& eviction_policy, bool enable_kv_events) {
              CacheConfig c;
              c.num_layers = ToInt32(num_layers, "num_layers");
              c.num_kv_heads = ToInt32(num_kv_heads, "num_kv_heads");
@@ -54,6 +55,7 @@ void BindConfig(py::module_& m) {
              c.high_watermark = high_watermark;
              c.critical_watermark = critical_watermark;
              c.eviction_policy = ParseEvictionPolicy(eviction_policy);
+             c.enable_kv_events = enable_kv_events;
              c.Validate();
              return c;
            }),
@@ -61,7 +63,7 @@ void BindConfig(py::module_& m) {
            py::arg("block_size"), py::arg("num_blocks"), py::arg("dtype") = "float32",
            py::arg("num_host_blocks") = 0, py::arg("enable_prefix_caching") = false,
            py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02,
-           py::arg("eviction_policy") = "lru")
+           py::arg("eviction_policy") = "lru", py::arg("enable_kv_events") = false)
       .def_readonly("num_layers", &CacheConfig::num_layers)
       .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
       .def_readonly("head_dim", &CacheConfig::head_dim)
@@ -70,6 +72,8 @@ void BindConfig(py::module_& m) {
       .def_property_readonly("dtype", [](const CacheConfig& c) { return DTypeName(c.dtype); })
       .def_readonly("num_host_blocks", &CacheConfig::num_host_blocks)
       .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching)
+      .def_readonly("enable_kv_events", &CacheConfig::enable_kv_events,
+                    "Whether the cache logs prefix-cache events (PagedKvCache.drain_events).")
       .def_readonly("high_watermark", &CacheConfig::high_watermark)
       .def_readonly("critical_watermark", &CacheConfig::critical_watermark)
       .def_property_readonly(

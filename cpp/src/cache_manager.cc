@@ -21,7 +21,8 @@ PagedKvCache::PagedKvCache(const CacheConfig& config)
                                              : nullptr) {
   MutexLock lock(&mu_);
   if (config_.enable_prefix_caching) {
-    prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy);
+    prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy,
+                                            config_.enable_kv_events);
   }
   last_pressure_ = PressureLocked();
 }
@@ -110,30 +111,50 @@ void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32
   }
 }
 
-void PagedKvCache::HashFullBlocks(Sequence& seq, int64_t num_full_blocks) const {
-  const int64_t have = int64_t(seq.block_hashes.size());
+void PagedKvCache::KeyFullBlocks(Sequence& seq, int64_t num_full_blocks) const {
+  const int64_t have = int64_t(seq.block_keys.size());
   if (num_full_blocks <= have) return;
+  const int32_t* tokens = seq.tokens.data() + have * config_.block_size;
+  seq.block_keys.resize(size_t(num_full_blocks));
+  keyer_.Chain(have == 0 ? seq.root_key : seq.block_keys[have - 1], tokens,
+               num_full_blocks - have, config_.block_size, seq.block_keys.data() + have);
+  if (!config_.enable_kv_events) return;
   seq.block_hashes.resize(size_t(num_full_blocks));
-  const BlockHash& parent = have == 0 ? seq.root_hash : seq.block_hashes[have - 1];
-  HashBlocks(parent, seq.tokens.data() + have * config_.block_size, num_full_blocks - have,
-             config_.block_size, seq.block_hashes.data() + have);
+  HashBlocks(have == 0 ? seq.root_hash : seq.block_hashes[have - 1], tokens,
+             num_full_blocks - have, config_.block_size, seq.block_hashes.data() + have);
 }
 
-void PagedKvCache::PublishComputed(Sequence& seq) {
-  const int64_t computed_blocks = seq.num_computed / config_.block_size;
-  if (computed_blocks <= seq.blocks_published) return;
-  HashFullBlocks(seq, computed_blocks);
+bool PagedKvCache::HasUnpublished(const Sequence& seq) const {
+  return !seq.swapped && (seq.blocks_published + 1) * config_.block_size <= seq.num_computed;
+}
+
+void PagedKvCache::PublishPending() {
+  const int32_t block_size = config_.block_size;
+  // The key chains of different sequences are independent: computed back to back, they overlap
+  // in the core. Then every probe is prefetched before the first one is needed.
+  for (Sequence* seq : to_publish_) KeyFullBlocks(*seq, seq->num_computed / block_size);
+  for (const Sequence* seq : to_publish_) {
+    const int64_t computed_blocks = seq->num_computed / block_size;
+    for (int64_t i = seq->blocks_published; i < computed_blocks; ++i) {
+      prefix_->Prefetch(seq->block_keys[i], seq->blocks[i]);
+    }
+  }
   block_scratch_.clear();  // the blocks this call publishes
-  for (int64_t i = seq.blocks_published; i < computed_blocks; ++i) {
-    const BlockId block = seq.blocks[i];
-    // Skip blocks already cached (reused or published through a sibling) and content another
-    // block already holds (two identical prompts computed side by side).
-    if (prefix_->IsCached(block) || prefix_->Find(seq.block_hashes[i]) != kNullBlock) continue;
-    prefix_->Insert(seq.block_hashes[i], block);
-    block_scratch_.push_back(block);
+  for (Sequence* seq : to_publish_) {
+    const int64_t computed_blocks = seq->num_computed / block_size;
+    for (int64_t i = seq->blocks_published; i < computed_blocks; ++i) {
+      const BlockId block = seq->blocks[i];
+      // Skip blocks already cached (reused or published through a sibling) and content another
+      // block already holds (two identical prompts computed side by side).
+      if (prefix_->IsCached(block) || prefix_->Find(seq->block_keys[i]) != kNullBlock) continue;
+      prefix_->Insert(seq->block_keys[i], block,
+                      prefix_->logs_events() ? &seq->block_hashes[i] : nullptr);
+      block_scratch_.push_back(block);
+    }
+    seq->blocks_published = computed_blocks;
   }
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
-  seq.blocks_published = computed_blocks;
+  to_publish_.clear();
 }
 
 int32_t PagedKvCache::TailRefCount(const Sequence& seq) const {
@@ -177,9 +198,12 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
   seq.tokens.assign(tokens, tokens + n);
   seq.priority = priority;
   if (config_.enable_prefix_caching) {
-    seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
-                             namespace_id.size());
-    HashFullBlocks(seq, n / block_size);  // outside the lock: the hashing is the expensive part
+    seq.root_key = keyer_.Root(namespace_id);
+    if (config_.enable_kv_events) {
+      seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
+                               namespace_id.size());
+    }
+    KeyFullBlocks(seq, n / block_size);  // outside the lock: the hashing is the expensive part
   }
   int64_t hit_blocks = 0;
   Mutate([&]() FKV_REQUIRES(mu_) {
@@ -189,7 +213,7 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       const int64_t max_hit = (n - 1) / block_size;
       int64_t evictable_hits = 0;
       while (hit_blocks < max_hit) {
-        const BlockId block = prefix_->Find(seq.block_hashes[hit_blocks]);
+        const BlockId block = prefix_->Find(seq.block_keys[hit_blocks]);
         if (block == kNullBlock) break;
         seq.blocks.push_back(block);
         evictable_hits += prefix_->evictable().Contains(block);
@@ -259,6 +283,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       if (prefix_) ApplyComputed(seq, int64_t(seq.tokens.size()));
       AppendWithBlocks(seq, tokens + i, 1, batch_scratch_[i].copy_tail, scratch_.data(), &next);
     }
+    if (prefix_) PublishPending();
   });
 }
 
@@ -297,12 +322,13 @@ Sequence& PagedKvCache::CheckComputedCount(SeqId seq_id, int64_t num_tokens) {
 
 void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
   seq.num_computed = std::max(seq.num_computed, num_tokens);
-  if (prefix_ && !seq.swapped) PublishComputed(seq);
+  if (prefix_ && HasUnpublished(seq)) to_publish_.push_back(&seq);
 }
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
   MutexLock lock(&mu_);
   ApplyComputed(CheckComputedCount(seq_id, num_tokens), num_tokens);
+  if (prefix_) PublishPending();
 }
 
 void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_tokens,
@@ -314,6 +340,7 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
     batch_scratch_.push_back(BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false});
   }
   for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i].seq, num_tokens[i]);
+  if (prefix_) PublishPending();
 }
 
 void PagedKvCache::Fork(SeqId parent, SeqId child) {
@@ -387,7 +414,8 @@ void PagedKvCache::SwapIn(SeqId seq_id) {
     --num_swapped_;
     if (prefix_) {  // fresh blocks: offer the computed ones to the index again
       seq.blocks_published = 0;
-      PublishComputed(seq);
+      ApplyComputed(seq, seq.num_computed);
+      PublishPending();
     }
     swap_ins_.fetch_add(1, std::memory_order_relaxed);
     blocks_swapped_in_.fetch_add(n, std::memory_order_relaxed);
@@ -589,10 +617,12 @@ void PagedKvCache::CheckInvariants() const {
     FKV_CHECK_INVARIANT(seq.num_computed >= 0 && seq.num_computed <= num_tokens,
                         "sequence " << seq_id << " num_computed " << seq.num_computed);
     FKV_CHECK_INVARIANT(
-        int64_t(seq.block_hashes.size()) <= num_tokens / config_.block_size &&
-            seq.blocks_published <= int64_t(seq.block_hashes.size()),
-        "sequence " << seq_id << " has " << seq.block_hashes.size() << " hashes, "
-                    << seq.blocks_published << " published, for " << num_tokens << " tokens");
+        int64_t(seq.block_keys.size()) <= num_tokens / config_.block_size &&
+            seq.blocks_published <= int64_t(seq.block_keys.size()) &&
+            seq.block_hashes.size() == (config_.enable_kv_events ? seq.block_keys.size() : 0),
+        "sequence " << seq_id << " has " << seq.block_keys.size() << " keys, "
+                    << seq.block_hashes.size() << " hashes, " << seq.blocks_published
+                    << " published, for " << num_tokens << " tokens");
     std::vector<int32_t>& refs = seq.swapped ? host_refs : device_refs;
     swapped += seq.swapped;
     for (BlockId block : seq.blocks) {
@@ -613,14 +643,11 @@ void PagedKvCache::CheckInvariants() const {
     FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0),
                         "block " << b << " evictable " << is_evictable << ", cached "
                                  << is_cached << ", held by " << device_refs[b] << " tables");
-    if (is_cached) {
-      FKV_CHECK_INVARIANT(prefix_->Find(prefix_->HashOf(b)) == b,
-                          "cached block " << b << " is not found under its hash");
-    }
     cached += is_cached;
     evictable += is_evictable;
   }
   if (prefix_) {
+    prefix_->CheckInvariants();
     FKV_CHECK_INVARIANT(cached == prefix_->size() && evictable == prefix_->evictable().size(),
                         "index size " << prefix_->size() << " vs " << cached << " cached; "
                                       << prefix_->evictable().size() << " vs " << evictable

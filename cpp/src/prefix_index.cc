@@ -1,36 +1,71 @@
 #include "ferrum_kv/prefix_index.h"
 
+#include <algorithm>
 #include <cassert>
 
+#include "ferrum_kv/support/check.h"
+
 namespace ferrum_kv {
+namespace {
 
-PrefixIndex::PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy)
-    : entries_(static_cast<size_t>(num_blocks)),
+size_t SlotCount(int32_t num_blocks) {
+  size_t slots = 2;
+  while (slots < 2 * size_t(num_blocks)) slots *= 2;
+  return slots;
+}
+
+}  // namespace
+
+PrefixIndex::PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy, bool log_events)
+    : log_events_(log_events),
+      slots_(SlotCount(num_blocks)),
+      slot_mask_(slots_.size() - 1),
+      key_of_(static_cast<size_t>(num_blocks)),
+      content_hash_(log_events ? static_cast<size_t>(num_blocks) : 0),
       publish_order_(static_cast<size_t>(num_blocks), 0),
-      evictable_(MakeEvictionPolicy(policy, num_blocks)) {
-  by_hash_.reserve(static_cast<size_t>(num_blocks));
+      evictable_(MakeEvictionPolicy(policy, num_blocks)) {}
+
+BlockId PrefixIndex::Find(const PrefixKey& key) const {
+  for (size_t i = Home(key.lo);; i = (i + 1) & slot_mask_) {
+    const Slot& slot = slots_[i];
+    if (slot.block == kNullBlock) return kNullBlock;
+    if (slot.key_lo == key.lo && key_of_[slot.block].hi == key.hi) return slot.block;
+  }
 }
 
-BlockId PrefixIndex::Find(const BlockHash& hash) const {
-  auto it = by_hash_.find(hash);
-  return it == by_hash_.end() ? kNullBlock : it->second;
-}
-
-void PrefixIndex::Insert(const BlockHash& hash, BlockId block) {
-  assert(!IsCached(block));
-  const auto [entry, inserted] = by_hash_.emplace(hash, block);
-  assert(inserted);
-  (void)inserted;
-  entries_[block] = entry;
+void PrefixIndex::Insert(const PrefixKey& key, BlockId block, const BlockHash* content_hash) {
+  assert(!IsCached(block) && Find(key) == kNullBlock);
+  assert(content_hash != nullptr || !log_events_);
+  size_t i = Home(key.lo);
+  while (slots_[i].block != kNullBlock) i = (i + 1) & slot_mask_;
+  slots_[i] = Slot{key.lo, block};
+  ++size_;
+  key_of_[block] = key;
   publish_order_[block] = ++publish_clock_;
-  Log(CacheEvent::Kind::kBlockStored, hash, block);
+  if (log_events_) {
+    content_hash_[block] = *content_hash;
+    Log(CacheEvent::Kind::kBlockStored, *content_hash, block);
+  }
 }
 
 void PrefixIndex::Erase(BlockId block) {
   assert(IsCached(block));
   if (evictable_->Contains(block)) evictable_->Remove(block);
-  Log(CacheEvent::Kind::kBlockRemoved, HashOf(block), block);
-  by_hash_.erase(entries_[block]);
+  if (log_events_) Log(CacheEvent::Kind::kBlockRemoved, content_hash_[block], block);
+  size_t hole = Home(key_of_[block].lo);
+  while (slots_[hole].block != block) hole = (hole + 1) & slot_mask_;
+  // Backward-shift deletion: move later entries of the run into the hole when the hole lies on
+  // their probe path (between their home slot and where they sit).
+  for (size_t i = (hole + 1) & slot_mask_; slots_[i].block != kNullBlock;
+       i = (i + 1) & slot_mask_) {
+    const size_t home = Home(slots_[i].key_lo);
+    if (((i - home) & slot_mask_) >= ((i - hole) & slot_mask_)) {
+      slots_[hole] = slots_[i];
+      hole = i;
+    }
+  }
+  slots_[hole] = Slot{};
+  --size_;
   publish_order_[block] = 0;
 }
 
@@ -39,13 +74,14 @@ void PrefixIndex::Clear() {
     if (evictable_->Contains(block)) evictable_->Remove(block);
     publish_order_[block] = 0;
   }
-  by_hash_.clear();
-  Log(CacheEvent::Kind::kAllCleared, BlockHash{}, kNullBlock);
+  std::fill(slots_.begin(), slots_.end(), Slot{});
+  size_ = 0;
+  if (log_events_) Log(CacheEvent::Kind::kAllCleared, BlockHash{}, kNullBlock);
 }
 
 std::vector<BlockId> PrefixIndex::CachedBlocks() const {
   std::vector<BlockId> blocks;
-  blocks.reserve(by_hash_.size());
+  blocks.reserve(size_t(size_));
   for (BlockId b = 0; b < BlockId(publish_order_.size()); ++b) {
     if (IsCached(b)) blocks.push_back(b);
   }
@@ -64,6 +100,28 @@ std::vector<CacheEvent> PrefixIndex::DrainEvents() {
   std::vector<CacheEvent> drained(events_.begin(), events_.end());
   events_.clear();
   return drained;
+}
+
+void PrefixIndex::CheckInvariants() const {
+  int64_t occupied = 0;
+  for (const Slot& slot : slots_) {
+    if (slot.block == kNullBlock) continue;
+    ++occupied;
+    FKV_CHECK_INVARIANT(IsCached(slot.block) && key_of_[slot.block].lo == slot.key_lo,
+                        "slot of block " << slot.block << " names a block not cached there");
+  }
+  int64_t cached = 0;
+  for (BlockId b = 0; b < BlockId(publish_order_.size()); ++b) {
+    if (!IsCached(b)) {
+      FKV_CHECK_INVARIANT(!evictable_->Contains(b), "block " << b << " evictable, not cached");
+      continue;
+    }
+    ++cached;
+    FKV_CHECK_INVARIANT(Find(key_of_[b]) == b, "cached block " << b << " not found by its key");
+  }
+  FKV_CHECK_INVARIANT(occupied == size_ && cached == size_,
+                      "index size " << size_ << ", " << occupied << " slots, " << cached
+                                    << " cached blocks");
 }
 
 }  // namespace ferrum_kv

@@ -26,7 +26,7 @@ class CacheConfig:
     """
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
-    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru') -> None:
+    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False) -> None:
         ...
     def __repr__(self) -> str:
         ...
@@ -49,6 +49,11 @@ class CacheConfig:
     @property
     def dtype(self) -> str:
         ...
+    @property
+    def enable_kv_events(self) -> bool:
+        """
+        Whether the cache logs prefix-cache events (PagedKvCache.drain_events).
+        """
     @property
     def enable_prefix_caching(self) -> bool:
         ...
@@ -219,7 +224,7 @@ class PagedKvCache:
         ...
     def drain_events(self) -> list:
         """
-        Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes; empty for 'cleared') and block_id (-1 for 'cleared').
+        Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always empty unless the config has enable_kv_events=True.
         """
     def fork(self, parent_id: typing.SupportsInt | typing.SupportsIndex, child_id: typing.SupportsInt | typing.SupportsIndex) -> None:
         """

@@ -219,6 +219,7 @@ namespace {
 TEST(PagedKvCachePrefixTest, ReuseEvictionAndInvariants) {
   CacheConfig config = Config(6, 0);
   config.enable_prefix_caching = true;
+  config.enable_kv_events = true;
   PagedKvCache cache(config);
   const std::vector<int32_t> prompt = Range(16);  // 4 blocks
   EXPECT_EQ(cache.AddSequence(1, prompt.data(), 16), 0);

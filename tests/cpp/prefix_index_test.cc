@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+#include <set>
 #include <vector>
 
 namespace ferrum_kv {
@@ -14,31 +16,37 @@ BlockHash HashNumber(uint8_t n) {
   return hash;
 }
 
+PrefixKey KeyNumber(uint64_t n) { return PrefixKey{n * 0x9e3779b97f4a7c15ull, n}; }
+
 TEST(PrefixIndexTest, InsertFindEraseClearAndTheirEvents) {
-  PrefixIndex index(8, EvictionPolicyKind::kLru);
-  EXPECT_EQ(index.Find(HashNumber(1)), kNullBlock);
-  index.Insert(HashNumber(1), 5);
-  index.Insert(HashNumber(2), 3);
-  EXPECT_EQ(index.Find(HashNumber(1)), 5);
-  EXPECT_EQ(index.Find(HashNumber(2)), 3);
+  PrefixIndex index(8, EvictionPolicyKind::kLru, /*log_events=*/true);
+  EXPECT_EQ(index.Find(KeyNumber(1)), kNullBlock);
+  const BlockHash h1 = HashNumber(1), h2 = HashNumber(2);
+  index.Insert(KeyNumber(1), 5, &h1);
+  index.Insert(KeyNumber(2), 3, &h2);
+  index.CheckInvariants();
+  EXPECT_EQ(index.Find(KeyNumber(1)), 5);
+  EXPECT_EQ(index.Find(KeyNumber(2)), 3);
   EXPECT_TRUE(index.IsCached(5) && index.IsCached(3) && !index.IsCached(0));
-  EXPECT_EQ(index.HashOf(3), HashNumber(2));
+  EXPECT_EQ(index.KeyOf(3), KeyNumber(2));
   EXPECT_LT(index.PublishOrder(5), index.PublishOrder(3));
   EXPECT_EQ(index.size(), 2);
 
   index.evictable().Add(5, 0, index.PublishOrder(5));
   index.Erase(5);  // also leaves the eviction order
+  index.CheckInvariants();
   EXPECT_FALSE(index.evictable().Contains(5));
-  EXPECT_EQ(index.Find(HashNumber(1)), kNullBlock);
+  EXPECT_EQ(index.Find(KeyNumber(1)), kNullBlock);
   EXPECT_FALSE(index.IsCached(5));
-  index.Insert(HashNumber(1), 6);  // the same content in another block
-  EXPECT_EQ(index.Find(HashNumber(1)), 6);
+  index.Insert(KeyNumber(1), 6, &h1);  // the same content in another block
+  EXPECT_EQ(index.Find(KeyNumber(1)), 6);
   EXPECT_EQ(index.CachedBlocks(), (std::vector<BlockId>{3, 6}));
 
   index.Clear();
+  index.CheckInvariants();
   EXPECT_EQ(index.size(), 0);
   EXPECT_TRUE(index.CachedBlocks().empty());
-  EXPECT_EQ(index.Find(HashNumber(2)), kNullBlock);
+  EXPECT_EQ(index.Find(KeyNumber(2)), kNullBlock);
 
   const std::vector<CacheEvent> events = index.DrainEvents();
   using Kind = CacheEvent::Kind;
@@ -49,10 +57,47 @@ TEST(PrefixIndexTest, InsertFindEraseClearAndTheirEvents) {
     EXPECT_EQ(events[i].seq_no, i + 1);
     EXPECT_EQ(events[i].kind, kinds[i]);
   }
-  EXPECT_EQ(events[2].hash, HashNumber(1));
+  EXPECT_EQ(events[2].hash, h1);
   EXPECT_EQ(events[2].block, 5);
   EXPECT_TRUE(index.DrainEvents().empty());
   EXPECT_EQ(index.events_dropped(), 0);
+}
+
+TEST(PrefixIndexTest, WithoutEventsNothingIsLogged) {
+  PrefixIndex index(4, EvictionPolicyKind::kLru, /*log_events=*/false);
+  index.Insert(KeyNumber(1), 2, nullptr);
+  index.Erase(2);
+  index.Clear();
+  EXPECT_TRUE(index.DrainEvents().empty());
+  index.CheckInvariants();
+}
+
+// Keys that share their low word (one home slot) and keys whose probe runs wrap around the table:
+// random inserts and erases against a std::map model, with the invariants after every step.
+TEST(PrefixIndexTest, CollidingKeysAgainstAModel) {
+  constexpr int32_t kBlocks = 16;  // 32 slots
+  PrefixIndex index(kBlocks, EvictionPolicyKind::kLru, /*log_events=*/false);
+  std::mt19937 rng(3);
+  std::vector<PrefixKey> key_of(kBlocks);
+  std::set<BlockId> cached;
+  uint64_t next_hi = 1;
+  for (int step = 0; step < 4000; ++step) {
+    const BlockId block = BlockId(rng() % kBlocks);
+    if (cached.count(block)) {
+      index.Erase(block);
+      cached.erase(block);
+    } else {
+      // Low words from a few values near the end of the table: long, wrapping probe runs.
+      const uint64_t lo = 29 + rng() % 4 + (rng() % 2) * 32;
+      key_of[block] = PrefixKey{lo, next_hi++};
+      index.Insert(key_of[block], block, nullptr);
+      cached.insert(block);
+    }
+    index.CheckInvariants();
+    ASSERT_EQ(index.size(), int64_t(cached.size()));
+    for (BlockId b : cached) ASSERT_EQ(index.Find(key_of[b]), b);
+    ASSERT_EQ(index.Find(PrefixKey{29, 0}), kNullBlock);  // same low word, unknown high word
+  }
 }
 
 }  // namespace

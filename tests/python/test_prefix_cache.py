@@ -73,7 +73,7 @@ def test_freed_blocks_stay_cached_until_memory_is_needed():
 
 def test_lru_evicts_the_end_of_a_prompt_before_its_beginning():
     rng = np.random.default_rng(2)
-    cache = make_cache(num_blocks=8)
+    cache = make_cache(num_blocks=8, enable_kv_events=True)
     prompt = rng.integers(0, 100, 32)  # all 8 blocks
     cache.add_sequence(1, prompt)
     compute(cache, 1, 0, rng)
@@ -149,7 +149,7 @@ def test_publication_needs_mark_computed_and_full_blocks():
 
 def test_reset_drops_unheld_blocks_and_unindexes_held_ones():
     rng = np.random.default_rng(7)
-    cache = make_cache(num_blocks=16)
+    cache = make_cache(num_blocks=16, enable_kv_events=True)
     a, b = rng.integers(0, 100, 16), rng.integers(100, 200, 16)
     cache.add_sequence(1, a)
     cache.add_sequence(2, b)
@@ -169,7 +169,7 @@ def test_reset_drops_unheld_blocks_and_unindexes_held_ones():
 
 def test_events_are_ordered_and_name_hashes():
     rng = np.random.default_rng(8)
-    cache = make_cache(num_blocks=4)
+    cache = make_cache(num_blocks=4, enable_kv_events=True)
     cache.add_sequence(1, rng.integers(0, 100, 8))
     compute(cache, 1, 0, rng)
     cache.free_sequence(1)
@@ -180,6 +180,19 @@ def test_events_are_ordered_and_name_hashes():
     assert all(len(e["hash"]) == 32 for e in events)
     assert {e["hash"] for e in events[:2]} == {e["hash"] for e in events[2:]}
     assert cache.drain_events() == []
+
+
+def test_events_are_off_unless_asked_for():
+    rng = np.random.default_rng(13)
+    cache = make_cache(num_blocks=4)
+    assert not cache.config.enable_kv_events
+    cache.add_sequence(1, rng.integers(0, 100, 8))
+    compute(cache, 1, 0, rng)
+    assert cache.stats()["cached_blocks"] == 2
+    assert cache.drain_events() == []
+    with pytest.raises(ValueError, match="enable_kv_events=True needs enable_prefix_caching"):
+        fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=1, block_size=BS, num_blocks=4,
+                        enable_kv_events=True)
 
 
 def test_prefix_caching_survives_fork_and_swap():
@@ -414,7 +427,7 @@ def test_decode_steps_publish_the_blocks_they_fill():
 
 def test_published_hashes_are_the_block_hashes_of_the_spec():
     rng = np.random.default_rng(12)
-    cache = make_cache()
+    cache = make_cache(enable_kv_events=True)
     prompt = rng.integers(0, 2**31 - 1, 18)
     cache.add_sequence(1, prompt, namespace=b"tenant")
     cache.mark_computed(1, 18)

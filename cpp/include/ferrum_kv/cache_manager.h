@@ -10,11 +10,12 @@
 // references.
 //
 // Prefix caching (config.enable_prefix_caching): full blocks whose K/V is computed
-// (MarkComputed) are published in a PrefixIndex under their chained content hash (block_hash.h,
-// namespaced). AddSequence reuses the longest run of leading cached blocks instead of allocating
+// (MarkComputed) are published in a PrefixIndex under their chained prefix key (prefix_key.h:
+// a keyed SipHash chain, namespaced, under a secret drawn per cache). AddSequence reuses the longest run of leading cached blocks instead of allocating
 // them. A published block that no sequence holds stays cached and findable, and is evicted (per
 // config.eviction_policy) only when a fresh block is needed and no free block remains. Each
-// cached block holds one extra pool reference on behalf of the index.
+// cached block holds one extra pool reference on behalf of the index. With config.enable_kv_events
+// the index also logs CacheEvents naming blocks by their public SHA-256 chain hash (block_hash.h).
 //
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
@@ -24,7 +25,7 @@
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
 //                                                    + 1 if b is in the prefix index
 //   b is evictable <=> b is in the prefix index and no table holds it
-//   the prefix index maps HashOf(b) back to b for every cached b
+//   the prefix index maps KeyOf(b) back to b for every cached b (PrefixIndex::CheckInvariants)
 //   free + used == total in each pool (BlockPool::CheckInvariants)
 //   every table covers exactly ceil(num_tokens / block_size) blocks; num_tokens >= 1
 //   0 <= num_computed <= num_tokens
@@ -157,7 +158,7 @@ class PagedKvCache {
   // Drops every cached block that no sequence holds; blocks that sequences hold stay with them but
   // are no longer findable. Logs kAllCleared. No-op without prefix caching.
   void ResetPrefixCache() FKV_EXCLUDES(mu_);
-  // The events logged since the last call, oldest first (empty without prefix caching).
+  // The events logged since the last call, oldest first (empty without config.enable_kv_events).
   std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
 
   CacheStats Stats() const FKV_EXCLUDES(mu_);
@@ -204,11 +205,16 @@ class PagedKvCache {
       FKV_REQUIRES(mu_);
   // Finds seq_id and checks 0 <= num_tokens <= its token count (for MarkComputed).
   Sequence& CheckComputedCount(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);
+  // Raises seq.num_computed to num_tokens; with prefix caching, queues seq in to_publish_ when
+  // it has computed full blocks not yet offered to the index.
   void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
-  // Extends seq.block_hashes to its first num_full_blocks full blocks.
-  void HashFullBlocks(Sequence& seq, int64_t num_full_blocks) const;
-  // Offers seq's computed full blocks not yet offered to the prefix index.
-  void PublishComputed(Sequence& seq) FKV_REQUIRES(mu_);
+  // Extends seq.block_keys (and, with events, seq.block_hashes) to its first num_full_blocks full
+  // blocks.
+  void KeyFullBlocks(Sequence& seq, int64_t num_full_blocks) const;
+  bool HasUnpublished(const Sequence& seq) const;
+  // Offers the computed full blocks of the sequences in to_publish_ that were not yet offered to
+  // the prefix index, in one batch (keys, then prefetched probes, then one IncRef); empties it.
+  void PublishPending() FKV_REQUIRES(mu_);
   // Runs body under the mutex, then, if the call changed the memory pressure level, the pressure
   // callback with the mutex released.
   template <typename Body>
@@ -232,11 +238,13 @@ class PagedKvCache {
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
+  std::vector<Sequence*> to_publish_ FKV_GUARDED_BY(mu_);  // ApplyComputed -> PublishPending
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
   std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
 
+  const PrefixKeyer keyer_;  // immutable: used outside the mutex
   std::unique_ptr<PrefixIndex> prefix_ FKV_PT_GUARDED_BY(mu_);  // null without prefix caching
   int64_t prefix_query_tokens_ FKV_GUARDED_BY(mu_) = 0;
   int64_t prefix_hit_tokens_ FKV_GUARDED_BY(mu_) = 0;

@@ -23,6 +23,9 @@ struct CacheConfig {
   DType dtype = DType::kFloat32;
   int32_t num_host_blocks = 0;
   bool enable_prefix_caching = false;
+  // Log CacheEvents (stored / removed / cleared, named by SHA-256 chain hashes) for an external
+  // router; needs enable_prefix_caching. Off by default: it costs a SHA-256 per published block.
+  bool enable_kv_events = false;
   EvictionPolicyKind eviction_policy = EvictionPolicyKind::kLru;
   double high_watermark = 0.10;
   double critical_watermark = 0.02;

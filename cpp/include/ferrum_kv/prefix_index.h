@@ -1,45 +1,60 @@
-// PrefixIndex: the published content of the device tier. Maps content hash <-> block for every
-// cached block, keeps the evictable subset (cached blocks that no sequence holds) in an
-// EvictionPolicy, and logs CacheEvents.
+// PrefixIndex: the published content of the device tier. Maps prefix key (prefix_key.h) <-> block
+// for every cached block, keeps the evictable subset (cached blocks that no sequence holds) in an
+// EvictionPolicy, and, when built with events, logs CacheEvents named by the blocks' public
+// SHA-256 chain hashes (block_hash.h).
 //
 // The index only records; the cache manager keeps the reference counts: each cached block holds
 // one pool reference on behalf of the index (so ref_count = tables holding it + 1), and a cached
 // block is evictable exactly when that is its only reference.
 //
-// Invariants: Find(HashOf(b)) == b for every cached b; size() == number of cached blocks;
-// evictable blocks are cached.
+// The key -> block map is an open-addressing table with linear probing over a power-of-two number
+// of slots (at least twice num_blocks, so it is at most half full and never grows); a slot holds
+// the key's low word and the block, the high word is compared through KeyOf(block). Erase shifts
+// the following entries back (no tombstones).
+//
+// Invariants: Find(KeyOf(b)) == b for every cached b; size() == number of cached blocks == number
+// of occupied slots; evictable blocks are cached.
 // Thread safety: thread-compatible (the cache manager's mutex guards it).
-// Complexity: Find / Insert / Erase O(1) expected; eviction order per EvictionPolicy.
+// Complexity: Find / Insert / Erase O(1) expected; eviction order per EvictionPolicy; Clear and
+// CachedBlocks O(num_blocks).
 #pragma once
 
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <unordered_map>
 #include <vector>
 
 #include "ferrum_kv/block_hash.h"
 #include "ferrum_kv/cache_event.h"
 #include "ferrum_kv/eviction_policy.h"
+#include "ferrum_kv/prefix_key.h"
 #include "ferrum_kv/types.h"
 
 namespace ferrum_kv {
 
 class PrefixIndex {
  public:
-  PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy);
+  PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy, bool log_events);
 
-  // The block holding hash, or kNullBlock.
-  BlockId Find(const BlockHash& hash) const;
+  bool logs_events() const { return log_events_; }
+
+  // The block cached under key, or kNullBlock.
+  BlockId Find(const PrefixKey& key) const;
   bool IsCached(BlockId block) const { return publish_order_[block] != 0; }
   // Precondition: IsCached(block).
-  const BlockHash& HashOf(BlockId block) const { return entries_[block]->first; }
+  const PrefixKey& KeyOf(BlockId block) const { return key_of_[block]; }
   // When block was published (1, 2, ...); 0 if it is not cached.
   uint64_t PublishOrder(BlockId block) const { return publish_order_[block]; }
-  int64_t size() const { return int64_t(by_hash_.size()); }
+  int64_t size() const { return size_; }
 
-  // Makes block findable under hash. Preconditions: hash absent, block not cached.
-  void Insert(const BlockHash& hash, BlockId block);
+  // Hint: Find(key) and Insert(key, block) will follow soon (loads their cache lines).
+  void Prefetch(const PrefixKey& key, BlockId block) const {
+    __builtin_prefetch(&slots_[Home(key.lo)]);
+    __builtin_prefetch(&publish_order_[block]);
+  }
+  // Makes block findable under key. content_hash (its SHA-256 chain hash) names it in the events:
+  // required when logs_events(), ignored otherwise. Preconditions: key absent, block not cached.
+  void Insert(const PrefixKey& key, BlockId block, const BlockHash* content_hash);
   // Makes block unfindable (and not evictable). Precondition: block cached.
   void Erase(BlockId block);
   // Erases every block; one kAllCleared event.
@@ -50,18 +65,27 @@ class PrefixIndex {
   EvictionPolicy& evictable() { return *evictable_; }
   const EvictionPolicy& evictable() const { return *evictable_; }
 
-  // Moves out the events logged since the last drain, oldest first.
+  // Moves out the events logged since the last drain, oldest first (none without events).
   std::vector<CacheEvent> DrainEvents();
   int64_t events_dropped() const { return events_dropped_; }
 
+  // Throws InvariantError unless the table and the per-block records agree (see Invariants).
+  void CheckInvariants() const;
+
  private:
+  struct Slot {
+    uint64_t key_lo = 0;
+    BlockId block = kNullBlock;  // kNullBlock: empty
+  };
+  size_t Home(uint64_t key_lo) const { return size_t(key_lo) & slot_mask_; }
   void Log(CacheEvent::Kind kind, const BlockHash& hash, BlockId block);
 
-  using Map = std::unordered_map<BlockHash, BlockId, BlockHashHasher>;
-  // Reserved for num_blocks entries up front, so it never rehashes and the iterators in entries_
-  // stay valid: Erase and HashOf need no hashing.
-  Map by_hash_;
-  std::vector<Map::iterator> entries_;  // entries_[b] is b's entry while b is cached
+  const bool log_events_;
+  std::vector<Slot> slots_;
+  size_t slot_mask_;
+  int64_t size_ = 0;
+  std::vector<PrefixKey> key_of_;        // key_of_[b]: b's key while b is cached
+  std::vector<BlockHash> content_hash_;  // content_hash_[b]: b's SHA-256 name (events only)
   std::vector<uint64_t> publish_order_;
   uint64_t publish_clock_ = 0;
   std::unique_ptr<EvictionPolicy> evictable_;

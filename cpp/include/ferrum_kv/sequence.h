@@ -5,7 +5,8 @@
 //   blocks.size() == ceil(tokens.size() / block_size)
 //   0 <= num_computed <= tokens.size()
 //   blocks are device block ids when resident, host block ids when swapped out.
-//   block_hashes.size() <= tokens.size() / block_size; blocks_published <= block_hashes.size()
+//   blocks_published <= block_keys.size() <= tokens.size() / block_size
+//   block_hashes.size() == block_keys.size() with cache events, 0 without
 // Thread safety: none of its own; the manager's mutex guards every Sequence.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "ferrum_kv/block_hash.h"
+#include "ferrum_kv/prefix_key.h"
 #include "ferrum_kv/types.h"
 
 namespace ferrum_kv {
@@ -20,17 +22,20 @@ namespace ferrum_kv {
 using SeqId = int64_t;
 
 struct Sequence {
-  std::vector<BlockId> blocks;  // logical block i -> physical block id
-  std::vector<int32_t> tokens;  // token ids, in order
-  int64_t num_computed = 0;     // leading tokens whose K/V is written (mark_computed)
-  bool swapped = false;         // blocks live in the host tier
-  uint64_t batch_stamp = 0;     // the manager's duplicate check within one AppendBatch
+  // Read by every decode step, first: they share the leading cache lines.
+  std::vector<BlockId> blocks;   // logical block i -> physical block id
+  std::vector<int32_t> tokens;   // token ids, in order
+  int64_t num_computed = 0;      // leading tokens whose K/V is written (mark_computed)
+  int64_t blocks_published = 0;  // prefix caching: blocks [0, this) were offered to the index
+  uint64_t batch_stamp = 0;      // the manager's duplicate check within one AppendBatch
+  bool swapped = false;          // blocks live in the host tier
 
   // Prefix caching (unused without it):
-  BlockHash root_hash{};                // SHA-256(b"ferrum-kv/v1" + namespace)
-  std::vector<BlockHash> block_hashes;  // chain hashes of the first full blocks
-  int64_t blocks_published = 0;         // blocks [0, this) were offered to the prefix index
   int32_t priority = 0;                 // retention priority of the blocks it releases
+  PrefixKey root_key{};                 // the namespace's chain root (prefix_key.h)
+  std::vector<PrefixKey> block_keys;    // chain keys of the first full blocks
+  BlockHash root_hash{};                // with cache events: the public SHA-256 chain
+  std::vector<BlockHash> block_hashes;  //   (block_hash.h), which names blocks in the events
 };
 
 // Number of blocks that num_tokens tokens occupy.

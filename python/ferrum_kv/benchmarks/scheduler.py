@@ -8,8 +8,10 @@ arrive with random prompts. Side by side in one run:
   ferrum-kv   PagedKvCache.append_batch + batch_metadata (C++)
   ferrum-kv + prefix caching
               the same with enable_prefix_caching=True and all prompts distinct (nothing hits):
-              prompts are hashed on arrival and published after their prefill, and each decode step
-              publishes the blocks that fill: the cost of caching when it never pays
+              prompts are keyed on arrival and published after their prefill (one
+              mark_computed_batch per round, which both ferrum-kv variants call, as an engine
+              would), and each decode step publishes the blocks that fill: the cost of caching
+              when it never pays
   python      a pure-Python manager built the way vLLM's v1 block manager works: a block object
               per block with a ref count, a doubly linked free queue, a dict from request to its
               block list, and a persistent NumPy block table updated incrementally (like vLLM's
@@ -130,13 +132,13 @@ class FerrumManager:
         cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=1, block_size=BLOCK_SIZE,
                               num_blocks=num_blocks, enable_prefix_caching=prefix_caching)
         self.cache = fkv.PagedKvCache(cfg)
-        self.prefix_caching = prefix_caching
         self.rng = np.random.default_rng(1234)
 
     def add_sequence(self, seq_id: int, prompt: np.ndarray) -> None:
         self.cache.add_sequence(seq_id, prompt)
-        if self.prefix_caching:
-            self.cache.mark_computed(seq_id, len(prompt))  # the prefill ran
+
+    def prefilled(self, seq_ids: list[int], prompts: list[np.ndarray]) -> None:
+        self.cache.mark_computed_batch(seq_ids, [len(p) for p in prompts])
 
     def append_batch(self, seq_ids: np.ndarray) -> None:
         self.cache.append_batch(seq_ids, np.ones(len(seq_ids), np.int32))
@@ -152,18 +154,21 @@ class FerrumManager:
 def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple[float, float]:
     """Drive manager through the workload; returns (seconds per decode step, seconds per
     arrival/finish round). A manager may define prepare(seq_id, prompt), called outside the
-    timers before each add_sequence (e.g. to build a request object)."""
+    timers before each add_sequence (e.g. to build a request object), and prefilled(seq_ids,
+    prompts), called once the sequences of a round are added (their prompts' K/V computed)."""
     rng = np.random.default_rng(seed)
     prepare = getattr(manager, "prepare", lambda seq_id, prompt: None)
+    prefilled = getattr(manager, "prefilled", lambda seq_ids, prompts: None)
 
     def prompt():  # distinct random token ids: no two prompts share a block
         return rng.integers(0, 2**31 - 1, int(rng.integers(100, 1000)), dtype=np.int32)
 
     running = list(range(seqs))
-    for seq_id in running:
-        tokens = prompt()
+    first = [prompt() for _ in running]
+    for seq_id, tokens in zip(running, first):
         prepare(seq_id, tokens)
         manager.add_sequence(seq_id, tokens)
+    prefilled(running, first)
     next_id = seqs
     step_time = churn_time = 0.0
     for step in range(1, steps + 1):
@@ -183,6 +188,7 @@ def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple
             for old_id, new_id, tokens in zip(finishing, new_ids, arriving):
                 manager.free_sequence(old_id)
                 manager.add_sequence(new_id, tokens)
+            prefilled(new_ids, arriving)
             churn_time += time.perf_counter() - start
             running += new_ids
     return step_time / steps, churn_time / (steps // 50)

@@ -1,7 +1,7 @@
 // The SHA-256 chain in C++ alone (no Python): HashBlocks over a 32K-token prompt against a bare
 // loop of the same number of compressions (two dependent 64-byte compressions per 16-token
 // block, what one chain cannot go below), and the prefix cache's SipHash key chain
-// (prefix_key.h) over the same prompt. Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
+// (prefix_key.h) over the same prompt, as one chain and as 16. Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
 // run build/<dir>/block_hash_bench.
 #include <benchmark/benchmark.h>
 
@@ -67,6 +67,29 @@ void BM_PrefixKeyChain(benchmark::State& state) {
   state.SetLabel("SipHash-2-4-128");
 }
 BENCHMARK(BM_PrefixKeyChain);
+
+// The same tokens as 16 independent chains of 2K tokens (16 prompts published together).
+void BM_PrefixKeyChainMany(benchmark::State& state) {
+  constexpr int kChains = 16;
+  std::mt19937 rng(0);
+  std::vector<int32_t> tokens(kNumTokens);
+  for (int32_t& token : tokens) token = int32_t(rng() % 150000);
+  std::vector<PrefixKey> out(kNumBlocks);
+  const PrefixKeyer keyer;
+  std::vector<KeyChainJob> jobs;
+  for (int c = 0; c < kChains; ++c) {
+    const int64_t blocks = kNumBlocks / kChains;
+    jobs.push_back(KeyChainJob{keyer.Root(""), tokens.data() + c * blocks * kBlockSize, blocks,
+                               out.data() + c * blocks});
+  }
+  for (auto _ : state) {
+    keyer.ChainMany(jobs.data(), kChains, kBlockSize);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kNumTokens);
+  state.SetLabel("SipHash-2-4-128, 16 chains");
+}
+BENCHMARK(BM_PrefixKeyChainMany);
 
 }  // namespace
 }  // namespace ferrum_kv

@@ -111,17 +111,18 @@ void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32
   }
 }
 
-void PagedKvCache::KeyFullBlocks(Sequence& seq, int64_t num_full_blocks) const {
+KeyChainJob PagedKvCache::ExtendKeys(Sequence& seq, int64_t num_full_blocks) const {
   const int64_t have = int64_t(seq.block_keys.size());
-  if (num_full_blocks <= have) return;
+  if (num_full_blocks <= have) return KeyChainJob{};
   const int32_t* tokens = seq.tokens.data() + have * config_.block_size;
   seq.block_keys.resize(size_t(num_full_blocks));
-  keyer_.Chain(have == 0 ? seq.root_key : seq.block_keys[have - 1], tokens,
-               num_full_blocks - have, config_.block_size, seq.block_keys.data() + have);
-  if (!config_.enable_kv_events) return;
-  seq.block_hashes.resize(size_t(num_full_blocks));
-  HashBlocks(have == 0 ? seq.root_hash : seq.block_hashes[have - 1], tokens,
-             num_full_blocks - have, config_.block_size, seq.block_hashes.data() + have);
+  if (config_.enable_kv_events) {
+    seq.block_hashes.resize(size_t(num_full_blocks));
+    HashBlocks(have == 0 ? seq.root_hash : seq.block_hashes[have - 1], tokens,
+               num_full_blocks - have, config_.block_size, seq.block_hashes.data() + have);
+  }
+  return KeyChainJob{have == 0 ? seq.root_key : seq.block_keys[have - 1], tokens,
+                     num_full_blocks - have, seq.block_keys.data() + have};
 }
 
 bool PagedKvCache::HasUnpublished(const Sequence& seq) const {
@@ -130,9 +131,14 @@ bool PagedKvCache::HasUnpublished(const Sequence& seq) const {
 
 void PagedKvCache::PublishPending() {
   const int32_t block_size = config_.block_size;
-  // The key chains of different sequences are independent: computed back to back, they overlap
-  // in the core. Then every probe is prefetched before the first one is needed.
-  for (Sequence* seq : to_publish_) KeyFullBlocks(*seq, seq->num_computed / block_size);
+  // The key chains of different sequences are independent: ChainMany runs them side by side.
+  // Then every probe is prefetched before the first one is needed.
+  key_jobs_.clear();
+  for (Sequence* seq : to_publish_) {
+    const KeyChainJob job = ExtendKeys(*seq, seq->num_computed / block_size);
+    if (job.num_blocks > 0) key_jobs_.push_back(job);
+  }
+  keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), block_size);
   for (const Sequence* seq : to_publish_) {
     const int64_t computed_blocks = seq->num_computed / block_size;
     for (int64_t i = seq->blocks_published; i < computed_blocks; ++i) {
@@ -203,7 +209,6 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
                                namespace_id.size());
     }
-    KeyFullBlocks(seq, n / block_size);  // outside the lock: the hashing is the expensive part
   }
   int64_t hit_blocks = 0;
   Mutate([&]() FKV_REQUIRES(mu_) {
@@ -212,7 +217,11 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       // At least the last token is always computed by the engine (it needs its logits).
       const int64_t max_hit = (n - 1) / block_size;
       int64_t evictable_hits = 0;
+      seq.block_keys.reserve(size_t(n / block_size));
       while (hit_blocks < max_hit) {
+        // Keys only as far as the hits go: the rest are computed when published (in batches).
+        const KeyChainJob job = ExtendKeys(seq, hit_blocks + 1);
+        keyer_.Chain(job.parent, job.tokens, job.num_blocks, block_size, job.out);
         const BlockId block = prefix_->Find(seq.block_keys[hit_blocks]);
         if (block == kNullBlock) break;
         seq.blocks.push_back(block);

@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/prefix_key_lanes.h"
 #include "siphash.h"
 
 namespace ferrum_kv {
@@ -53,6 +54,21 @@ void PrefixKeyer::Chain(const PrefixKey& parent, const int32_t* tokens, int64_t 
     const siphash::Digest d = sip.Finish(tail, message_len);
     key = PrefixKey{d.lo, d.hi};
     out[b] = key;
+  }
+}
+
+}  // namespace ferrum_kv
+
+namespace ferrum_kv {
+
+void PrefixKeyer::ChainMany(const KeyChainJob* jobs, int64_t n, int32_t block_size) const {
+  static const bool lanes = kernels::KeyLanesAvx512Supported();
+  if (lanes && n > 1) {
+    kernels::ChainManyAvx512(secret0_, secret1_, jobs, n, block_size);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    Chain(jobs[i].parent, jobs[i].tokens, jobs[i].num_blocks, block_size, jobs[i].out);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/prefix_key_lanes.h"
 #include "siphash.h"
 
 namespace ferrum_kv {
@@ -91,6 +92,41 @@ TEST(PrefixKeyTest, KeysDependOnSecretNamespaceAndEveryEarlierToken) {
   keyer.Chain(keyer.Root(""), tokens.data(), 2, 4, again);
   EXPECT_EQ(a[1], again[1]);
   EXPECT_NE(PrefixKeyer().Root(""), PrefixKeyer().Root(""));  // random secrets
+}
+
+// ChainMany (and the AVX-512 lanes directly, where the CPU has them) against Chain per job: job
+// counts below, at and above the 8 lanes, chains of 0 to 40 blocks (lanes refill at different
+// times), odd and even block sizes.
+TEST(PrefixKeyTest, ChainManyEqualsChainPerJob) {
+  const PrefixKeyer keyer(11, 12);
+  std::mt19937 rng(5);
+  for (int32_t block_size : {1, 2, 5, 16, 17}) {
+    for (int n : {1, 2, 7, 8, 9, 25}) {
+      const size_t count = static_cast<size_t>(n);
+      std::vector<std::vector<int32_t>> tokens(count);
+      std::vector<KeyChainJob> jobs(count);
+      std::vector<std::vector<PrefixKey>> expected(count), got(count), direct(count);
+      for (int j = 0; j < n; ++j) {
+        const int64_t blocks = rng() % 41;
+        tokens[j].resize(size_t(blocks * block_size));
+        for (int32_t& t : tokens[j]) t = int32_t(rng() >> 1);
+        const PrefixKey parent{rng(), rng()};
+        expected[j].resize(size_t(blocks));
+        got[j].resize(size_t(blocks));
+        direct[j].resize(size_t(blocks));
+        keyer.Chain(parent, tokens[j].data(), blocks, block_size, expected[j].data());
+        jobs[j] = KeyChainJob{parent, tokens[j].data(), blocks, got[j].data()};
+      }
+      keyer.ChainMany(jobs.data(), n, block_size);
+      for (int j = 0; j < n; ++j) {
+        ASSERT_EQ(got[j], expected[j]) << "block_size " << block_size << " n " << n << " job " << j;
+      }
+      if (!kernels::KeyLanesAvx512Supported()) continue;
+      for (int j = 0; j < n; ++j) jobs[j].out = direct[j].data();
+      kernels::ChainManyAvx512(11, 12, jobs.data(), n, block_size);
+      for (int j = 0; j < n; ++j) ASSERT_EQ(direct[j], expected[j]) << "lanes, job " << j;
+    }
+  }
 }
 
 }  // namespace

@@ -208,9 +208,10 @@ class PagedKvCache {
   // Raises seq.num_computed to num_tokens; with prefix caching, queues seq in to_publish_ when
   // it has computed full blocks not yet offered to the index.
   void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
-  // Extends seq.block_keys (and, with events, seq.block_hashes) to its first num_full_blocks full
-  // blocks.
-  void KeyFullBlocks(Sequence& seq, int64_t num_full_blocks) const;
+  // Extends seq.block_keys to its first num_full_blocks full blocks and returns the job that
+  // computes the new keys (num_blocks 0 if none); with events, also extends seq.block_hashes (at
+  // once).
+  KeyChainJob ExtendKeys(Sequence& seq, int64_t num_full_blocks) const;
   bool HasUnpublished(const Sequence& seq) const;
   // Offers the computed full blocks of the sequences in to_publish_ that were not yet offered to
   // the prefix index, in one batch (keys, then prefetched probes, then one IncRef); empties it.
@@ -239,6 +240,7 @@ class PagedKvCache {
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<Sequence*> to_publish_ FKV_GUARDED_BY(mu_);  // ApplyComputed -> PublishPending
+  std::vector<KeyChainJob> key_jobs_ FKV_GUARDED_BY(mu_);
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;

@@ -134,30 +134,32 @@ void PagedKvCache::PublishPending() {
   // The key chains of different sequences are independent: ChainMany runs them side by side.
   // Then every probe is prefetched before the first one is needed.
   key_jobs_.clear();
-  for (Sequence* seq : to_publish_) {
-    const KeyChainJob job = ExtendKeys(*seq, seq->num_computed / block_size);
+  for (PendingPublication& pending : to_publish_) {
+    pending.computed_blocks = pending.seq->num_computed / block_size;
+    const KeyChainJob job = ExtendKeys(*pending.seq, pending.computed_blocks);
     if (job.num_blocks > 0) key_jobs_.push_back(job);
   }
   keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), block_size);
-  for (const Sequence* seq : to_publish_) {
-    const int64_t computed_blocks = seq->num_computed / block_size;
-    for (int64_t i = seq->blocks_published; i < computed_blocks; ++i) {
-      prefix_->Prefetch(seq->block_keys[i], seq->blocks[i]);
+  for (const PendingPublication& pending : to_publish_) {
+    const Sequence& seq = *pending.seq;
+    for (int64_t i = seq.blocks_published; i < pending.computed_blocks; ++i) {
+      prefix_->Prefetch(seq.block_keys[i], seq.blocks[i]);
     }
   }
   block_scratch_.clear();  // the blocks this call publishes
-  for (Sequence* seq : to_publish_) {
-    const int64_t computed_blocks = seq->num_computed / block_size;
-    for (int64_t i = seq->blocks_published; i < computed_blocks; ++i) {
-      const BlockId block = seq->blocks[i];
+  for (const PendingPublication& pending : to_publish_) {
+    Sequence& seq = *pending.seq;
+    for (int64_t i = seq.blocks_published; i < pending.computed_blocks; ++i) {
       // Skip blocks already cached (reused or published through a sibling) and content another
       // block already holds (two identical prompts computed side by side).
-      if (prefix_->IsCached(block) || prefix_->Find(seq->block_keys[i]) != kNullBlock) continue;
-      prefix_->Insert(seq->block_keys[i], block,
-                      prefix_->logs_events() ? &seq->block_hashes[i] : nullptr);
-      block_scratch_.push_back(block);
+      const BlockId block = seq.blocks[i];
+      if (!prefix_->IsCached(block) &&
+          prefix_->InsertIfAbsent(seq.block_keys[i], block,
+                                  prefix_->logs_events() ? &seq.block_hashes[i] : nullptr)) {
+        block_scratch_.push_back(block);
+      }
     }
-    seq->blocks_published = computed_blocks;
+    seq.blocks_published = std::max(seq.blocks_published, pending.computed_blocks);
   }
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
   to_publish_.clear();
@@ -331,7 +333,7 @@ Sequence& PagedKvCache::CheckComputedCount(SeqId seq_id, int64_t num_tokens) {
 
 void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
   seq.num_computed = std::max(seq.num_computed, num_tokens);
-  if (prefix_ && HasUnpublished(seq)) to_publish_.push_back(&seq);
+  if (prefix_ && HasUnpublished(seq)) to_publish_.push_back(PendingPublication{&seq, 0});
 }
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {

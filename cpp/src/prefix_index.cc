@@ -33,11 +33,14 @@ BlockId PrefixIndex::Find(const PrefixKey& key) const {
   }
 }
 
-void PrefixIndex::Insert(const PrefixKey& key, BlockId block, const BlockHash* content_hash) {
-  assert(!IsCached(block) && Find(key) == kNullBlock);
+bool PrefixIndex::InsertIfAbsent(const PrefixKey& key, BlockId block,
+                                 const BlockHash* content_hash) {
+  assert(!IsCached(block));
   assert(content_hash != nullptr || !log_events_);
   size_t i = Home(key.lo);
-  while (slots_[i].block != kNullBlock) i = (i + 1) & slot_mask_;
+  for (; slots_[i].block != kNullBlock; i = (i + 1) & slot_mask_) {
+    if (slots_[i].key_lo == key.lo && key_of_[slots_[i].block].hi == key.hi) return false;
+  }
   slots_[i] = Slot{key.lo, block};
   ++size_;
   key_of_[block] = key;
@@ -46,6 +49,7 @@ void PrefixIndex::Insert(const PrefixKey& key, BlockId block, const BlockHash* c
     content_hash_[block] = *content_hash;
     Log(CacheEvent::Kind::kBlockStored, *content_hash, block);
   }
+  return true;
 }
 
 void PrefixIndex::Erase(BlockId block) {

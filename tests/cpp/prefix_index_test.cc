@@ -22,8 +22,10 @@ TEST(PrefixIndexTest, InsertFindEraseClearAndTheirEvents) {
   PrefixIndex index(8, EvictionPolicyKind::kLru, /*log_events=*/true);
   EXPECT_EQ(index.Find(KeyNumber(1)), kNullBlock);
   const BlockHash h1 = HashNumber(1), h2 = HashNumber(2);
-  index.Insert(KeyNumber(1), 5, &h1);
-  index.Insert(KeyNumber(2), 3, &h2);
+  EXPECT_TRUE(index.InsertIfAbsent(KeyNumber(1), 5, &h1));
+  EXPECT_TRUE(index.InsertIfAbsent(KeyNumber(2), 3, &h2));
+  EXPECT_FALSE(index.InsertIfAbsent(KeyNumber(2), 4, &h2));  // the content is cached already
+  EXPECT_FALSE(index.IsCached(4));
   index.CheckInvariants();
   EXPECT_EQ(index.Find(KeyNumber(1)), 5);
   EXPECT_EQ(index.Find(KeyNumber(2)), 3);
@@ -38,7 +40,7 @@ TEST(PrefixIndexTest, InsertFindEraseClearAndTheirEvents) {
   EXPECT_FALSE(index.evictable().Contains(5));
   EXPECT_EQ(index.Find(KeyNumber(1)), kNullBlock);
   EXPECT_FALSE(index.IsCached(5));
-  index.Insert(KeyNumber(1), 6, &h1);  // the same content in another block
+  EXPECT_TRUE(index.InsertIfAbsent(KeyNumber(1), 6, &h1));  // the same content in another block
   EXPECT_EQ(index.Find(KeyNumber(1)), 6);
   EXPECT_EQ(index.CachedBlocks(), (std::vector<BlockId>{3, 6}));
 
@@ -65,7 +67,7 @@ TEST(PrefixIndexTest, InsertFindEraseClearAndTheirEvents) {
 
 TEST(PrefixIndexTest, WithoutEventsNothingIsLogged) {
   PrefixIndex index(4, EvictionPolicyKind::kLru, /*log_events=*/false);
-  index.Insert(KeyNumber(1), 2, nullptr);
+  EXPECT_TRUE(index.InsertIfAbsent(KeyNumber(1), 2, nullptr));
   index.Erase(2);
   index.Clear();
   EXPECT_TRUE(index.DrainEvents().empty());
@@ -90,7 +92,7 @@ TEST(PrefixIndexTest, CollidingKeysAgainstAModel) {
       // Low words from a few values near the end of the table: long, wrapping probe runs.
       const uint64_t lo = 29 + rng() % 4 + (rng() % 2) * 32;
       key_of[block] = PrefixKey{lo, next_hi++};
-      index.Insert(key_of[block], block, nullptr);
+      ASSERT_TRUE(index.InsertIfAbsent(key_of[block], block, nullptr));
       cached.insert(block);
     }
     index.CheckInvariants();

@@ -239,7 +239,12 @@ class PagedKvCache {
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
-  std::vector<Sequence*> to_publish_ FKV_GUARDED_BY(mu_);  // ApplyComputed -> PublishPending
+  struct PendingPublication {
+    Sequence* seq;
+    int64_t computed_blocks;  // set by PublishPending
+  };
+  // Queued by ApplyComputed, emptied by PublishPending.
+  std::vector<PendingPublication> to_publish_ FKV_GUARDED_BY(mu_);
   std::vector<KeyChainJob> key_jobs_ FKV_GUARDED_BY(mu_);
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;

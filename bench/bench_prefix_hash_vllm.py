@@ -1,8 +1,9 @@
-"""Optional: baseline figures for prefix hashing, from vLLM and from pure Python, in one run.
+"""Optional: prefix hashing and full-hit lookup, ferrum-kv against vLLM and pure Python, in one run.
 
-ferrum-kv has no prefix hashing yet; these rows are the figures a later ferrum-kv
-implementation is compared against (rerun this script with it then, in the same process run).
-
+  ferrum-kv block_hashes  the public SHA-256 chain (SHA-NI where the CPU has it)
+  ferrum-kv full hit      PagedKvCache.add_sequence of a prompt whose blocks are all cached, end to
+                          end: its own key chain, the lookup and the references (the same case as
+                          bench_prefix_cache.py), best of 20
   vllm request hashing    vLLM's block hasher (get_request_block_hasher, chained per 16-token
                           block) over a whole prompt, from an empty hash list; SHA-256 (vLLM's
                           default, pickle + hashlib) and, when the xxhash package is installed,
@@ -23,7 +24,9 @@ import sys
 
 import numpy as np
 
+import ferrum_kv as fkv
 from ferrum_kv.benchmarks.common import best_time, machine, print_table, write_json
+from ferrum_kv.benchmarks.prefix_cache import full_hit_lookup
 
 BLOCK_SIZE = 16
 
@@ -110,6 +113,18 @@ def main() -> int:
     rows.append({"case": "vllm prefix-hit lookup (get_computed_blocks)", "tokens": hit,
                  "ms": f"{t * 1e3:.2f}", "M_tokens_per_s": f"{hit / t / 1e6:.2f}",
                  "us_per_block": f"{t / (hit // BLOCK_SIZE) * 1e6:.3f}"})
+
+    # ferrum-kv, same prompt length, same process.
+    tokens = np.asarray(prompt, dtype=np.int32)
+    t = best_time(lambda: fkv.block_hashes(tokens, BLOCK_SIZE), repeat=5, min_time=0.2)
+    rows.append({"case": f"ferrum-kv block_hashes ({fkv._core.sha256_impl()})", "tokens": n,
+                 "ms": f"{t * 1e3:.2f}", "M_tokens_per_s": f"{n / t / 1e6:.2f}",
+                 "us_per_block": f"{t / num_blocks * 1e6:.3f}"})
+    hit = full_hit_lookup(n)
+    t = float(hit["add_sequence_us"]) * 1e-6
+    rows.append({"case": "ferrum-kv full-hit add_sequence (keys + lookup)", "tokens": hit["hit_tokens"],
+                 "ms": f"{t * 1e3:.3f}", "M_tokens_per_s": f"{hit['hit_tokens'] / t / 1e6:.2f}",
+                 "us_per_block": f"{t / (hit['hit_tokens'] // BLOCK_SIZE) * 1e6:.3f}"})
 
     # Pure Python: hashlib.sha256 chained over little-endian uint32 token bytes.
     token_bytes = np.asarray(prompt, dtype="<u4").tobytes()

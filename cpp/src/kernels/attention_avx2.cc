@@ -1,5 +1,6 @@
 // The tile kernel for AVX2 + FMA + F16C: 8 floats per vector, float16 widened with vcvtph2ps,
-// bfloat16 with a 16-bit shift. head_dim tails (head_dim % 8 != 0) go through a small buffer.
+// bfloat16 with a 16-bit shift (or a mask, for odd elements). head_dim tails (head_dim % 8 != 0)
+// go through a small buffer.
 #include <immintrin.h>
 
 #include <cstring>
@@ -48,6 +49,11 @@ struct Avx2 {
     uint16_t buffer[kWidth];
     CopyPartial(p, n, buffer);
     return LoadBf16(buffer);
+  }
+  static void LoadBf16Pairs(const uint16_t* p, V* out) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    out[0] = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+    out[1] = _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(~0xFFFF)));
   }
   static V Less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static V Select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }

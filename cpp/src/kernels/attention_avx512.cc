@@ -1,5 +1,5 @@
 // The tile kernel for AVX-512 (F/BW/VL/DQ): 16 floats per vector, masked loads for head_dim tails,
-// float16 widened with vcvtph2ps, bfloat16 with a 16-bit shift.
+// float16 widened with vcvtph2ps, bfloat16 with a 16-bit shift (or a mask, for odd elements).
 #include <immintrin.h>
 
 // GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
@@ -37,6 +37,11 @@ struct Avx512 {
   }
   static V LoadBf16Partial(const uint16_t* p, int n) {
     return WidenBf16(_mm256_maskz_loadu_epi16(Mask(n), p));
+  }
+  static void LoadBf16Pairs(const uint16_t* p, V* out) {
+    const __m512i bits = _mm512_loadu_si512(p);
+    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+    out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
   }
   static __mmask16 Less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static V Select(__mmask16 mask, V a, V b) { return _mm512_mask_blend_ps(mask, b, a); }

@@ -1,7 +1,8 @@
 // The attention tile kernel, written once over a SIMD abstraction `Isa` and instantiated by each
 // attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
 //   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
-//   their Partial forms (16-bit bits widened to float), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
+//   their Partial forms (16-bit bits widened to float), LoadBf16Pairs(p, out) (2 kWidth bfloat16
+//   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
 //   ReduceAdd, ReduceAdd8 (out[i] = ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
 //   Select(mask, a, b) (a where mask, else b).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
@@ -14,6 +15,12 @@
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
 // K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
 // touches each K/V cache line once; later row groups hit L1).
+//
+// bfloat16 K/V are widened 2 kWidth elements at a time into an even and an odd vector (one shift
+// and one mask, instead of a zero-extension and a shift per vector), so the columns of each
+// whole 2 kWidth block of head_dim are visited in the order (even ones, odd ones). The narrow
+// path permutes q the same way once per tile; acc stays permuted during the tile and is put back
+// in order at its end (Run). Columns past the last whole block are read in order.
 #pragma once
 
 #include <algorithm>
@@ -100,6 +107,7 @@ class TileKernel {
     } else {
       RunNarrow(t);
     }
+    for (int r = 0; r < t.num_rows; ++r) Unpermute(t.acc + int64_t{r} * d, d);
   }
 
  private:
@@ -155,10 +163,12 @@ class TileKernel {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
+    std::vector<float> q(t.q, t.q + int64_t{rows} * d);
+    for (int r = 0; r < rows; ++r) Permute(q.data() + int64_t{r} * d, d);
     ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v, NextSpan& next) {
       ForRowGroups(rows, [&](auto nr, int r0) {
-        ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens,
-                                       next);
+        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * d, d, k, n,
+                                       scores + r0 * kSpanTokens, next);
       });
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
@@ -383,6 +393,41 @@ class TileKernel {
     if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16Partial(p, n);
   }
 
+  // Columns [0, PairedColumns(d)) are read as (even, odd) halves of 2 kW blocks.
+  static constexpr bool kPairs = kDType == DType::kBFloat16;
+  static int PairedColumns(int d) { return kPairs ? d / (2 * kW) * (2 * kW) : 0; }
+
+  // out[i] = the i-th kW columns at p, in the visiting order above (NC even or p past the
+  // paired columns).
+  template <int NC>
+  static void LoadColumns(const Elem* p, V* out) {
+    if constexpr (kPairs && NC % 2 == 0) {
+      for (int i = 0; i < NC; i += 2) Isa::LoadBf16Pairs(p + i * kW, out + i);
+    } else {
+      for (int i = 0; i < NC; ++i) out[i] = LoadKv(p + i * kW);
+    }
+  }
+
+  // A row of head_dim floats from column order into the visiting order, and back.
+  static void Permute(float* x, int d) { Reorder<true>(x, d); }
+  static void Unpermute(float* x, int d) { Reorder<false>(x, d); }
+  template <bool kForward>
+  static void Reorder(float* x, int d) {
+    float block[2 * kW];
+    for (int c = 0; c < PairedColumns(d); c += 2 * kW) {
+      std::copy(x + c, x + c + 2 * kW, block);
+      for (int i = 0; i < kW; ++i) {
+        if (kForward) {
+          x[c + i] = block[2 * i];
+          x[c + kW + i] = block[2 * i + 1];
+        } else {
+          x[c + 2 * i] = block[i];
+          x[c + 2 * i + 1] = block[kW + i];
+        }
+      }
+    }
+  }
+
   // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n.
   template <int NR>
   // Advances next's prefetch with the keys.
@@ -402,6 +447,16 @@ class TileKernel {
     for (int r = 0; r < NR; ++r)
       for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
     int c = 0;
+    for (; c + 2 * kW <= d; c += 2 * kW) {
+      V key[NK][2];
+      for (int j = 0; j < NK; ++j) LoadColumns<2>(k + j * d + c, key[j]);
+      for (int r = 0; r < NR; ++r) {
+        for (int i = 0; i < 2; ++i) {
+          const V query = Isa::Load(q + r * d + c + i * kW);
+          for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j][i], acc[r][j]);
+        }
+      }
+    }
     for (; c + kW <= d; c += kW) {
       V key[NK];
       for (int j = 0; j < NK; ++j) key[j] = LoadKv(k + j * d + c);
@@ -489,9 +544,10 @@ class TileKernel {
         a[r][i] = partial ? Isa::LoadPartial(acc + r * d, width) : Isa::Load(acc + r * d + i * kW);
     for (int j = 0; j < n; ++j) {
       V value[NC];
-      for (int i = 0; i < NC; ++i) {
-        value[i] = partial ? LoadKvPartial(v + int64_t{j} * d, width)
-                           : LoadKv(v + int64_t{j} * d + i * kW);
+      if (partial) {
+        value[0] = LoadKvPartial(v + int64_t{j} * d, width);
+      } else {
+        LoadColumns<NC>(v + int64_t{j} * d, value);
       }
       for (int r = 0; r < NR; ++r) {
         const V weight = Isa::Set1(p[r * row_stride + j * key_stride]);

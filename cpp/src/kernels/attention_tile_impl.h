@@ -9,8 +9,8 @@
 //
 // Loop structure, per span of at most kSpanTokens keys inside one block:
 //   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
-//      groups of 4 rows x 2 keys (8 accumulators; each K vector loaded once per group), then one
-//      horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
+//      groups of 4 rows x 4 keys (16 accumulators; each K vector loaded once per group, each q
+//      vector once per 4 keys), then one horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
 //   2. online softmax (vector exp), rescaling acc when a row's max grows;
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
 // K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
@@ -91,6 +91,8 @@ class TileKernel {
   using V = typename Isa::V;
   static constexpr int kW = Isa::kWidth;
   static constexpr int kRowGroup = 4;
+  // Keys scored together: each q vector is loaded once per kScoreKeys keys.
+  static constexpr int kScoreKeys = 4;
 
  public:
   using Elem = std::conditional_t<kDType == DType::kFloat32, float, uint16_t>;
@@ -112,12 +114,14 @@ class TileKernel {
 
  private:
   // The K and V lines of the next span, prefetched a part at a time while the current span is
-  // scored. The hardware prefetchers alone fall behind (one head's keys in a block are a short
-  // stream and the next block is anywhere in the arena); issued in one burst, a few hundred
-  // prefetches fill the core's miss queues and stall it until most lines have arrived, which
-  // serialises memory and arithmetic again. The lines go to L2, not L1 (prefetcht1): a float32
-  // span of 16 keys is 16 KiB of K and V, half of L1, and on Zen 4 a decode tile streams from
-  // DRAM about 1.25-1.6 times faster than with prefetcht0 (docs/attention.md).
+  // processed: its K lines while the current keys are scored, its V lines while the current
+  // values are accumulated (on Zen 4 1.2-1.4x faster from DRAM than all of them during the
+  // scores, docs/attention.md). The hardware prefetchers alone fall behind (one head's keys in a
+  // block are a short stream and the next block is anywhere in the arena); issued in one burst,
+  // a few hundred prefetches fill the core's miss queues and stall it until most lines have
+  // arrived, which serialises memory and arithmetic again. The lines go to L2, not L1
+  // (prefetcht1): a float32 span of 16 keys is 16 KiB of K and V, half of L1, and on Zen 4 a
+  // decode tile streams from DRAM about 1.25-1.6 times faster than with prefetcht0.
   struct NextSpan {
     const uint8_t* k = nullptr;
     const uint8_t* v = nullptr;
@@ -126,12 +130,13 @@ class TileKernel {
     // __builtin_prefetch's locality 2: prefetcht1, into L2 and below.
     static constexpr int kPrefetchLocality = 2;
 
-    // Prefetches the first done/total of the span's lines (those not yet asked for).
+    // Prefetches the first done/total of the span's K lines followed by its V lines (those not
+    // yet asked for): the score passes go up to 1/2, the value pass from 1/2 to 1.
     void Until(int done, int total) {
-      const int64_t target = bytes * done / total;
+      const int64_t target = 2 * bytes * done / total;
       for (; issued < target; issued += 64) {
-        __builtin_prefetch(k + issued, 0, kPrefetchLocality);
-        __builtin_prefetch(v + issued, 0, kPrefetchLocality);
+        __builtin_prefetch(issued < bytes ? k + issued : v + (issued - bytes), 0,
+                           kPrefetchLocality);
       }
     }
   };
@@ -187,7 +192,7 @@ class TileKernel {
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
-                                            t.acc + int64_t{r0} * d);
+                                            t.acc + int64_t{r0} * d, next);
       });
     });
   }
@@ -230,7 +235,7 @@ class TileKernel {
         for (; j + 8 <= n; j += 8) {
           ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                         scores.data() + size_t(j) * padded + r0);
-          next.Until(j + 8, n);
+          next.Until(j + 8, 2 * n);
         }
         for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                                           scores.data() + size_t(j) * padded + r0);
@@ -248,7 +253,7 @@ class TileKernel {
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateRows<decltype(nr)::value>(scores.data() + r0, padded, v, n, d,
-                                            t.acc + int64_t{r0} * d);
+                                            t.acc + int64_t{r0} * d, next);
       });
     });
     std::copy(max.begin(), max.begin() + rows, t.max);
@@ -428,17 +433,17 @@ class TileKernel {
     }
   }
 
-  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n.
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's prefetch (its
+  // K lines) with the keys.
   template <int NR>
-  // Advances next's prefetch with the keys.
   static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
                         NextSpan& next) {
     int j = 0;
-    for (; j + 2 <= n; j += 2) {
-      ScoreKeys<NR, 2>(q, d, k + int64_t{j} * d, scores + j);
-      next.Until(j + 2, n);
+    for (; j + kScoreKeys <= n; j += kScoreKeys) {
+      ScoreKeys<NR, kScoreKeys>(q, d, k + int64_t{j} * d, scores + j);
+      next.Until(j + kScoreKeys, 2 * n);
     }
-    if (j < n) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
+    for (; j < n; ++j) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
   }
 
   template <int NR, int NK>
@@ -474,9 +479,9 @@ class TileKernel {
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
       }
     }
-    if constexpr (NR * NK == 8) {  // the common case: one transposing reduction for all 8
-      float sums[8];
-      Isa::ReduceAdd8(&acc[0][0], sums);
+    if constexpr (NR * NK % 8 == 0) {  // the common case: transposing reductions of 8
+      float sums[NR * NK];
+      for (int i = 0; i < NR * NK; i += 8) Isa::ReduceAdd8(&acc[0][0] + i, sums + i);
       for (int r = 0; r < NR; ++r)
         for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = sums[r * NK + j];
     } else {
@@ -520,14 +525,17 @@ class TileKernel {
 
   // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
   // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
-  // or key_stride is given and row_stride 1 (wide path's [key][row] weights).
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights). Advances next's
+  // prefetch (its V lines) with the columns.
   template <int NR>
   static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
-                             float* acc) {
+                             float* acc, NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
-    for (; c + 2 * kW <= d; c += 2 * kW)
+    for (; c + 2 * kW <= d; c += 2 * kW) {
       AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+      next.Until(d + c + 2 * kW, 2 * d);
+    }
     for (; c + kW <= d; c += kW)
       AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
     if (c < d) AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);

@@ -52,6 +52,7 @@ struct Avx512 {
   static V Div(V a, V b) { return _mm512_div_ps(a, b); }
   static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   static float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
+  static float ReduceMax(V x) { return _mm512_reduce_max_ps(x); }
   // Eight horizontal sums at once (23 shuffles and adds instead of 8 x 8): fold 128-bit lanes of
   // pairs, then pairs of pairs, then finish inside the lanes.
   static void ReduceAdd8(const V* x, float* out) {

@@ -35,6 +35,7 @@ struct Portable {
   static V Div(V a, V b) { return a / b; }
   static V Max(V a, V b) { return a > b ? a : b; }
   static float ReduceAdd(V x) { return x; }
+  static float ReduceMax(V x) { return x; }
   static void ReduceAdd8(const V* x, float* out) {
     for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);
   }

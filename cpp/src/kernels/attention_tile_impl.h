@@ -2,8 +2,9 @@
 // attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
 //   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
 //   their Partial forms (16-bit bits widened to float), LoadBf16Pairs(p, out) (2 kWidth bfloat16
-//   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
-//   ReduceAdd, ReduceAdd8 (out[i] = ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
+//   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub,
+//   Mul, Fma(a, b, c) = a * b + c, Max, ReduceAdd, ReduceMax, ReduceAdd8 (out[i] =
+//   ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
 //   Select(mask, a, b) (a where mask, else b).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
@@ -498,24 +499,36 @@ class TileKernel {
                       float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
     const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
-    float span_max = -std::numeric_limits<float>::infinity();
-    for (int j = lo; j < nv; ++j) span_max = std::max(span_max, s[j]);
     if (lo == nv) {
       std::fill(s, s + n, 0.0f);
       return;
     }
-    const float new_max = std::max(*max, span_max);
-    const float correction = std::exp(*max - new_max);  // 0 for the first span (max = -inf)
-    const V shift = Isa::Set1(new_max);
-    // s has kSpanTokens (a multiple of kW) elements: whole vectors past nv are harmless and
-    // cleared below.
-    for (int j = lo / kW * kW; j < nv; j += kW) {
-      Isa::Store(s + j, VectorExp<Isa>::Exp(Isa::Sub(Isa::Load(s + j), shift)));
+    // s has kSpanTokens (a multiple of kW) elements: whole vectors up to n, the lanes outside
+    // [lo, nv) set to -inf and then to weight 0.
+    const V neg_inf = Isa::Set1(-std::numeric_limits<float>::infinity());
+    const V end = Isa::Set1(static_cast<float>(nv));
+    const V start = Isa::Set1(static_cast<float>(lo));
+    V max_vector = neg_inf;
+    for (int j = 0; j < n; j += kW) {
+      const V key = Isa::Load(kSpanIota.values + j);
+      V x = Isa::Select(Isa::Less(key, end), Isa::Load(s + j), neg_inf);
+      if (kBegin) x = Isa::Select(Isa::Less(key, start), neg_inf, x);
+      Isa::Store(s + j, x);
+      max_vector = Isa::Max(max_vector, x);
     }
-    std::fill(s, s + lo, 0.0f);
-    std::fill(s + nv, s + n, 0.0f);
-    float span_sum = 0.0f;
-    for (int j = lo; j < nv; ++j) span_sum += s[j];
+    const float new_max = std::max(*max, Isa::ReduceMax(max_vector));
+    // 0 for the first span (max = -inf); exp is skipped while the max holds.
+    const float correction = new_max == *max ? 1.0f : std::exp(*max - new_max);
+    const V shift = Isa::Set1(new_max);
+    V sum_vector = Isa::Zero();
+    for (int j = 0; j < n; j += kW) {
+      const V x = Isa::Load(s + j);
+      const V p = Isa::Select(Isa::Less(neg_inf, x), VectorExp<Isa>::Exp(Isa::Sub(x, shift)),
+                              Isa::Zero());
+      Isa::Store(s + j, p);
+      sum_vector = Isa::Add(sum_vector, p);
+    }
+    const float span_sum = Isa::ReduceAdd(sum_vector);
     *sum = *sum * correction + span_sum;
     if (correction != 1.0f) {
       for (int c = 0; c < d; ++c) acc[c] *= correction;

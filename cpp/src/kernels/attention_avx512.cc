@@ -3,8 +3,10 @@
 #include <immintrin.h>
 
 // GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
-// (_mm512_undefined_ps in the reductions and conversions) as maybe-uninitialized.
+// (_mm512_undefined_ps / _mm256_undefined_pd in the reductions and conversions) as
+// (maybe-)uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include "kernels/attention_tile_impl.h"
 

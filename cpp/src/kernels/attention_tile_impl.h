@@ -127,18 +127,18 @@ class TileKernel {
     const uint8_t* k = nullptr;
     const uint8_t* v = nullptr;
     int64_t bytes = 0;
-    int64_t issued = 0;
+    int64_t k_issued = 0;
+    int64_t v_issued = 0;
     // __builtin_prefetch's locality 2: prefetcht1, into L2 and below.
     static constexpr int kPrefetchLocality = 2;
 
-    // Prefetches the first done/total of the span's K lines followed by its V lines (those not
-    // yet asked for): the score passes go up to 1/2, the value pass from 1/2 to 1.
-    void Until(int done, int total) {
-      const int64_t target = 2 * bytes * done / total;
-      for (; issued < target; issued += 64) {
-        __builtin_prefetch(issued < bytes ? k + issued : v + (issued - bytes), 0,
-                           kPrefetchLocality);
-      }
+    // Prefetch the first done/total of the span's K (V) lines, those not yet asked for: the score
+    // passes advance the K lines, the value pass the V lines.
+    void KeysUntil(int done, int total) { Lines(k, done, total, k_issued); }
+    void ValuesUntil(int done, int total) { Lines(v, done, total, v_issued); }
+    void Lines(const uint8_t* base, int done, int total, int64_t& issued) const {
+      const int64_t target = bytes * done / total;
+      for (; issued < target; issued += 64) __builtin_prefetch(base + issued, 0, kPrefetchLocality);
     }
   };
 
@@ -159,7 +159,8 @@ class TileKernel {
       NextSpan next;
       if (pos + n < t.key_end) next = Locate(t, pos + n);
       fn(pos, n, k, v, next);
-      next.Until(1, 1);
+      next.KeysUntil(1, 1);
+      next.ValuesUntil(1, 1);
       pos += n;
     }
   }
@@ -236,7 +237,7 @@ class TileKernel {
         for (; j + 8 <= n; j += 8) {
           ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                         scores.data() + size_t(j) * padded + r0);
-          next.Until(j + 8, 2 * n);
+          next.KeysUntil(j + 8, n);
         }
         for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                                           scores.data() + size_t(j) * padded + r0);
@@ -434,15 +435,15 @@ class TileKernel {
     }
   }
 
-  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's prefetch (its
-  // K lines) with the keys.
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's K prefetch with
+  // the keys.
   template <int NR>
   static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
                         NextSpan& next) {
     int j = 0;
     for (; j + kScoreKeys <= n; j += kScoreKeys) {
       ScoreKeys<NR, kScoreKeys>(q, d, k + int64_t{j} * d, scores + j);
-      next.Until(j + kScoreKeys, 2 * n);
+      next.KeysUntil(j + kScoreKeys, n);
     }
     for (; j < n; ++j) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
   }
@@ -538,8 +539,8 @@ class TileKernel {
 
   // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
   // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
-  // or key_stride is given and row_stride 1 (wide path's [key][row] weights). Advances next's
-  // prefetch (its V lines) with the columns.
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights). Advances next's V
+  // prefetch with the columns.
   template <int NR>
   static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
                              float* acc, NextSpan& next) {
@@ -547,7 +548,7 @@ class TileKernel {
     int c = 0;
     for (; c + 2 * kW <= d; c += 2 * kW) {
       AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
-      next.Until(d + c + 2 * kW, 2 * d);
+      next.ValuesUntil(c + 2 * kW, d);
     }
     for (; c + kW <= d; c += kW)
       AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);

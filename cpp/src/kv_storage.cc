@@ -4,6 +4,10 @@
 #include <cstring>
 #include <new>
 
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#endif
+
 #include "ferrum_kv/dtype_convert.h"
 #include "ferrum_kv/support/check.h"
 
@@ -11,11 +15,20 @@ namespace ferrum_kv {
 
 namespace {
 
+// Arenas of kHugePageBytes or more are aligned to it and advised as transparent huge pages (Linux,
+// where THP is "madvise" or "always"): attention reads each block's K and V at scattered places,
+// and on 4 KiB pages nearly every block costs TLB misses whose page walks miss the caches too
+// (decode from DRAM is 1.15-1.25x faster on huge pages, docs/attention.md).
 std::shared_ptr<uint8_t> AllocateArena(int64_t bytes) {
-  const size_t rounded = size_t((bytes + KvStorage::kAlignment - 1) / KvStorage::kAlignment *
-                                KvStorage::kAlignment);
-  void* memory = std::aligned_alloc(KvStorage::kAlignment, rounded);
+  const bool huge = bytes >= KvStorage::kHugePageBytes;
+  const auto alignment =
+      static_cast<size_t>(huge ? KvStorage::kHugePageBytes : KvStorage::kAlignment);
+  const size_t rounded = (size_t(bytes) + alignment - 1) / alignment * alignment;
+  void* memory = std::aligned_alloc(alignment, rounded);
   if (memory == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(memory, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
   std::memset(memory, 0, rounded);
   return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(memory), [](uint8_t* p) { std::free(p); });
 }

@@ -38,6 +38,15 @@ TEST(KvStorageTest, ArenaIsAlignedAndSized) {
   EXPECT_EQ(storage.total_bytes(), storage.bytes_per_block() * 6);
 }
 
+TEST(KvStorageTest, LargeArenaIsHugePageAligned) {
+  CacheConfig config = SmallConfig(DType::kFloat32);
+  config.num_blocks = int32_t(KvStorage::kHugePageBytes / (3 * 2 * 2 * 4 * 5 * 4)) + 1;
+  KvStorage storage(config);
+  EXPECT_GE(storage.total_bytes(), KvStorage::kHugePageBytes);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(storage.Data()) % KvStorage::kHugePageBytes, 0u);
+  storage.BlockData(config.num_blocks - 1)[storage.bytes_per_block() - 1] = 1;  // all addressable
+}
+
 TEST(KvStorageTest, WriteSlotLandsAtTheDocumentedOffset) {
   const CacheConfig config = SmallConfig(DType::kFloat32);
   KvStorage storage(config);

@@ -4,7 +4,8 @@
 //   [num_blocks][num_layers][2 (0 = K, 1 = V)][num_kv_heads][block_size][head_dim]
 // so one block is one contiguous region of config.BytesPerBlock() bytes (moving a block between
 // tiers is one memcpy) and, inside a block, one head's keys are contiguous (a kernel streams them).
-// The arena is 64-byte aligned and never reallocated; Arena() hands out shared ownership so that
+// The arena is 64-byte aligned (kHugePageBytes-aligned, and advised as transparent huge pages on
+// Linux, from kHugePageBytes up) and never reallocated; Arena() hands out shared ownership so that
 // NumPy views keep it alive after the KvStorage is gone.
 //
 // Thread safety: WriteSlot, ReadSlot and the block copies are thread-safe: each takes the lock of
@@ -26,6 +27,7 @@ namespace ferrum_kv {
 class KvStorage {
  public:
   static constexpr int64_t kAlignment = 64;
+  static constexpr int64_t kHugePageBytes = int64_t{2} << 20;
 
   // An arena of num_blocks blocks with the geometry of config (config.num_blocks is ignored, so
   // the host tier can reuse the device geometry). Zero-filled. Throws InvalidArgument on a bad

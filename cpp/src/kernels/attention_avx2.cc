@@ -1,5 +1,6 @@
 // The tile kernel for AVX2 + FMA + F16C: 8 floats per vector, float16 widened with vcvtph2ps,
-// bfloat16 with a 16-bit shift. head_dim tails (head_dim % 8 != 0) go through a small buffer.
+// bfloat16 with a 16-bit shift (or a mask, for odd elements). head_dim tails (head_dim % 8 != 0)
+// go through a small buffer.
 #include <immintrin.h>
 
 #include <cstring>
@@ -49,6 +50,11 @@ struct Avx2 {
     CopyPartial(p, n, buffer);
     return LoadBf16(buffer);
   }
+  static void LoadBf16Pairs(const uint16_t* p, V* out) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    out[0] = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+    out[1] = _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(~0xFFFF)));
+  }
   static V Less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static V Select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }
   static V Add(V a, V b) { return _mm256_add_ps(a, b); }
@@ -62,6 +68,12 @@ struct Avx2 {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  static float ReduceMax(V x) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
   }
   static void ReduceAdd8(const V* x, float* out) {
     for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);

@@ -1,10 +1,12 @@
 // The tile kernel for AVX-512 (F/BW/VL/DQ): 16 floats per vector, masked loads for head_dim tails,
-// float16 widened with vcvtph2ps, bfloat16 with a 16-bit shift.
+// float16 widened with vcvtph2ps, bfloat16 with a 16-bit shift (or a mask, for odd elements).
 #include <immintrin.h>
 
 // GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
-// (_mm512_undefined_ps in the reductions and conversions) as maybe-uninitialized.
+// (_mm512_undefined_ps / _mm256_undefined_pd in the reductions and conversions) as
+// (maybe-)uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include "kernels/attention_tile_impl.h"
 
@@ -38,6 +40,11 @@ struct Avx512 {
   static V LoadBf16Partial(const uint16_t* p, int n) {
     return WidenBf16(_mm256_maskz_loadu_epi16(Mask(n), p));
   }
+  static void LoadBf16Pairs(const uint16_t* p, V* out) {
+    const __m512i bits = _mm512_loadu_si512(p);
+    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+    out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
+  }
   static __mmask16 Less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static V Select(__mmask16 mask, V a, V b) { return _mm512_mask_blend_ps(mask, b, a); }
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }
@@ -47,6 +54,7 @@ struct Avx512 {
   static V Div(V a, V b) { return _mm512_div_ps(a, b); }
   static V Max(V a, V b) { return _mm512_max_ps(a, b); }
   static float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
+  static float ReduceMax(V x) { return _mm512_reduce_max_ps(x); }
   // Eight horizontal sums at once (23 shuffles and adds instead of 8 x 8): fold 128-bit lanes of
   // pairs, then pairs of pairs, then finish inside the lanes.
   static void ReduceAdd8(const V* x, float* out) {

@@ -22,6 +22,10 @@ struct Portable {
   static V LoadHalfPartial(const uint16_t* p, int) { return HalfBitsToFloat(*p); }
   static V LoadBf16(const uint16_t* p) { return BFloat16BitsToFloat(*p); }
   static V LoadBf16Partial(const uint16_t* p, int) { return BFloat16BitsToFloat(*p); }
+  static void LoadBf16Pairs(const uint16_t* p, V* out) {
+    out[0] = BFloat16BitsToFloat(p[0]);
+    out[1] = BFloat16BitsToFloat(p[1]);
+  }
   static bool Less(V a, V b) { return a < b; }
   static V Select(bool mask, V a, V b) { return mask ? a : b; }
   static V Add(V a, V b) { return a + b; }
@@ -31,6 +35,7 @@ struct Portable {
   static V Div(V a, V b) { return a / b; }
   static V Max(V a, V b) { return a > b ? a : b; }
   static float ReduceAdd(V x) { return x; }
+  static float ReduceMax(V x) { return x; }
   static void ReduceAdd8(const V* x, float* out) {
     for (int i = 0; i < 8; ++i) out[i] = ReduceAdd(x[i]);
   }

@@ -1,19 +1,27 @@
 // The attention tile kernel, written once over a SIMD abstraction `Isa` and instantiated by each
 // attention_<isa>.cc (compiled with that ISA's flags). Isa provides:
 //   V, kWidth; Zero, Set1, Load/LoadPartial/Store/StorePartial (float), LoadHalf/LoadBf16 and
-//   their Partial forms (16-bit bits widened to float), Add, Sub, Mul, Fma(a, b, c) = a * b + c, Max,
-//   ReduceAdd, ReduceAdd8 (out[i] = ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
+//   their Partial forms (16-bit bits widened to float), LoadBf16Pairs(p, out) (2 kWidth bfloat16
+//   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub,
+//   Mul, Fma(a, b, c) = a * b + c, Max, ReduceAdd, ReduceMax, ReduceAdd8 (out[i] =
+//   ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
 //   Select(mask, a, b) (a where mask, else b).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
 // Loop structure, per span of at most kSpanTokens keys inside one block:
 //   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
-//      groups of 4 rows x 2 keys (8 accumulators; each K vector loaded once per group), then one
-//      horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
+//      groups of 4 rows x 4 keys (16 accumulators; each K vector loaded once per group, each q
+//      vector once per 4 keys), then one horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
 //   2. online softmax (vector exp), rescaling acc when a row's max grows;
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
 // K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
 // touches each K/V cache line once; later row groups hit L1).
+//
+// bfloat16 K/V are widened 2 kWidth elements at a time into an even and an odd vector (one shift
+// and one mask, instead of a zero-extension and a shift per vector), so the columns of each
+// whole 2 kWidth block of head_dim are visited in the order (even ones, odd ones). The narrow
+// path permutes q the same way once per tile; acc stays permuted during the tile and is put back
+// in order at its end (Run). Columns past the last whole block are read in order.
 #pragma once
 
 #include <algorithm>
@@ -84,6 +92,8 @@ class TileKernel {
   using V = typename Isa::V;
   static constexpr int kW = Isa::kWidth;
   static constexpr int kRowGroup = 4;
+  // Keys scored together: each q vector is loaded once per kScoreKeys keys.
+  static constexpr int kScoreKeys = 4;
 
  public:
   using Elem = std::conditional_t<kDType == DType::kFloat32, float, uint16_t>;
@@ -100,31 +110,35 @@ class TileKernel {
     } else {
       RunNarrow(t);
     }
+    for (int r = 0; r < t.num_rows; ++r) Unpermute(t.acc + int64_t{r} * d, d);
   }
 
  private:
   // The K and V lines of the next span, prefetched a part at a time while the current span is
-  // scored. The hardware prefetchers alone fall behind (one head's keys in a block are a short
-  // stream and the next block is anywhere in the arena); issued in one burst, a few hundred
-  // prefetches fill the core's miss queues and stall it until most lines have arrived, which
-  // serialises memory and arithmetic again. The lines go to L2, not L1 (prefetcht1): a float32
-  // span of 16 keys is 16 KiB of K and V, half of L1, and on Zen 4 a decode tile streams from
-  // DRAM about 1.25-1.6 times faster than with prefetcht0 (docs/attention.md).
+  // processed: its K lines while the current keys are scored, its V lines while the current
+  // values are accumulated (on Zen 4 1.2-1.4x faster from DRAM than all of them during the
+  // scores, docs/attention.md). The hardware prefetchers alone fall behind (one head's keys in a
+  // block are a short stream and the next block is anywhere in the arena); issued in one burst,
+  // a few hundred prefetches fill the core's miss queues and stall it until most lines have
+  // arrived, which serialises memory and arithmetic again. The lines go to L2, not L1
+  // (prefetcht1): a float32 span of 16 keys is 16 KiB of K and V, half of L1, and on Zen 4 a
+  // decode tile streams from DRAM about 1.25-1.6 times faster than with prefetcht0.
   struct NextSpan {
     const uint8_t* k = nullptr;
     const uint8_t* v = nullptr;
     int64_t bytes = 0;
-    int64_t issued = 0;
+    int64_t k_issued = 0;
+    int64_t v_issued = 0;
     // __builtin_prefetch's locality 2: prefetcht1, into L2 and below.
     static constexpr int kPrefetchLocality = 2;
 
-    // Prefetches the first done/total of the span's lines (those not yet asked for).
-    void Until(int done, int total) {
+    // Prefetch the first done/total of the span's K (V) lines, those not yet asked for: the score
+    // passes advance the K lines, the value pass the V lines.
+    void KeysUntil(int done, int total) { Lines(k, done, total, k_issued); }
+    void ValuesUntil(int done, int total) { Lines(v, done, total, v_issued); }
+    void Lines(const uint8_t* base, int done, int total, int64_t& issued) const {
       const int64_t target = bytes * done / total;
-      for (; issued < target; issued += 64) {
-        __builtin_prefetch(k + issued, 0, kPrefetchLocality);
-        __builtin_prefetch(v + issued, 0, kPrefetchLocality);
-      }
+      for (; issued < target; issued += 64) __builtin_prefetch(base + issued, 0, kPrefetchLocality);
     }
   };
 
@@ -145,7 +159,8 @@ class TileKernel {
       NextSpan next;
       if (pos + n < t.key_end) next = Locate(t, pos + n);
       fn(pos, n, k, v, next);
-      next.Until(1, 1);
+      next.KeysUntil(1, 1);
+      next.ValuesUntil(1, 1);
       pos += n;
     }
   }
@@ -155,10 +170,12 @@ class TileKernel {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
+    std::vector<float> q(t.q, t.q + int64_t{rows} * d);
+    for (int r = 0; r < rows; ++r) Permute(q.data() + int64_t{r} * d, d);
     ForEachSpan(t, [&](int32_t pos, int n, const Elem* k, const Elem* v, NextSpan& next) {
       ForRowGroups(rows, [&](auto nr, int r0) {
-        ScoreRows<decltype(nr)::value>(t.q + int64_t{r0} * d, d, k, n, scores + r0 * kSpanTokens,
-                                       next);
+        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * d, d, k, n,
+                                       scores + r0 * kSpanTokens, next);
       });
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
@@ -177,7 +194,7 @@ class TileKernel {
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
-                                            t.acc + int64_t{r0} * d);
+                                            t.acc + int64_t{r0} * d, next);
       });
     });
   }
@@ -220,7 +237,7 @@ class TileKernel {
         for (; j + 8 <= n; j += 8) {
           ScoreLanes<8>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                         scores.data() + size_t(j) * padded + r0);
-          next.Until(j + 8, n);
+          next.KeysUntil(j + 8, n);
         }
         for (; j < n; ++j) ScoreLanes<1>(qt.data() + r0, padded, k32 + int64_t{j} * d, d,
                                           scores.data() + size_t(j) * padded + r0);
@@ -238,7 +255,7 @@ class TileKernel {
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateRows<decltype(nr)::value>(scores.data() + r0, padded, v, n, d,
-                                            t.acc + int64_t{r0} * d);
+                                            t.acc + int64_t{r0} * d, next);
       });
     });
     std::copy(max.begin(), max.begin() + rows, t.max);
@@ -383,17 +400,52 @@ class TileKernel {
     if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16Partial(p, n);
   }
 
-  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n.
+  // Columns [0, PairedColumns(d)) are read as (even, odd) halves of 2 kW blocks.
+  static constexpr bool kPairs = kDType == DType::kBFloat16;
+  static int PairedColumns(int d) { return kPairs ? d / (2 * kW) * (2 * kW) : 0; }
+
+  // out[i] = the i-th kW columns at p, in the visiting order above (NC even or p past the
+  // paired columns).
+  template <int NC>
+  static void LoadColumns(const Elem* p, V* out) {
+    if constexpr (kPairs && NC % 2 == 0) {
+      for (int i = 0; i < NC; i += 2) Isa::LoadBf16Pairs(p + i * kW, out + i);
+    } else {
+      for (int i = 0; i < NC; ++i) out[i] = LoadKv(p + i * kW);
+    }
+  }
+
+  // A row of head_dim floats from column order into the visiting order, and back.
+  static void Permute(float* x, int d) { Reorder<true>(x, d); }
+  static void Unpermute(float* x, int d) { Reorder<false>(x, d); }
+  template <bool kForward>
+  static void Reorder(float* x, int d) {
+    float block[2 * kW];
+    for (int c = 0; c < PairedColumns(d); c += 2 * kW) {
+      std::copy(x + c, x + c + 2 * kW, block);
+      for (int i = 0; i < kW; ++i) {
+        if (kForward) {
+          x[c + i] = block[2 * i];
+          x[c + kW + i] = block[2 * i + 1];
+        } else {
+          x[c + 2 * i] = block[i];
+          x[c + 2 * i + 1] = block[kW + i];
+        }
+      }
+    }
+  }
+
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's K prefetch with
+  // the keys.
   template <int NR>
-  // Advances next's prefetch with the keys.
   static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
                         NextSpan& next) {
     int j = 0;
-    for (; j + 2 <= n; j += 2) {
-      ScoreKeys<NR, 2>(q, d, k + int64_t{j} * d, scores + j);
-      next.Until(j + 2, n);
+    for (; j + kScoreKeys <= n; j += kScoreKeys) {
+      ScoreKeys<NR, kScoreKeys>(q, d, k + int64_t{j} * d, scores + j);
+      next.KeysUntil(j + kScoreKeys, n);
     }
-    if (j < n) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
+    for (; j < n; ++j) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
   }
 
   template <int NR, int NK>
@@ -402,6 +454,16 @@ class TileKernel {
     for (int r = 0; r < NR; ++r)
       for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
     int c = 0;
+    for (; c + 2 * kW <= d; c += 2 * kW) {
+      V key[NK][2];
+      for (int j = 0; j < NK; ++j) LoadColumns<2>(k + j * d + c, key[j]);
+      for (int r = 0; r < NR; ++r) {
+        for (int i = 0; i < 2; ++i) {
+          const V query = Isa::Load(q + r * d + c + i * kW);
+          for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j][i], acc[r][j]);
+        }
+      }
+    }
     for (; c + kW <= d; c += kW) {
       V key[NK];
       for (int j = 0; j < NK; ++j) key[j] = LoadKv(k + j * d + c);
@@ -419,9 +481,9 @@ class TileKernel {
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
       }
     }
-    if constexpr (NR * NK == 8) {  // the common case: one transposing reduction for all 8
-      float sums[8];
-      Isa::ReduceAdd8(&acc[0][0], sums);
+    if constexpr (NR * NK % 8 == 0) {  // the common case: transposing reductions of 8
+      float sums[NR * NK];
+      for (int i = 0; i < NR * NK; i += 8) Isa::ReduceAdd8(&acc[0][0] + i, sums + i);
       for (int r = 0; r < NR; ++r)
         for (int j = 0; j < NK; ++j) scores[r * kSpanTokens + j] = sums[r * NK + j];
     } else {
@@ -438,24 +500,36 @@ class TileKernel {
                       float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
     const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
-    float span_max = -std::numeric_limits<float>::infinity();
-    for (int j = lo; j < nv; ++j) span_max = std::max(span_max, s[j]);
     if (lo == nv) {
       std::fill(s, s + n, 0.0f);
       return;
     }
-    const float new_max = std::max(*max, span_max);
-    const float correction = std::exp(*max - new_max);  // 0 for the first span (max = -inf)
-    const V shift = Isa::Set1(new_max);
-    // s has kSpanTokens (a multiple of kW) elements: whole vectors past nv are harmless and
-    // cleared below.
-    for (int j = lo / kW * kW; j < nv; j += kW) {
-      Isa::Store(s + j, VectorExp<Isa>::Exp(Isa::Sub(Isa::Load(s + j), shift)));
+    // s has kSpanTokens (a multiple of kW) elements: whole vectors up to n, the lanes outside
+    // [lo, nv) set to -inf and then to weight 0.
+    const V neg_inf = Isa::Set1(-std::numeric_limits<float>::infinity());
+    const V end = Isa::Set1(static_cast<float>(nv));
+    const V start = Isa::Set1(static_cast<float>(lo));
+    V max_vector = neg_inf;
+    for (int j = 0; j < n; j += kW) {
+      const V key = Isa::Load(kSpanIota.values + j);
+      V x = Isa::Select(Isa::Less(key, end), Isa::Load(s + j), neg_inf);
+      if (kBegin) x = Isa::Select(Isa::Less(key, start), neg_inf, x);
+      Isa::Store(s + j, x);
+      max_vector = Isa::Max(max_vector, x);
     }
-    std::fill(s, s + lo, 0.0f);
-    std::fill(s + nv, s + n, 0.0f);
-    float span_sum = 0.0f;
-    for (int j = lo; j < nv; ++j) span_sum += s[j];
+    const float new_max = std::max(*max, Isa::ReduceMax(max_vector));
+    // 0 for the first span (max = -inf); exp is skipped while the max holds.
+    const float correction = new_max == *max ? 1.0f : std::exp(*max - new_max);
+    const V shift = Isa::Set1(new_max);
+    V sum_vector = Isa::Zero();
+    for (int j = 0; j < n; j += kW) {
+      const V x = Isa::Load(s + j);
+      const V p = Isa::Select(Isa::Less(neg_inf, x), VectorExp<Isa>::Exp(Isa::Sub(x, shift)),
+                              Isa::Zero());
+      Isa::Store(s + j, p);
+      sum_vector = Isa::Add(sum_vector, p);
+    }
+    const float span_sum = Isa::ReduceAdd(sum_vector);
     *sum = *sum * correction + span_sum;
     if (correction != 1.0f) {
       for (int c = 0; c < d; ++c) acc[c] *= correction;
@@ -465,14 +539,17 @@ class TileKernel {
 
   // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
   // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
-  // or key_stride is given and row_stride 1 (wide path's [key][row] weights).
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights). Advances next's V
+  // prefetch with the columns.
   template <int NR>
   static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
-                             float* acc) {
+                             float* acc, NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
-    for (; c + 2 * kW <= d; c += 2 * kW)
+    for (; c + 2 * kW <= d; c += 2 * kW) {
       AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+      next.ValuesUntil(c + 2 * kW, d);
+    }
     for (; c + kW <= d; c += kW)
       AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
     if (c < d) AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
@@ -489,9 +566,10 @@ class TileKernel {
         a[r][i] = partial ? Isa::LoadPartial(acc + r * d, width) : Isa::Load(acc + r * d + i * kW);
     for (int j = 0; j < n; ++j) {
       V value[NC];
-      for (int i = 0; i < NC; ++i) {
-        value[i] = partial ? LoadKvPartial(v + int64_t{j} * d, width)
-                           : LoadKv(v + int64_t{j} * d + i * kW);
+      if (partial) {
+        value[0] = LoadKvPartial(v + int64_t{j} * d, width);
+      } else {
+        LoadColumns<NC>(v + int64_t{j} * d, value);
       }
       for (int r = 0; r < NR; ++r) {
         const V weight = Isa::Set1(p[r * row_stride + j * key_stride]);

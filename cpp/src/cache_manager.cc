@@ -43,12 +43,6 @@ void PagedKvCache::Mutate(Body&& body) {
   if (callback) (*callback)(level);
 }
 
-void PagedKvCache::CheckTokens(const int32_t* tokens, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    FKV_CHECK_ARG(tokens[i] >= 0, "tokens[" << i << "] = " << tokens[i] << " is negative");
-  }
-}
-
 Sequence& PagedKvCache::Find(SeqId seq_id) {
   auto it = sequences_.find(seq_id);
   if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
@@ -143,7 +137,8 @@ void PagedKvCache::PublishPending() {
   for (const PendingPublication& pending : to_publish_) {
     const Sequence& seq = *pending.seq;
     for (int64_t i = seq.blocks_published; i < pending.computed_blocks; ++i) {
-      prefix_->Prefetch(seq.block_keys[i], seq.blocks[i]);
+      prefix_->Prefetch(seq.block_keys[i]);
+      prefix_->PrefetchBlock(seq.blocks[i]);
     }
   }
   block_scratch_.clear();  // the blocks this call publishes
@@ -200,7 +195,7 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
 int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
                                   const std::string& namespace_id, int32_t priority) {
   FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
-  CheckTokens(tokens, n);
+  CheckTokenIds(tokens, 0, n);
   const int32_t block_size = config_.block_size;
   Sequence seq;
   seq.tokens.assign(tokens, tokens + n);
@@ -220,10 +215,19 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       const int64_t max_hit = (n - 1) / block_size;
       int64_t evictable_hits = 0;
       seq.block_keys.reserve(size_t(n / block_size));
+      int64_t keyed = 0;  // keys computed so far
+      int64_t chunk = 1;
       while (hit_blocks < max_hit) {
-        // Keys only as far as the hits go: the rest are computed when published (in batches).
-        const KeyChainJob job = ExtendKeys(seq, hit_blocks + 1);
-        keyer_.Chain(job.parent, job.tokens, job.num_blocks, block_size, job.out);
+        // Keys only about as far as the hits go (the rest are computed when published, in
+        // batches): in chunks of 1, 2, 4, ... 64 blocks, each chunk's probes prefetched together.
+        if (hit_blocks == keyed) {
+          const int64_t end = std::min(max_hit, keyed + chunk);
+          const KeyChainJob job = ExtendKeys(seq, end);
+          keyer_.Chain(job.parent, job.tokens, job.num_blocks, block_size, job.out);
+          for (int64_t i = keyed; i < end; ++i) prefix_->Prefetch(seq.block_keys[i]);
+          keyed = end;
+          chunk = std::min<int64_t>(2 * chunk, 64);
+        }
         const BlockId block = prefix_->Find(seq.block_keys[hit_blocks]);
         if (block == kNullBlock) break;
         seq.blocks.push_back(block);
@@ -257,7 +261,7 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
 
 void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) {
   FKV_CHECK_ARG(n >= 0, "token count must be >= 0, got " << n);
-  CheckTokens(tokens, n);
+  CheckTokenIds(tokens, 0, n);
   Mutate([&]() FKV_REQUIRES(mu_) {
     Sequence& seq = FindResident(seq_id, "append to");
     const AppendPlan plan = PlanAppend(seq, n, TailRefCount(seq));
@@ -269,7 +273,7 @@ void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) 
 
 void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) {
   FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
-  CheckTokens(tokens, n);
+  CheckTokenIds(tokens, 0, n);
   Mutate([&]() FKV_REQUIRES(mu_) {
     const uint64_t stamp = ++batch_stamp_;
     batch_scratch_.clear();

@@ -220,7 +220,6 @@ class PagedKvCache {
   // callback with the mutex released.
   template <typename Body>
   void Mutate(Body&& body) FKV_EXCLUDES(mu_);
-  static void CheckTokens(const int32_t* tokens, int64_t n);
 
   const CacheConfig config_;
   std::shared_ptr<KvStorage> storage_;

@@ -47,11 +47,10 @@ class PrefixIndex {
   uint64_t PublishOrder(BlockId block) const { return publish_order_[block]; }
   int64_t size() const { return size_; }
 
-  // Hint: Find(key) or InsertIfAbsent(key, block) will follow soon (loads their cache lines).
-  void Prefetch(const PrefixKey& key, BlockId block) const {
-    __builtin_prefetch(&slots_[Home(key.lo)]);
-    __builtin_prefetch(&publish_order_[block]);
-  }
+  // Hints: Find(key) or InsertIfAbsent(key, ...), and IsCached(block), will follow soon (they
+  // load the cache lines).
+  void Prefetch(const PrefixKey& key) const { __builtin_prefetch(&slots_[Home(key.lo)]); }
+  void PrefetchBlock(BlockId block) const { __builtin_prefetch(&publish_order_[block]); }
   // Makes block findable under key and returns true, or returns false and changes nothing if
   // another block is cached under key. content_hash (its SHA-256 chain hash) names it in the
   // events: required when logs_events(), ignored otherwise. Precondition: block not cached.

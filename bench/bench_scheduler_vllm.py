@@ -7,6 +7,9 @@ arrive. The workload driver (random stream, order of frees and arrivals) is the 
 manager in the run.
 
   ferrum-kv              PagedKvCache.append_batch + batch_metadata (bench_scheduler.FerrumManager)
+  ferrum-kv + prefix caching
+                         the same with enable_prefix_caching=True (nothing hits; blocks are keyed
+                         and published), to set against vllm[caching]
   vllm[caching]          vllm.v1.core.kv_cache_manager.KVCacheManager, one FullAttentionSpec group
                          (block_size 16, 8 KV heads, head_size 128, bf16), enable_caching=True,
                          requests built with a SHA-256 block hasher (vLLM's default):
@@ -159,6 +162,7 @@ def main() -> int:
 
     cases = [
         ("ferrum-kv", lambda: FerrumManager(num_blocks), True),
+        ("ferrum-kv + prefix caching", lambda: FerrumManager(num_blocks, True), True),
         ("vllm[caching]", lambda: VllmManager(v, num_blocks, max_model_len, True, True), False),
         ("vllm[no caching]", lambda: VllmManager(v, num_blocks, max_model_len, False, True),
          False),
@@ -195,6 +199,11 @@ def main() -> int:
           f"per sequence (+update: num_computed_tokens += 1 and append_output_token_ids); every "
           f"50 steps {args.seqs // 10} finish and as many arrive (churn round)")
     print_table(rows, list(rows[0]))
+    ours = results["ferrum-kv + prefix caching"][0]
+    theirs = results["vllm[caching]"][0]
+    print(f"both with prefix caching (nothing hits): vLLM's step takes "
+          f"{(theirs[0] - theirs[2]) / ours[0]:.1f}x ferrum-kv's, its churn round "
+          f"{theirs[1] / ours[1]:.1f}x")
     write_json(args.json, {"machine": machine(), "seqs": args.seqs, "steps": args.steps,
                            "rows": rows})
     return 0

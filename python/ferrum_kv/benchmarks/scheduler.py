@@ -194,16 +194,19 @@ def simulate(manager, seqs: int, steps: int, seed: int, as_array: bool) -> tuple
     return step_time / steps, churn_time / (steps // 50)
 
 
-def run(seqs: int = 256, steps: int = 500, repeat: int = 2) -> Result:
+def run(seqs: int = 256, steps: int = 500, repeat: int = 3) -> Result:
     max_blocks = (1000 + steps) // BLOCK_SIZE + 2
     num_blocks = seqs * max_blocks + 64
-    results = {}
-    for name, make, as_array in [
+    cases = [
         ("ferrum-kv", lambda: FerrumManager(num_blocks), True),
         ("ferrum-kv + prefix caching", lambda: FerrumManager(num_blocks, True), True),
         ("python (vLLM-style)", lambda: PythonManager(num_blocks, seqs, max_blocks), False),
-    ]:  # best of `repeat` identical runs
-        results[name] = min(simulate(make(), seqs, steps, 0, as_array) for _ in range(repeat))
+    ]
+    results = {}
+    for _ in range(repeat):  # best of `repeat` identical runs, interleaved so drift hits all alike
+        for name, make, as_array in cases:
+            r = simulate(make(), seqs, steps, 0, as_array)
+            results[name] = min(results.get(name, r), r)
     ours, theirs = results["ferrum-kv"], results["python (vLLM-style)"]
     caching = results["ferrum-kv + prefix caching"]
     rows = [
@@ -230,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="KV-cache bookkeeping per decode step")
     parser.add_argument("--seqs", type=int, default=256)
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     report(run(args.seqs, args.steps, args.repeat), args.json)

@@ -18,11 +18,13 @@ arrive with random prompts. Side by side in one run:
               input batch), with vectorised NumPy for context lengths and slots
 
     python bench/bench_scheduler.py  (or python -m ferrum_kv.benchmarks.scheduler) [--seqs 256] [--steps 500] [--json FILE]
+    python bench/bench_scheduler.py --caching-ab 8 --steps 300   (prefix caching on vs off only)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -225,6 +227,28 @@ def run(seqs: int = 256, steps: int = 500, repeat: int = 3) -> Result:
          f"churn round {caching[1] / ours[1]:.2f}x"])
 
 
+def caching_overhead(seqs: int = 256, steps: int = 300, runs: int = 8) -> Result:
+    """Prefix caching at zero hits against no caching, as `runs` A/B pairs (each pair the same
+    seeded workload, alternately), reporting every pair's ratio and the medians."""
+    max_blocks = (1000 + steps) // BLOCK_SIZE + 2
+    num_blocks = seqs * max_blocks + 64
+    rows = []
+    for seed in range(runs):
+        off = simulate(FerrumManager(num_blocks), seqs, steps, seed, True)
+        on = simulate(FerrumManager(num_blocks, True), seqs, steps, seed, True)
+        rows.append({"run": seed, "off_us_per_step": f"{off[0] * 1e6:.1f}",
+                     "on_us_per_step": f"{on[0] * 1e6:.1f}", "step_ratio": on[0] / off[0],
+                     "off_us_per_churn": f"{off[1] * 1e6:.0f}", "on_us_per_churn": f"{on[1] * 1e6:.0f}",
+                     "churn_ratio": on[1] / off[1]})
+    step = statistics.median(r["step_ratio"] for r in rows)
+    churn = statistics.median(r["churn_ratio"] for r in rows)
+    for r in rows:
+        r["step_ratio"], r["churn_ratio"] = f"{r['step_ratio']:.3f}", f"{r['churn_ratio']:.2f}"
+    return Result(f"Prefix caching at zero hits vs off: {runs} interleaved pairs, {seqs} sequences, "
+                  f"{steps} steps", rows,
+                  [f"median: step {step:.3f}x, churn round {churn:.2f}x the time without caching"])
+
+
 def quick() -> Result:
     return run(steps=100, repeat=1)
 
@@ -234,9 +258,15 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=256)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--caching-ab", type=int, metavar="RUNS",
+                        help="instead: RUNS interleaved pairs of ferrum-kv with and without prefix "
+                             "caching (nothing hits), and the median ratios")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    report(run(args.seqs, args.steps, args.repeat), args.json)
+    if args.caching_ab:
+        report(caching_overhead(args.seqs, args.steps, args.caching_ab), args.json)
+    else:
+        report(run(args.seqs, args.steps, args.repeat), args.json)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 // The SHA-256 chain in C++ alone (no Python): HashBlocks over a 32K-token prompt against a bare
 // loop of the same number of compressions (two dependent 64-byte compressions per 16-token
 // block, what one chain cannot go below), and the prefix cache's SipHash key chain
-// (prefix_key.h) over the same prompt, as one chain and as 16. Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev),
-// run build/<dir>/block_hash_bench.
+// (prefix_key.h) over the same prompt, as one chain and as 16. Build: cmake
+// -DFKV_BUILD_BENCH=ON (libbenchmark-dev), run build/<dir>/block_hash_bench.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>

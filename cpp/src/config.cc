@@ -41,8 +41,8 @@ void CacheConfig::Validate() const {
                                                                     << "], got "
                                                                     << critical_watermark);
   FKV_CHECK_ARG(!enable_kv_events || enable_prefix_caching,
-                "enable_kv_events=True needs enable_prefix_caching=True (events describe the prefix "
-                "cache)");
+                "enable_kv_events=True needs enable_prefix_caching=True (events describe the "
+                "prefix cache)");
   FKV_CHECK_ARG(int64_t{num_blocks} * block_size <= INT32_MAX &&
                     int64_t{num_host_blocks} * block_size <= INT32_MAX,
                 "num_blocks * block_size must fit in int32 (slots are int32), got "

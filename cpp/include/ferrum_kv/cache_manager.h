@@ -11,11 +11,12 @@
 //
 // Prefix caching (config.enable_prefix_caching): full blocks whose K/V is computed
 // (MarkComputed) are published in a PrefixIndex under their chained prefix key (prefix_key.h:
-// a keyed SipHash chain, namespaced, under a secret drawn per cache). AddSequence reuses the longest run of leading cached blocks instead of allocating
-// them. A published block that no sequence holds stays cached and findable, and is evicted (per
-// config.eviction_policy) only when a fresh block is needed and no free block remains. Each
-// cached block holds one extra pool reference on behalf of the index. With config.enable_kv_events
-// the index also logs CacheEvents naming blocks by their public SHA-256 chain hash (block_hash.h).
+// a keyed SipHash chain, namespaced, under a secret drawn per cache). AddSequence reuses the
+// longest run of leading cached blocks instead of allocating them. A published block that no
+// sequence holds stays cached and findable, and is evicted (per config.eviction_policy) only when
+// a fresh block is needed and no free block remains. Each cached block holds one extra pool
+// reference on behalf of the index. With config.enable_kv_events the index also logs CacheEvents
+// naming blocks by their public SHA-256 chain hash (block_hash.h).
 //
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay

@@ -15,8 +15,8 @@
 // Invariants: Find(KeyOf(b)) == b for every cached b; size() == number of cached blocks == number
 // of occupied slots; evictable blocks are cached.
 // Thread safety: thread-compatible (the cache manager's mutex guards it).
-// Complexity: Find / Insert / Erase O(1) expected; eviction order per EvictionPolicy; Clear and
-// CachedBlocks O(num_blocks).
+// Complexity: Find / InsertIfAbsent / Erase O(1) expected; eviction order per EvictionPolicy;
+// Clear and CachedBlocks O(num_blocks).
 #pragma once
 
 #include <cstdint>

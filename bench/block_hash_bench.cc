@@ -1,7 +1,7 @@
 // The SHA-256 chain in C++ alone (no Python): HashBlocks over a 32K-token prompt against a bare
 // loop of the same number of compressions (two dependent 64-byte compressions per 16-token
-// block, what one chain cannot go below), and the prefix cache's SipHash key chain
-// (prefix_key.h) over the same prompt, as one chain and as 16. Build: cmake
+// block, what one chain cannot go below), and the prefix cache's key chains (prefix_key.h) in
+// either scheme over the same prompt, as one chain, as 16 and as one chain per block. Build: cmake
 // -DFKV_BUILD_BENCH=ON (libbenchmark-dev), run build/<dir>/block_hash_bench.
 #include <benchmark/benchmark.h>
 
@@ -52,44 +52,64 @@ void BM_BareCompressions(benchmark::State& state) {
 }
 BENCHMARK(BM_BareCompressions);
 
+const char* SchemeName(PrefixKeyer::Scheme scheme) {
+  return scheme == PrefixKeyer::Scheme::kAes ? "AES-NI CBC-MAC" : "SipHash-2-4-128";
+}
+
+// The schemes this CPU can run: range(0) indexes them.
+std::vector<PrefixKeyer::Scheme> Schemes() {
+  std::vector<PrefixKeyer::Scheme> schemes = {PrefixKeyer::Scheme::kSipHash};
+  if (PrefixKeyer::DefaultScheme() == PrefixKeyer::Scheme::kAes) {
+    schemes.push_back(PrefixKeyer::Scheme::kAes);
+  }
+  return schemes;
+}
+
+void SchemeArgs(benchmark::internal::Benchmark* b) {
+  for (size_t i = 0; i < Schemes().size(); ++i) b->Arg(int64_t(i));
+}
+
 void BM_PrefixKeyChain(benchmark::State& state) {
   std::mt19937 rng(0);
   std::vector<int32_t> tokens(kNumTokens);
   for (int32_t& token : tokens) token = int32_t(rng() % 150000);
   std::vector<PrefixKey> out(kNumBlocks);
-  const PrefixKeyer keyer;
+  const PrefixKeyer::Scheme scheme = Schemes()[size_t(state.range(0))];
+  const PrefixKeyer keyer(rng(), rng(), scheme);
   const PrefixKey root = keyer.Root("");
   for (auto _ : state) {
     keyer.Chain(root, tokens.data(), kNumBlocks, kBlockSize, out.data());
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations() * kNumTokens);
-  state.SetLabel("SipHash-2-4-128");
+  state.SetLabel(SchemeName(scheme));
 }
-BENCHMARK(BM_PrefixKeyChain);
+BENCHMARK(BM_PrefixKeyChain)->Apply(SchemeArgs);
 
-// The same tokens as 16 independent chains of 2K tokens (16 prompts published together).
+// The same tokens as independent chains: range(1) chains of kNumBlocks / range(1) blocks (16:
+// 16 prompts published together; 2048: one block each, as a decode step publishes them).
 void BM_PrefixKeyChainMany(benchmark::State& state) {
-  constexpr int kChains = 16;
+  const int64_t chains = state.range(1);
   std::mt19937 rng(0);
   std::vector<int32_t> tokens(kNumTokens);
   for (int32_t& token : tokens) token = int32_t(rng() % 150000);
   std::vector<PrefixKey> out(kNumBlocks);
-  const PrefixKeyer keyer;
+  const PrefixKeyer::Scheme scheme = Schemes()[size_t(state.range(0))];
+  const PrefixKeyer keyer(rng(), rng(), scheme);
   std::vector<KeyChainJob> jobs;
-  for (int c = 0; c < kChains; ++c) {
-    const int64_t blocks = kNumBlocks / kChains;
+  for (int64_t c = 0; c < chains; ++c) {
+    const int64_t blocks = kNumBlocks / chains;
     jobs.push_back(KeyChainJob{keyer.Root(""), tokens.data() + c * blocks * kBlockSize, blocks,
                                out.data() + c * blocks});
   }
   for (auto _ : state) {
-    keyer.ChainMany(jobs.data(), kChains, kBlockSize);
+    keyer.ChainMany(jobs.data(), chains, kBlockSize);
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations() * kNumTokens);
-  state.SetLabel("SipHash-2-4-128, 16 chains");
+  state.SetLabel(SchemeName(scheme));
 }
-BENCHMARK(BM_PrefixKeyChainMany);
+BENCHMARK(BM_PrefixKeyChainMany)->ArgsProduct({{0, 1}, {16, kNumBlocks}});
 
 }  // namespace
 }  // namespace ferrum_kv

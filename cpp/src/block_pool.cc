@@ -25,9 +25,8 @@ void BlockPool::CheckCount(int64_t n) const {
   FKV_CHECK_ARG(n >= 0, "block count must be >= 0, got " << n);
 }
 
-void BlockPool::CheckId(BlockId id) const {
-  FKV_CHECK_INDEX(id >= 0 && id < num_blocks_,
-                  "block id " << id << " out of range [0, " << num_blocks_ << ")");
+void BlockPool::ThrowBadId(BlockId id) const {
+  FKV_THROW(::ferrum_kv::IndexOutOfRange, "block id " << id << " out of range [0, " << num_blocks_ << ")");
 }
 
 void BlockPool::Allocate(int64_t n, BlockId* out) {
@@ -98,6 +97,13 @@ int32_t BlockPool::RefCount(BlockId id) const {
   CheckId(id);
   MutexLock lock(&mu_);
   return ref_counts_[id];
+}
+
+void BlockPool::RefCounts(const BlockId* ids, int64_t n, int32_t* out) const {
+  CheckCount(n);
+  for (int64_t i = 0; i < n; ++i) CheckId(ids[i]);
+  MutexLock lock(&mu_);
+  for (int64_t i = 0; i < n; ++i) out[i] = ref_counts_[ids[i]];
 }
 
 BlockPool::Stats BlockPool::stats() const {

@@ -7,6 +7,7 @@
 namespace ferrum_kv {
 
 namespace {
+
 std::shared_ptr<KvStorage> MaybeStorage(const CacheConfig& config, int64_t num_blocks) {
   return num_blocks > 0 ? std::make_shared<KvStorage>(config, num_blocks) : nullptr;
 }
@@ -93,71 +94,90 @@ void PagedKvCache::AllocateDevice(int64_t n) {
 }
 
 void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority) {
-  pool_.Free(blocks.data(), int64_t(blocks.size()));
+  const int64_t n = int64_t(blocks.size());
+  pool_.Free(blocks.data(), n);
   if (!prefix_) return;
-  // Last block first: the end of a prompt is evicted before its beginning.
-  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
-    const BlockId block = *it;
-    if (prefix_->IsCached(block) && !prefix_->evictable().Contains(block) &&
-        pool_.RefCount(block) == 1) {
+  // A cached block left with the index's reference only becomes evictable; last block first: the
+  // end of a prompt is evicted before its beginning.
+  ref_count_scratch_.resize(size_t(n));
+  pool_.RefCounts(blocks.data(), n, ref_count_scratch_.data());
+  for (int64_t i = n - 1; i >= 0; --i) {
+    const BlockId block = blocks[size_t(i)];
+    if (ref_count_scratch_[size_t(i)] == 1 && prefix_->IsCached(block) &&
+        !prefix_->evictable().Contains(block)) {
       prefix_->evictable().Add(block, priority, prefix_->PublishOrder(block));
     }
   }
 }
 
-KeyChainJob PagedKvCache::ExtendKeys(Sequence& seq, int64_t num_full_blocks) const {
-  const int64_t have = int64_t(seq.block_keys.size());
-  if (num_full_blocks <= have) return KeyChainJob{};
-  const int32_t* tokens = seq.tokens.data() + have * config_.block_size;
-  seq.block_keys.resize(size_t(num_full_blocks));
-  if (config_.enable_kv_events) {
-    seq.block_hashes.resize(size_t(num_full_blocks));
-    HashBlocks(have == 0 ? seq.root_hash : seq.block_hashes[have - 1], tokens,
-               num_full_blocks - have, config_.block_size, seq.block_hashes.data() + have);
+void PagedKvCache::QueuePublication(Sequence& seq) {
+  const int32_t block_size = config_.block_size;
+  const int64_t first = seq.blocks_published;
+  int64_t end = first;  // num_computed / block_size, without a division (usually one step)
+  while ((end + 1) * block_size <= seq.num_computed) ++end;
+  if (end == first) return;
+  const int32_t* tokens = seq.tokens.data() + first * block_size;
+  key_jobs_.push_back(KeyChainJob{seq.chain_key, tokens, end - first, nullptr});
+  publishing_.push_back(&seq);
+  const int64_t offset = int64_t(publish_blocks_.size());
+  publish_blocks_.insert(publish_blocks_.end(), seq.blocks.begin() + first, seq.blocks.begin() + end);
+  // KeyPending reads the tokens: the first block's lines load meanwhile (the hardware prefetcher
+  // follows the rest).
+  __builtin_prefetch(tokens);
+  __builtin_prefetch(tokens + block_size - 1);
+  if (prefix_->logs_events()) {
+    hash_scratch_.resize(size_t(offset + end - first));
+    HashBlocks(seq.chain_hash, tokens, end - first, block_size, hash_scratch_.data() + offset);
+    seq.chain_hash = hash_scratch_.back();
   }
-  return KeyChainJob{have == 0 ? seq.root_key : seq.block_keys[have - 1], tokens,
-                     num_full_blocks - have, seq.block_keys.data() + have};
+  seq.blocks_published = end;
 }
 
-bool PagedKvCache::HasUnpublished(const Sequence& seq) const {
-  return !seq.swapped && (seq.blocks_published + 1) * config_.block_size <= seq.num_computed;
+void PagedKvCache::PrefetchInsertion(int64_t i) const {
+  prefix_->Prefetch(key_scratch_[i]);
+  prefix_->PrefetchBlock(publish_blocks_[i]);
+  pool_.Prefetch(publish_blocks_[i]);
+}
+
+void PagedKvCache::KeyPending() {
+  // The chains of different sequences are independent: ChainMany runs them side by side.
+  const int64_t total = int64_t(publish_blocks_.size());
+  if (int64_t(key_scratch_.size()) < total) key_scratch_.resize(size_t(total));
+  PrefixKey* out = key_scratch_.data();
+  for (KeyChainJob& job : key_jobs_) {
+    job.out = out;
+    out += job.num_blocks;
+  }
+  keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), config_.block_size);
+  for (int64_t i = 0; i < total; ++i) PrefetchInsertion(i);
+  for (size_t j = 0; j < key_jobs_.size(); ++j) {
+    publishing_[j]->chain_key = key_jobs_[j].out[key_jobs_[j].num_blocks - 1];
+  }
+  key_jobs_.clear();
+  publishing_.clear();
+}
+
+void PagedKvCache::InsertPending() {
+  const bool events = prefix_->logs_events();
+  block_scratch_.clear();  // the blocks this call publishes
+  const int64_t total = int64_t(publish_blocks_.size());
+  for (int64_t i = 0; i < total; ++i) {
+    // Skip blocks already cached (reused or published through a sibling) and content another
+    // block already holds (two identical prompts computed side by side).
+    const BlockId block = publish_blocks_[i];
+    if (!prefix_->IsCached(block) &&
+        prefix_->InsertIfAbsent(key_scratch_[i], block, events ? &hash_scratch_[i] : nullptr)) {
+      block_scratch_.push_back(block);
+    }
+  }
+  pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
+  publish_blocks_.clear();
+  hash_scratch_.clear();
 }
 
 void PagedKvCache::PublishPending() {
-  const int32_t block_size = config_.block_size;
-  // The key chains of different sequences are independent: ChainMany runs them side by side.
-  // Then every probe is prefetched before the first one is needed.
-  key_jobs_.clear();
-  for (PendingPublication& pending : to_publish_) {
-    pending.computed_blocks = pending.seq->num_computed / block_size;
-    const KeyChainJob job = ExtendKeys(*pending.seq, pending.computed_blocks);
-    if (job.num_blocks > 0) key_jobs_.push_back(job);
-  }
-  keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), block_size);
-  for (const PendingPublication& pending : to_publish_) {
-    const Sequence& seq = *pending.seq;
-    for (int64_t i = seq.blocks_published; i < pending.computed_blocks; ++i) {
-      prefix_->Prefetch(seq.block_keys[i]);
-      prefix_->PrefetchBlock(seq.blocks[i]);
-    }
-  }
-  block_scratch_.clear();  // the blocks this call publishes
-  for (const PendingPublication& pending : to_publish_) {
-    Sequence& seq = *pending.seq;
-    for (int64_t i = seq.blocks_published; i < pending.computed_blocks; ++i) {
-      // Skip blocks already cached (reused or published through a sibling) and content another
-      // block already holds (two identical prompts computed side by side).
-      const BlockId block = seq.blocks[i];
-      if (!prefix_->IsCached(block) &&
-          prefix_->InsertIfAbsent(seq.block_keys[i], block,
-                                  prefix_->logs_events() ? &seq.block_hashes[i] : nullptr)) {
-        block_scratch_.push_back(block);
-      }
-    }
-    seq.blocks_published = std::max(seq.blocks_published, pending.computed_blocks);
-  }
-  pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
-  to_publish_.clear();
+  KeyPending();
+  InsertPending();
 }
 
 int32_t PagedKvCache::TailRefCount(const Sequence& seq) const {
@@ -214,21 +234,22 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       // At least the last token is always computed by the engine (it needs its logits).
       const int64_t max_hit = (n - 1) / block_size;
       int64_t evictable_hits = 0;
-      seq.block_keys.reserve(size_t(n / block_size));
-      int64_t keyed = 0;  // keys computed so far
+      int64_t keyed = 0;  // keys computed so far, in key_scratch_
       int64_t chunk = 1;
       while (hit_blocks < max_hit) {
         // Keys only about as far as the hits go (the rest are computed when published, in
         // batches): in chunks of 1, 2, 4, ... 64 blocks, each chunk's probes prefetched together.
         if (hit_blocks == keyed) {
           const int64_t end = std::min(max_hit, keyed + chunk);
-          const KeyChainJob job = ExtendKeys(seq, end);
-          keyer_.Chain(job.parent, job.tokens, job.num_blocks, block_size, job.out);
-          for (int64_t i = keyed; i < end; ++i) prefix_->Prefetch(seq.block_keys[i]);
+          if (int64_t(key_scratch_.size()) < end) key_scratch_.resize(size_t(end));
+          keyer_.Chain(keyed == 0 ? seq.root_key : key_scratch_[keyed - 1],
+                       tokens + keyed * block_size, end - keyed, block_size,
+                       key_scratch_.data() + keyed);
+          for (int64_t i = keyed; i < end; ++i) prefix_->Prefetch(key_scratch_[i]);
           keyed = end;
           chunk = std::min<int64_t>(2 * chunk, 64);
         }
-        const BlockId block = prefix_->Find(seq.block_keys[hit_blocks]);
+        const BlockId block = prefix_->Find(key_scratch_[hit_blocks]);
         if (block == kNullBlock) break;
         seq.blocks.push_back(block);
         evictable_hits += prefix_->evictable().Contains(block);
@@ -247,6 +268,13 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       seq.blocks.insert(seq.blocks.end(), scratch_.begin(), scratch_.begin() + needed);
       seq.num_computed = hit_blocks * block_size;
       seq.blocks_published = hit_blocks;
+      seq.chain_key = hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key;
+      seq.chain_hash = seq.root_hash;
+      if (config_.enable_kv_events && hit_blocks > 0) {
+        if (int64_t(hash_scratch_.size()) < hit_blocks) hash_scratch_.resize(size_t(hit_blocks));
+        HashBlocks(seq.root_hash, tokens, hit_blocks, block_size, hash_scratch_.data());
+        seq.chain_hash = hash_scratch_[hit_blocks - 1];
+      }
       prefix_query_tokens_ += n;
       prefix_hit_tokens_ += hit_blocks * block_size;
     } else {
@@ -276,8 +304,13 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
   CheckTokenIds(tokens, 0, n);
   Mutate([&]() FKV_REQUIRES(mu_) {
     const uint64_t stamp = ++batch_stamp_;
+    const int32_t block_size = config_.block_size;
     batch_scratch_.clear();
     shared_tails_.clear();
+    const bool caching = prefix_ != nullptr;
+    // Room for every sequence: candidates are appended without a branch (see below).
+    if (caching) publish_candidates_.resize(size_t(n));
+    int64_t num_candidates = 0;
     int64_t needed = 0;
     for (int64_t i = 0; i < n; ++i) {
       Sequence& seq = FindResident(seq_ids[i], "append to");
@@ -288,17 +321,33 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
       batch_scratch_.push_back(BatchEntry{&seq, plan.copy_tail});
+      // A decode token is sampled from the logits of the sequence's last token, so every token
+      // before it has its K/V written: full blocks among them not yet offered get published.
+      // About one sequence in block_size qualifies, unpredictably: a branch here (or a division)
+      // would cost more than the rest of the check.
+      if (caching) {
+        publish_candidates_[size_t(num_candidates)] = &seq;
+        num_candidates += (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
+      }
     }
     AllocateDevice(needed);
+    if (caching) {
+      // Keys first: the probes they prefetch load while the appends run.
+      for (int64_t i = 0; i < num_candidates; ++i) {
+        Sequence& seq = *publish_candidates_[size_t(i)];
+        seq.num_computed = int64_t(seq.tokens.size());
+        QueuePublication(seq);
+      }
+      KeyPending();
+    }
     int64_t next = 0;
     for (int64_t i = 0; i < n; ++i) {
-      Sequence& seq = *batch_scratch_[i].seq;
-      // A decode token is sampled from the logits of the sequence's last token, so every token
-      // before it has its K/V written.
-      if (prefix_) ApplyComputed(seq, int64_t(seq.tokens.size()));
-      AppendWithBlocks(seq, tokens + i, 1, batch_scratch_[i].copy_tail, scratch_.data(), &next);
+      const BatchEntry& entry = batch_scratch_[i];
+      Sequence& seq = *entry.seq;
+      seq.num_computed = std::max(seq.num_computed, int64_t(seq.tokens.size()));
+      AppendWithBlocks(seq, tokens + i, 1, entry.copy_tail, scratch_.data(), &next);
     }
-    if (prefix_) PublishPending();
+    if (caching) InsertPending();
   });
 }
 
@@ -337,7 +386,7 @@ Sequence& PagedKvCache::CheckComputedCount(SeqId seq_id, int64_t num_tokens) {
 
 void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
   seq.num_computed = std::max(seq.num_computed, num_tokens);
-  if (prefix_ && HasUnpublished(seq)) to_publish_.push_back(PendingPublication{&seq, 0});
+  if (prefix_ && !seq.swapped) QueuePublication(seq);
 }
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
@@ -429,6 +478,8 @@ void PagedKvCache::SwapIn(SeqId seq_id) {
     --num_swapped_;
     if (prefix_) {  // fresh blocks: offer the computed ones to the index again
       seq.blocks_published = 0;
+      seq.chain_key = seq.root_key;
+      seq.chain_hash = seq.root_hash;
       ApplyComputed(seq, seq.num_computed);
       PublishPending();
     }
@@ -615,6 +666,27 @@ void PagedKvCache::SetPressureCallback(PressureCallback callback) {
   // must not call back into the cache.
 }
 
+void PagedKvCache::CheckChains(SeqId seq_id, const Sequence& seq) const {
+  const int64_t n = seq.blocks_published;
+  PrefixKey key = seq.root_key;
+  if (n > 0) {
+    std::vector<PrefixKey> keys(static_cast<size_t>(n));
+    keyer_.Chain(seq.root_key, seq.tokens.data(), n, config_.block_size, keys.data());
+    key = keys.back();
+  }
+  FKV_CHECK_INVARIANT(key == seq.chain_key, "sequence " << seq_id << ": chain key of block "
+                                                         << n - 1 << " differs from its tokens'");
+  if (!config_.enable_kv_events) return;
+  BlockHash hash = seq.root_hash;
+  if (n > 0) {
+    std::vector<BlockHash> hashes(static_cast<size_t>(n));
+    HashBlocks(seq.root_hash, seq.tokens.data(), n, config_.block_size, hashes.data());
+    hash = hashes.back();
+  }
+  FKV_CHECK_INVARIANT(hash == seq.chain_hash, "sequence " << seq_id << ": chain hash of block "
+                                                           << n - 1 << " differs from its tokens'");
+}
+
 void PagedKvCache::CheckInvariants() const {
   pool_.CheckInvariants();
   if (host_pool_) host_pool_->CheckInvariants();
@@ -631,13 +703,10 @@ void PagedKvCache::CheckInvariants() const {
                     << " tokens");
     FKV_CHECK_INVARIANT(seq.num_computed >= 0 && seq.num_computed <= num_tokens,
                         "sequence " << seq_id << " num_computed " << seq.num_computed);
-    FKV_CHECK_INVARIANT(
-        int64_t(seq.block_keys.size()) <= num_tokens / config_.block_size &&
-            seq.blocks_published <= int64_t(seq.block_keys.size()) &&
-            seq.block_hashes.size() == (config_.enable_kv_events ? seq.block_keys.size() : 0),
-        "sequence " << seq_id << " has " << seq.block_keys.size() << " keys, "
-                    << seq.block_hashes.size() << " hashes, " << seq.blocks_published
-                    << " published, for " << num_tokens << " tokens");
+    FKV_CHECK_INVARIANT(seq.blocks_published <= seq.num_computed / config_.block_size,
+                        "sequence " << seq_id << " published " << seq.blocks_published
+                                    << " blocks of " << seq.num_computed << " computed tokens");
+    if (prefix_) CheckChains(seq_id, seq);
     std::vector<int32_t>& refs = seq.swapped ? host_refs : device_refs;
     swapped += seq.swapped;
     for (BlockId block : seq.blocks) {

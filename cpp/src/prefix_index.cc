@@ -26,10 +26,10 @@ PrefixIndex::PrefixIndex(int32_t num_blocks, EvictionPolicyKind policy, bool log
       evictable_(MakeEvictionPolicy(policy, num_blocks)) {}
 
 BlockId PrefixIndex::Find(const PrefixKey& key) const {
-  for (size_t i = Home(key.lo);; i = (i + 1) & slot_mask_) {
+  for (size_t i = Home(Tag(key));; i = (i + 1) & slot_mask_) {
     const Slot& slot = slots_[i];
     if (slot.block == kNullBlock) return kNullBlock;
-    if (slot.key_lo == key.lo && key_of_[slot.block].hi == key.hi) return slot.block;
+    if (slot.tag == Tag(key) && key_of_[slot.block] == key) return slot.block;
   }
 }
 
@@ -37,11 +37,11 @@ bool PrefixIndex::InsertIfAbsent(const PrefixKey& key, BlockId block,
                                  const BlockHash* content_hash) {
   assert(!IsCached(block));
   assert(content_hash != nullptr || !log_events_);
-  size_t i = Home(key.lo);
+  size_t i = Home(Tag(key));
   for (; slots_[i].block != kNullBlock; i = (i + 1) & slot_mask_) {
-    if (slots_[i].key_lo == key.lo && key_of_[slots_[i].block].hi == key.hi) return false;
+    if (slots_[i].tag == Tag(key) && key_of_[slots_[i].block] == key) return false;
   }
-  slots_[i] = Slot{key.lo, block};
+  slots_[i] = Slot{Tag(key), block};
   ++size_;
   key_of_[block] = key;
   publish_order_[block] = ++publish_clock_;
@@ -56,13 +56,13 @@ void PrefixIndex::Erase(BlockId block) {
   assert(IsCached(block));
   if (evictable_->Contains(block)) evictable_->Remove(block);
   if (log_events_) Log(CacheEvent::Kind::kBlockRemoved, content_hash_[block], block);
-  size_t hole = Home(key_of_[block].lo);
+  size_t hole = Home(Tag(key_of_[block]));
   while (slots_[hole].block != block) hole = (hole + 1) & slot_mask_;
   // Backward-shift deletion: move later entries of the run into the hole when the hole lies on
   // their probe path (between their home slot and where they sit).
   for (size_t i = (hole + 1) & slot_mask_; slots_[i].block != kNullBlock;
        i = (i + 1) & slot_mask_) {
-    const size_t home = Home(slots_[i].key_lo);
+    const size_t home = Home(slots_[i].tag);
     if (((i - home) & slot_mask_) >= ((i - hole) & slot_mask_)) {
       slots_[hole] = slots_[i];
       hole = i;
@@ -111,7 +111,7 @@ void PrefixIndex::CheckInvariants() const {
   for (const Slot& slot : slots_) {
     if (slot.block == kNullBlock) continue;
     ++occupied;
-    FKV_CHECK_INVARIANT(IsCached(slot.block) && key_of_[slot.block].lo == slot.key_lo,
+    FKV_CHECK_INVARIANT(IsCached(slot.block) && Tag(key_of_[slot.block]) == slot.tag,
                         "slot of block " << slot.block << " names a block not cached there");
   }
   int64_t cached = 0;

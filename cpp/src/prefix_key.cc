@@ -4,28 +4,50 @@
 #include <random>
 #include <vector>
 
-#include "kernels/prefix_key_lanes.h"
+#include "kernels/prefix_key_aes.h"
 #include "siphash.h"
 
 namespace ferrum_kv {
 namespace {
 
 constexpr char kDomain[] = "ferrum-kv/v1";
+// Never a prefix of a root message, which starts with kDomain.
+constexpr char kTokenKeyDomain[] = "ferrum-kv/aes-token-key";
+constexpr char kChainKeyDomain[] = "ferrum-kv/aes-chain-key";
 
-uint64_t RandomWord(std::random_device& device) {
+uint64_t RandomWord() {
+  std::random_device device;
   return (uint64_t{device()} << 32) | device();
+}
+
+// The AES-128 key SipHash(secret, domain) (16 bytes: lo, hi little-endian), expanded.
+AesRoundKeys DeriveAesKey(uint64_t secret0, uint64_t secret1, const char* domain, size_t len) {
+  const siphash::Digest d =
+      siphash::Hash({secret0, secret1}, reinterpret_cast<const uint8_t*>(domain), len);
+  uint8_t key[16];
+  std::memcpy(key, &d.lo, 8);
+  std::memcpy(key + 8, &d.hi, 8);
+  AesRoundKeys out;
+  kernels::AesExpandKey(key, &out);
+  return out;
 }
 
 }  // namespace
 
-PrefixKeyer::PrefixKeyer() {
-  std::random_device device;
-  secret0_ = RandomWord(device);
-  secret1_ = RandomWord(device);
+PrefixKeyer::Scheme PrefixKeyer::DefaultScheme() {
+  static const Scheme scheme = kernels::AesNiSupported() ? Scheme::kAes : Scheme::kSipHash;
+  return scheme;
 }
 
-PrefixKeyer::PrefixKeyer(uint64_t secret0, uint64_t secret1)
-    : secret0_(secret0), secret1_(secret1) {}
+PrefixKeyer::PrefixKeyer() : PrefixKeyer(RandomWord(), RandomWord()) {}
+
+PrefixKeyer::PrefixKeyer(uint64_t secret0, uint64_t secret1, Scheme scheme)
+    : secret0_(secret0), secret1_(secret1), scheme_(scheme), token_key_{}, chain_key_{} {
+  if (scheme_ == Scheme::kAes) {
+    token_key_ = DeriveAesKey(secret0, secret1, kTokenKeyDomain, sizeof kTokenKeyDomain - 1);
+    chain_key_ = DeriveAesKey(secret0, secret1, kChainKeyDomain, sizeof kChainKeyDomain - 1);
+  }
+}
 
 PrefixKey PrefixKeyer::Root(const std::string& namespace_id) const {
   std::vector<uint8_t> message(sizeof kDomain - 1 + namespace_id.size());
@@ -39,6 +61,11 @@ PrefixKey PrefixKeyer::Root(const std::string& namespace_id) const {
 
 void PrefixKeyer::Chain(const PrefixKey& parent, const int32_t* tokens, int64_t num_blocks,
                         int32_t block_size, PrefixKey* out) const {
+  if (scheme_ == Scheme::kAes) {
+    const KeyChainJob job{parent, tokens, num_blocks, out};
+    ChainMany(&job, 1, block_size);
+    return;
+  }
   const uint64_t message_len = 16 + 4 * uint64_t(block_size);
   PrefixKey key = parent;
   for (int64_t b = 0; b < num_blocks; ++b) {
@@ -62,9 +89,8 @@ void PrefixKeyer::Chain(const PrefixKey& parent, const int32_t* tokens, int64_t 
 namespace ferrum_kv {
 
 void PrefixKeyer::ChainMany(const KeyChainJob* jobs, int64_t n, int32_t block_size) const {
-  static const bool lanes = kernels::KeyLanesAvx512Supported();
-  if (lanes && n > 1) {
-    kernels::ChainManyAvx512(secret0_, secret1_, jobs, n, block_size);
+  if (scheme_ == Scheme::kAes) {
+    kernels::AesChainMany(token_key_, chain_key_, jobs, n, block_size);
     return;
   }
   for (int64_t i = 0; i < n; ++i) {

@@ -125,6 +125,23 @@ TEST(BlockPoolTest, IncRefValidatesWholeBatch) {
   pool.CheckInvariants();
 }
 
+TEST(BlockPoolTest, RefCountsReadsEachIdAndRejectsBadOnes) {
+  BlockPool pool(5);
+  std::vector<BlockId> held = pool.Allocate(3);  // 0, 1, 2 with one reference each
+  pool.IncRef(held.data(), 2);                   // 0 and 1: two
+  const BlockId ids[] = {2, 0, 4, 1, 0};
+  int32_t counts[5] = {-1, -1, -1, -1, -1};
+  pool.RefCounts(ids, 5, counts);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(counts[i], pool.RefCount(ids[i])) << "id " << ids[i];
+  EXPECT_EQ(counts[0], 1);
+  EXPECT_EQ(counts[2], 0);
+  const BlockId bad[] = {0, 5};
+  EXPECT_THROW(pool.RefCounts(bad, 2, counts), IndexOutOfRange);
+  const BlockId negative[] = {-1};
+  EXPECT_THROW(pool.RefCount(negative[0]), IndexOutOfRange);
+  pool.CheckInvariants();
+}
+
 TEST(BlockPoolTest, RandomOperationsKeepInvariants) {
   BlockPool pool(64);
   std::mt19937 rng(7);

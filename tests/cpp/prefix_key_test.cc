@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/prefix_key_lanes.h"
+#include "kernels/prefix_key_aes.h"
 #include "siphash.h"
 
 namespace ferrum_kv {
@@ -45,9 +45,9 @@ TEST(SipHashTest, ReferenceVectors) {
   }
 }
 
-// The chain is SipHash over the documented byte strings, for odd and even block sizes.
-TEST(PrefixKeyTest, ChainIsSipHashOfParentAndTokens) {
-  const PrefixKeyer keyer(kReferenceKey.k0, kReferenceKey.k1);
+// The kSipHash chain is SipHash over the documented byte strings, for odd and even block sizes.
+TEST(PrefixKeyTest, SipHashChainIsSipHashOfParentAndTokens) {
+  const PrefixKeyer keyer(kReferenceKey.k0, kReferenceKey.k1, PrefixKeyer::Scheme::kSipHash);
   std::mt19937 rng(7);
   for (int32_t block_size : {1, 5, 16}) {
     std::vector<int32_t> tokens(size_t(3 * block_size));
@@ -73,58 +73,152 @@ TEST(PrefixKeyTest, ChainIsSipHashOfParentAndTokens) {
   }
 }
 
+std::vector<uint8_t> FromHex(const std::string& hex) {
+  std::vector<uint8_t> bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    bytes.push_back(uint8_t(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return bytes;
+}
+
+std::string ToHex(const uint8_t* bytes, size_t n) {
+  std::string hex;
+  char byte[3];
+  for (size_t i = 0; i < n; ++i) {
+    std::snprintf(byte, sizeof byte, "%02x", bytes[i]);
+    hex += byte;
+  }
+  return hex;
+}
+
+std::vector<PrefixKeyer::Scheme> Schemes() {
+  std::vector<PrefixKeyer::Scheme> schemes = {PrefixKeyer::Scheme::kSipHash};
+  if (kernels::AesNiSupported()) schemes.push_back(PrefixKeyer::Scheme::kAes);
+  return schemes;
+}
+
+TEST(PrefixKeyTest, DefaultSchemeIsAesExactlyWhereTheCpuHasIt) {
+  EXPECT_EQ(PrefixKeyer::DefaultScheme() == PrefixKeyer::Scheme::kAes, kernels::AesNiSupported());
+  EXPECT_EQ(PrefixKeyer().scheme(), PrefixKeyer::DefaultScheme());
+}
+
+// FIPS-197: the key expansion of Appendix A.1 and the ciphertexts of Appendices B and C.1.
+TEST(AesTest, Fips197Vectors) {
+  if (!kernels::AesNiSupported()) GTEST_SKIP() << "no AES-NI on this CPU";
+  AesRoundKeys keys;
+  kernels::AesExpandKey(FromHex("2b7e151628aed2a6abf7158809cf4f3c").data(), &keys);
+  EXPECT_EQ(ToHex(keys.bytes[10], 16), "d014f9a8c9ee2589e13f0cc8b6630ca6");
+  uint8_t out[16];
+  kernels::AesEncryptBlock(keys, FromHex("3243f6a8885a308d313198a2e0370734").data(), out);
+  EXPECT_EQ(ToHex(out, 16), "3925841d02dc09fbdc118597196a0b32");
+  kernels::AesExpandKey(FromHex("000102030405060708090a0b0c0d0e0f").data(), &keys);
+  kernels::AesEncryptBlock(keys, FromHex("00112233445566778899aabbccddeeff").data(), out);
+  EXPECT_EQ(ToHex(out, 16), "69c4e0d86a7b0430d8cdb78070b4c55a");
+}
+
+// The kAes chain is the documented construction (kernels/prefix_key_aes.h), computed here one
+// AES block at a time with the FIPS-checked primitive: keys derived from the secret by SipHash,
+// token digests by CBC-MAC over zero-padded 16-byte chunks, links by one encryption.
+TEST(PrefixKeyTest, AesChainIsTheDocumentedCbcMacChain) {
+  if (!kernels::AesNiSupported()) GTEST_SKIP() << "no AES-NI on this CPU";
+  const PrefixKeyer keyer(kReferenceKey.k0, kReferenceKey.k1, PrefixKeyer::Scheme::kAes);
+  auto derive = [](const std::string& domain) {
+    const siphash::Digest d = siphash::Hash(
+        kReferenceKey, reinterpret_cast<const uint8_t*>(domain.data()), domain.size());
+    uint8_t key[16];
+    std::memcpy(key, &d.lo, 8);
+    std::memcpy(key + 8, &d.hi, 8);
+    AesRoundKeys out;
+    kernels::AesExpandKey(key, &out);
+    return out;
+  };
+  const AesRoundKeys token_key = derive("ferrum-kv/aes-token-key");
+  const AesRoundKeys chain_key = derive("ferrum-kv/aes-chain-key");
+  std::mt19937 rng(3);
+  for (int32_t block_size : {1, 3, 4, 5, 8, 16, 17}) {
+    std::vector<int32_t> tokens(size_t(3 * block_size));
+    for (int32_t& t : tokens) t = int32_t(rng() >> 1);
+    const PrefixKey root = keyer.Root("tenant");
+    std::vector<PrefixKey> keys(3);
+    keyer.Chain(root, tokens.data(), 3, block_size, keys.data());
+    PrefixKey parent = root;
+    for (int b = 0; b < 3; ++b) {
+      std::vector<uint8_t> message((size_t(block_size) + 3) / 4 * 16, 0);
+      std::memcpy(message.data(), tokens.data() + b * block_size, 4 * size_t(block_size));
+      uint8_t digest[16] = {};
+      for (size_t chunk = 0; chunk < message.size(); chunk += 16) {
+        uint8_t in[16];
+        for (int i = 0; i < 16; ++i) in[i] = uint8_t(digest[i] ^ message[chunk + i]);
+        kernels::AesEncryptBlock(token_key, in, digest);
+      }
+      uint8_t link[16];
+      std::memcpy(link, &parent, 16);
+      for (int i = 0; i < 16; ++i) link[i] ^= digest[i];
+      PrefixKey expected;
+      kernels::AesEncryptBlock(chain_key, link, reinterpret_cast<uint8_t*>(&expected));
+      EXPECT_EQ(keys[b], expected) << "block_size " << block_size << " block " << b;
+      parent = keys[b];
+    }
+  }
+}
+
 TEST(PrefixKeyTest, KeysDependOnSecretNamespaceAndEveryEarlierToken) {
   const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8};
   std::vector<int32_t> changed = tokens;
   changed[1] = 9;  // block 0 differs: so does every later key
-  const PrefixKeyer keyer(1, 2);
-  PrefixKey a[2], b[2], c[2], d[2];
-  keyer.Chain(keyer.Root(""), tokens.data(), 2, 4, a);
-  keyer.Chain(keyer.Root(""), changed.data(), 2, 4, b);
-  keyer.Chain(keyer.Root("x"), tokens.data(), 2, 4, c);
-  PrefixKeyer(1, 3).Chain(PrefixKeyer(1, 3).Root(""), tokens.data(), 2, 4, d);
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_NE(a[i], b[i]);
-    EXPECT_NE(a[i], c[i]);
-    EXPECT_NE(a[i], d[i]);
+  for (PrefixKeyer::Scheme scheme : Schemes()) {
+    const PrefixKeyer keyer(1, 2, scheme);
+    const PrefixKeyer other_secret(1, 3, scheme);
+    PrefixKey a[2], b[2], c[2], d[2];
+    keyer.Chain(keyer.Root(""), tokens.data(), 2, 4, a);
+    keyer.Chain(keyer.Root(""), changed.data(), 2, 4, b);
+    keyer.Chain(keyer.Root("x"), tokens.data(), 2, 4, c);
+    other_secret.Chain(other_secret.Root(""), tokens.data(), 2, 4, d);
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_NE(a[i], b[i]);
+      EXPECT_NE(a[i], c[i]);
+      EXPECT_NE(a[i], d[i]);
+    }
+    PrefixKey again[2];
+    keyer.Chain(keyer.Root(""), tokens.data(), 2, 4, again);
+    EXPECT_EQ(a[1], again[1]);
   }
-  PrefixKey again[2];
-  keyer.Chain(keyer.Root(""), tokens.data(), 2, 4, again);
-  EXPECT_EQ(a[1], again[1]);
   EXPECT_NE(PrefixKeyer().Root(""), PrefixKeyer().Root(""));  // random secrets
 }
 
-// ChainMany (and the AVX-512 lanes directly, where the CPU has them) against Chain per job: job
-// counts below, at and above the 8 lanes, chains of 0 to 40 blocks (lanes refill at different
-// times), odd and even block sizes.
+// ChainMany against Chain per job in every scheme: job counts below, at and above the AES ways
+// (8), chains of 0 to 40 blocks, odd and even block sizes. Chain itself is checked against the
+// documented construction above, one block at a time; ChainMany interleaves many.
 TEST(PrefixKeyTest, ChainManyEqualsChainPerJob) {
-  const PrefixKeyer keyer(11, 12);
   std::mt19937 rng(5);
-  for (int32_t block_size : {1, 2, 5, 16, 17}) {
-    for (int n : {1, 2, 7, 8, 9, 25}) {
-      const size_t count = static_cast<size_t>(n);
-      std::vector<std::vector<int32_t>> tokens(count);
-      std::vector<KeyChainJob> jobs(count);
-      std::vector<std::vector<PrefixKey>> expected(count), got(count), direct(count);
-      for (int j = 0; j < n; ++j) {
-        const int64_t blocks = rng() % 41;
-        tokens[j].resize(size_t(blocks * block_size));
-        for (int32_t& t : tokens[j]) t = int32_t(rng() >> 1);
-        const PrefixKey parent{rng(), rng()};
-        expected[j].resize(size_t(blocks));
-        got[j].resize(size_t(blocks));
-        direct[j].resize(size_t(blocks));
-        keyer.Chain(parent, tokens[j].data(), blocks, block_size, expected[j].data());
-        jobs[j] = KeyChainJob{parent, tokens[j].data(), blocks, got[j].data()};
+  for (PrefixKeyer::Scheme scheme : Schemes()) {
+    const PrefixKeyer keyer(11, 12, scheme);
+    for (int32_t block_size : {1, 2, 5, 16, 17}) {
+      for (int n : {1, 2, 7, 8, 9, 25}) {
+        const size_t count = static_cast<size_t>(n);
+        std::vector<std::vector<int32_t>> tokens(count);
+        std::vector<KeyChainJob> jobs(count);
+        std::vector<std::vector<PrefixKey>> expected(count), got(count);
+        for (int j = 0; j < n; ++j) {
+          const int64_t blocks = rng() % 41;
+          tokens[j].resize(size_t(blocks * block_size));
+          for (int32_t& t : tokens[j]) t = int32_t(rng() >> 1);
+          const PrefixKey parent{rng(), rng()};
+          expected[j].resize(size_t(blocks));
+          got[j].resize(size_t(blocks));
+          for (int64_t b = 0; b < blocks; ++b) {  // block by block: one-block chains
+            keyer.Chain(b == 0 ? parent : expected[j][b - 1], tokens[j].data() + b * block_size,
+                        1, block_size, &expected[j][b]);
+          }
+          jobs[j] = KeyChainJob{parent, tokens[j].data(), blocks, got[j].data()};
+        }
+        keyer.ChainMany(jobs.data(), n, block_size);
+        for (int j = 0; j < n; ++j) {
+          ASSERT_EQ(got[j], expected[j])
+              << "scheme " << int(scheme) << " block_size " << block_size << " n " << n
+              << " job " << j;
+        }
       }
-      keyer.ChainMany(jobs.data(), n, block_size);
-      for (int j = 0; j < n; ++j) {
-        ASSERT_EQ(got[j], expected[j]) << "block_size " << block_size << " n " << n << " job " << j;
-      }
-      if (!kernels::KeyLanesAvx512Supported()) continue;
-      for (int j = 0; j < n; ++j) jobs[j].out = direct[j].data();
-      kernels::ChainManyAvx512(11, 12, jobs.data(), n, block_size);
-      for (int j = 0; j < n; ++j) ASSERT_EQ(direct[j], expected[j]) << "lanes, job " << j;
     }
   }
 }

@@ -60,6 +60,13 @@ class BlockPool {
 
   // Throws IndexOutOfRange for an id outside [0, num_blocks).
   int32_t RefCount(BlockId id) const FKV_EXCLUDES(mu_);
+  // out[i] = RefCount(ids[i]) for i < n, under one lock. Throws IndexOutOfRange as RefCount.
+  void RefCounts(const BlockId* ids, int64_t n, int32_t* out) const FKV_EXCLUDES(mu_);
+  // Hint: RefCount, IncRef or Free of id follows soon (loads its count's cache line). Any id in
+  // [0, num_blocks); changes nothing.
+  void Prefetch(BlockId id) const FKV_NO_THREAD_SAFETY_ANALYSIS {
+    __builtin_prefetch(&ref_counts_[size_t(id)], 1);
+  }
   // True if n blocks could be allocated now.
   bool CanAllocate(int64_t n) const { return n >= 0 && n <= num_free_blocks(); }
 
@@ -73,7 +80,10 @@ class BlockPool {
 
  private:
   void CheckCount(int64_t n) const;
-  void CheckId(BlockId id) const;
+  void CheckId(BlockId id) const {
+    if (id < 0 || id >= num_blocks_) ThrowBadId(id);
+  }
+  [[noreturn]] void ThrowBadId(BlockId id) const;
   // Undoes what a failed Free did to ids[0..n): re-adds the references and takes blocks that
   // reached 0 off the free list again.
   void UndoFree(const BlockId* ids, int64_t n) FKV_REQUIRES(mu_);

@@ -206,17 +206,25 @@ class PagedKvCache {
       FKV_REQUIRES(mu_);
   // Finds seq_id and checks 0 <= num_tokens <= its token count (for MarkComputed).
   Sequence& CheckComputedCount(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);
-  // Raises seq.num_computed to num_tokens; with prefix caching, queues seq in to_publish_ when
-  // it has computed full blocks not yet offered to the index.
+  // Raises seq.num_computed to num_tokens; with prefix caching, queues the computed full blocks
+  // of a resident seq that were not yet offered to the index (QueuePublication).
   void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
-  // Extends seq.block_keys to its first num_full_blocks full blocks and returns the job that
-  // computes the new keys (num_blocks 0 if none); with events, also extends seq.block_hashes (at
-  // once).
-  KeyChainJob ExtendKeys(Sequence& seq, int64_t num_full_blocks) const;
-  bool HasUnpublished(const Sequence& seq) const;
-  // Offers the computed full blocks of the sequences in to_publish_ that were not yet offered to
-  // the prefix index, in one batch (keys, then prefetched probes, then one IncRef); empties it.
+  // Queues seq's computed full blocks not yet offered to the index, if any, for PublishPending
+  // (their block ids, chain parent and tokens are noted now, while seq is in cache) and counts
+  // them offered. seq's tokens must not change before KeyPending. Precondition: resident.
+  void QueuePublication(Sequence& seq) FKV_REQUIRES(mu_);
+  // Offers the queued blocks to the prefix index in one batch and empties the queue:
+  // KeyPending, then InsertPending.
   void PublishPending() FKV_REQUIRES(mu_);
+  // Computes the queued blocks' keys (their chains side by side), prefetches their probes and
+  // advances their sequences' chain keys; the queued sequences' tokens may change afterwards.
+  void KeyPending() FKV_REQUIRES(mu_);
+  // Inserts the keyed blocks into the index, one IncRef for those it took.
+  void InsertPending() FKV_REQUIRES(mu_);
+  // Hint: loads the lines that inserting the i-th keyed block touches.
+  void PrefetchInsertion(int64_t i) const FKV_REQUIRES(mu_);
+  // Throws InvariantError unless seq's chain_key (and chain_hash) are those of its tokens.
+  void CheckChains(SeqId seq_id, const Sequence& seq) const FKV_REQUIRES(mu_);
   // Runs body under the mutex, then, if the call changed the memory pressure level, the pressure
   // callback with the mutex released.
   template <typename Body>
@@ -236,16 +244,21 @@ class PagedKvCache {
     bool copy_tail;
   };
   std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
+  // AppendBatch with prefix caching: sized to the batch, its leading entries are the sequences
+  // whose append completes the computation of blocks not yet published.
+  std::vector<Sequence*> publish_candidates_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
-  struct PendingPublication {
-    Sequence* seq;
-    int64_t computed_blocks;  // set by PublishPending
-  };
-  // Queued by ApplyComputed, emptied by PublishPending.
-  std::vector<PendingPublication> to_publish_ FKV_GUARDED_BY(mu_);
+  std::vector<int32_t> ref_count_scratch_ FKV_GUARDED_BY(mu_);  // ReleaseDeviceBlocks
+  // The publication queue: per sequence (publishing_[j]), the job that keys its blocks
+  // (key_jobs_[j], out set by KeyPending); all the blocks (and their hashes, with events) in
+  // queue order in publish_blocks_ (hash_scratch_), their keys, once computed, in key_scratch_.
   std::vector<KeyChainJob> key_jobs_ FKV_GUARDED_BY(mu_);
+  std::vector<Sequence*> publishing_ FKV_GUARDED_BY(mu_);
+  std::vector<BlockId> publish_blocks_ FKV_GUARDED_BY(mu_);
+  std::vector<BlockHash> hash_scratch_ FKV_GUARDED_BY(mu_);
+  std::vector<PrefixKey> key_scratch_ FKV_GUARDED_BY(mu_);  // keys of a lookup or a publication
   uint64_t batch_stamp_ FKV_GUARDED_BY(mu_) = 0;
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;

@@ -9,8 +9,9 @@
 //
 // The key -> block map is an open-addressing table with linear probing over a power-of-two number
 // of slots (at least twice num_blocks, so it is at most half full and never grows); a slot holds
-// the key's low word and the block, the high word is compared through KeyOf(block). Erase shifts
-// the following entries back (no tombstones).
+// the key's low 32 bits (its tag, which also gives its home slot) and the block, 8 bytes; the
+// whole key is compared through KeyOf(block). Erase shifts the following entries back (no
+// tombstones).
 //
 // Invariants: Find(KeyOf(b)) == b for every cached b; size() == number of cached blocks == number
 // of occupied slots; evictable blocks are cached.
@@ -47,10 +48,13 @@ class PrefixIndex {
   uint64_t PublishOrder(BlockId block) const { return publish_order_[block]; }
   int64_t size() const { return size_; }
 
-  // Hints: Find(key) or InsertIfAbsent(key, ...), and IsCached(block), will follow soon (they
-  // load the cache lines).
-  void Prefetch(const PrefixKey& key) const { __builtin_prefetch(&slots_[Home(key.lo)]); }
-  void PrefetchBlock(BlockId block) const { __builtin_prefetch(&publish_order_[block]); }
+  // Hints: Find(key) or InsertIfAbsent(key, ...), and IsCached(block) or InsertIfAbsent(...,
+  // block, ...), will follow soon (they load the cache lines).
+  void Prefetch(const PrefixKey& key) const { __builtin_prefetch(&slots_[Home(Tag(key))]); }
+  void PrefetchBlock(BlockId block) const {
+    __builtin_prefetch(&publish_order_[block], 1);
+    __builtin_prefetch(&key_of_[block], 1);
+  }
   // Makes block findable under key and returns true, or returns false and changes nothing if
   // another block is cached under key. content_hash (its SHA-256 chain hash) names it in the
   // events: required when logs_events(), ignored otherwise. Precondition: block not cached.
@@ -74,10 +78,12 @@ class PrefixIndex {
 
  private:
   struct Slot {
-    uint64_t key_lo = 0;
+    uint32_t tag = 0;            // Tag(key)
     BlockId block = kNullBlock;  // kNullBlock: empty
   };
-  size_t Home(uint64_t key_lo) const { return size_t(key_lo) & slot_mask_; }
+  static uint32_t Tag(const PrefixKey& key) { return uint32_t(key.lo); }
+  // The slot count is at most 2^32 (num_blocks is an int32), so the tag holds the home.
+  size_t Home(uint32_t tag) const { return size_t(tag) & slot_mask_; }
   void Log(CacheEvent::Kind kind, const BlockHash& hash, BlockId block);
 
   const bool log_events_;

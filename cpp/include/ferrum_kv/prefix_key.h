@@ -1,23 +1,28 @@
-// PrefixKey: how the prefix cache names a token prefix inside one process. A keyed 128-bit
-// SipHash-2-4 chain over full blocks, under a secret drawn when the cache is built:
+// PrefixKey: how the prefix cache names a token prefix inside one process. A chain of keyed
+// 128-bit pseudorandom functions over full blocks, under a secret drawn when the cache is built:
 //
-//   key_root(ns) = SipHash(secret, "ferrum-kv/v1" || ns)
-//   key_i        = SipHash(secret, key_{i-1} as 16 little-endian bytes (lo, hi)
-//                                  || the block_size token ids of block i as little-endian uint32)
+//   key_root(ns) = SipHash-2-4-128(secret, "ferrum-kv/v1" || ns)
+//   key_i        = PRF(key_{i-1}, the block_size token ids of block i)
 //
+// with one of two PRFs (schemes), picked per PrefixKeyer from what the CPU has:
+//   kAes     (AES-NI): AES-128 CBC-MACs under two keys derived from the secret, the tokens'
+//            digest first, then the link (kernels/prefix_key_aes.h has the definition). Block
+//            digests are independent, so even one chain runs them side by side.
+//   kSipHash (anywhere): key_i = SipHash-2-4-128(secret, key_{i-1} as 16 little-endian bytes (lo,
+//            hi) || the token ids as little-endian uint32).
 // Like the SHA-256 chain of block_hash.h, a key names a block's tokens, every token before it and
-// the namespace. SipHash is a pseudorandom function: without the secret nobody can construct two
+// the namespace. Both are pseudorandom functions: without the secret nobody can construct two
 // prefixes with one key (the attack that shares a prefix cache across tenants), and by chance two
-// of N distinct prefixes share one with probability about N^2 / 2^129. It costs about a third of a
-// SHA-256 link and needs no CPU extension, which is why lookup and publication use it; the SHA-256
-// chain stays the public name of a block (block_hashes, cache events), reproducible anywhere.
-// Keys mean nothing outside the PrefixKeyer (secret) that made them.
+// of N distinct prefixes share one with probability about N^2 / 2^128. They cost a fraction of a
+// SHA-256 link, which is why lookup and publication use them; the SHA-256 chain stays the public
+// name of a block (block_hashes, cache events), reproducible anywhere. Keys mean nothing outside
+// the PrefixKeyer (secret and scheme) that made them.
 //
 // Token ids are non-negative int32 (the callers check). Thread safety: a PrefixKeyer is immutable
-// after construction (its methods are const and reentrant). Complexity: one SipHash of
-// 16 + 4 * block_size bytes per block, a serial chain; no heap allocation. ChainMany runs
-// independent chains side by side, 8 at a time in AVX-512 lanes where the CPU has AVX-512 (chosen
-// at run time; one chain at a time otherwise), with identical results.
+// after construction (its methods are const and reentrant). Complexity: per block, 1 + ceil(
+// block_size / 4) AES encryptions (kAes) or one SipHash of 16 + 4 * block_size bytes (kSipHash);
+// no heap allocation. ChainMany runs independent chains side by side (kAes) with results equal
+// to Chain per job.
 #pragma once
 
 #include <cstdint>
@@ -43,12 +48,23 @@ struct KeyChainJob {
   PrefixKey* out = nullptr;
 };
 
+// An expanded AES-128 key: the 11 round keys.
+struct AesRoundKeys {
+  alignas(16) uint8_t bytes[11][16];
+};
+
 class PrefixKeyer {
  public:
-  // A secret from std::random_device.
+  enum class Scheme { kAes, kSipHash };
+  // kAes where the CPU has AES-NI, else kSipHash.
+  static Scheme DefaultScheme();
+
+  // A secret from std::random_device, the default scheme.
   PrefixKeyer();
-  // A fixed secret (tests).
-  PrefixKeyer(uint64_t secret0, uint64_t secret1);
+  // A fixed secret (tests). kAes requires AES-NI (DefaultScheme() == kAes).
+  PrefixKeyer(uint64_t secret0, uint64_t secret1, Scheme scheme = DefaultScheme());
+
+  Scheme scheme() const { return scheme_; }
 
   PrefixKey Root(const std::string& namespace_id) const;
   // out[i] = key_i of the num_blocks consecutive full blocks of tokens[0, num_blocks *
@@ -61,6 +77,9 @@ class PrefixKeyer {
  private:
   uint64_t secret0_;
   uint64_t secret1_;
+  Scheme scheme_;
+  AesRoundKeys token_key_;  // kAes: the two CBC-MAC keys, derived from the secret
+  AesRoundKeys chain_key_;
 };
 
 }  // namespace ferrum_kv

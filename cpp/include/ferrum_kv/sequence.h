@@ -5,8 +5,10 @@
 //   blocks.size() == ceil(tokens.size() / block_size)
 //   0 <= num_computed <= tokens.size()
 //   blocks are device block ids when resident, host block ids when swapped out.
-//   blocks_published <= block_keys.size() <= tokens.size() / block_size
-//   block_hashes.size() == block_keys.size() with cache events, 0 without
+//   blocks_published <= num_computed / block_size
+//   prefix caching: chain_key is the key of block blocks_published - 1 (prefix_key.h), root_key
+//   when blocks_published == 0; with cache events chain_hash is likewise that block's SHA-256
+//   chain hash (block_hash.h), root_hash when 0
 // Thread safety: none of its own; the manager's mutex guards every Sequence.
 #pragma once
 
@@ -29,13 +31,12 @@ struct Sequence {
   int64_t blocks_published = 0;  // prefix caching: blocks [0, this) were offered to the index
   uint64_t batch_stamp = 0;      // the manager's duplicate check within one AppendBatch
   bool swapped = false;          // blocks live in the host tier
-
-  // Prefix caching (unused without it):
-  int32_t priority = 0;                 // retention priority of the blocks it releases
-  PrefixKey root_key{};                 // the namespace's chain root (prefix_key.h)
-  std::vector<PrefixKey> block_keys;    // chain keys of the first full blocks
-  BlockHash root_hash{};                // with cache events: the public SHA-256 chain
-  std::vector<BlockHash> block_hashes;  //   (block_hash.h), which names blocks in the events
+  // Prefix caching (unused without it): publication resumes the chains where they stopped.
+  PrefixKey chain_key{};  // the key of block blocks_published - 1 (root_key if none)
+  PrefixKey root_key{};   // the namespace's chain root (prefix_key.h)
+  int32_t priority = 0;   // retention priority of the blocks it releases
+  BlockHash root_hash{};  // with cache events: the public SHA-256 chain (block_hash.h), which
+  BlockHash chain_hash{}; //   names blocks in the events, likewise
 };
 
 // Number of blocks that num_tokens tokens occupy.

@@ -16,3 +16,4 @@
 #define FKV_EXCLUDES(...) FKV_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
 #define FKV_ACQUIRE(...) FKV_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define FKV_RELEASE(...) FKV_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+#define FKV_NO_THREAD_SAFETY_ANALYSIS FKV_THREAD_ANNOTATION(no_thread_safety_analysis)

@@ -308,9 +308,6 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     batch_scratch_.clear();
     shared_tails_.clear();
     const bool caching = prefix_ != nullptr;
-    // Room for every sequence: candidates are appended without a branch (see below).
-    if (caching) publish_candidates_.resize(size_t(n));
-    int64_t num_candidates = 0;
     int64_t needed = 0;
     for (int64_t i = 0; i < n; ++i) {
       Sequence& seq = FindResident(seq_ids[i], "append to");
@@ -320,23 +317,21 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const int32_t holders = TailRefCount(seq);
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
-      batch_scratch_.push_back(BatchEntry{&seq, plan.copy_tail});
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
-      // About one sequence in block_size qualifies, unpredictably: a branch here (or a division)
+      // About one sequence in block_size qualifies, unpredictably: a branch (or a division) here
       // would cost more than the rest of the check.
-      if (caching) {
-        publish_candidates_[size_t(num_candidates)] = &seq;
-        num_candidates += (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
-      }
+      const bool publish =
+          caching && (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
+      batch_scratch_.push_back(BatchEntry{&seq, plan.copy_tail, publish});
     }
     AllocateDevice(needed);
     if (caching) {
       // Keys first: the probes they prefetch load while the appends run.
-      for (int64_t i = 0; i < num_candidates; ++i) {
-        Sequence& seq = *publish_candidates_[size_t(i)];
-        seq.num_computed = int64_t(seq.tokens.size());
-        QueuePublication(seq);
+      for (const BatchEntry& entry : batch_scratch_) {
+        if (!entry.publish) continue;
+        entry.seq->num_computed = int64_t(entry.seq->tokens.size());
+        QueuePublication(*entry.seq);
       }
       KeyPending();
     }
@@ -401,7 +396,7 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   MutexLock lock(&mu_);
   batch_scratch_.clear();
   for (int64_t i = 0; i < n; ++i) {
-    batch_scratch_.push_back(BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false});
+    batch_scratch_.push_back(BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false, false});
   }
   for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i].seq, num_tokens[i]);
   if (prefix_) PublishPending();

@@ -242,11 +242,9 @@ class PagedKvCache {
   struct BatchEntry {
     Sequence* seq;
     bool copy_tail;
+    bool publish;  // AppendBatch with prefix caching: the append completes unpublished blocks
   };
   std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
-  // AppendBatch with prefix caching: sized to the batch, its leading entries are the sequences
-  // whose append completes the computation of blocks not yet published.
-  std::vector<Sequence*> publish_candidates_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);

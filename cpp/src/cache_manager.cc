@@ -396,9 +396,20 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   MutexLock lock(&mu_);
   batch_scratch_.clear();
   for (int64_t i = 0; i < n; ++i) {
-    batch_scratch_.push_back(BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false, false});
+    batch_scratch_.push_back(
+        BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false, false});
   }
-  for (int64_t i = 0; i < n; ++i) ApplyComputed(*batch_scratch_[i].seq, num_tokens[i]);
+  // A sequence may repeat: every count first (the largest wins), then one publication each.
+  const uint64_t stamp = ++batch_stamp_;
+  for (int64_t i = 0; i < n; ++i) {
+    Sequence& seq = *batch_scratch_[i].seq;
+    seq.num_computed = std::max(seq.num_computed, num_tokens[i]);
+  }
+  for (const BatchEntry& entry : batch_scratch_) {
+    if (entry.seq->batch_stamp == stamp) continue;
+    entry.seq->batch_stamp = stamp;
+    ApplyComputed(*entry.seq, entry.seq->num_computed);
+  }
   if (prefix_) PublishPending();
 }
 

@@ -406,6 +406,20 @@ def test_mark_computed_batch_is_validated_first_then_publishes():
     assert cache.add_sequence(3, b) == 4 and cache.add_sequence(4, a) == 8
 
 
+def test_mark_computed_batch_with_a_repeated_sequence_takes_the_largest_count():
+    rng = np.random.default_rng(12)
+    cache = make_cache()
+    tokens = rng.integers(0, 100, 5 * BS + 1)
+    cache.add_sequence(1, tokens)
+    cache.mark_computed_batch([1, 1, 1], [2 * BS, 5 * BS, 3 * BS])  # marks only ever grow
+    cache.check_invariants()
+    assert cache.stats()["cached_blocks"] == 5
+    assert cache.add_sequence(2, tokens) == 5 * BS
+    # The later blocks are keyed as continuations of the first ones, not of an empty prefix.
+    assert cache.add_sequence(3, np.concatenate([tokens[2 * BS:], [7]])) == 0
+    cache.check_invariants()
+
+
 def test_decode_steps_publish_the_blocks_they_fill():
     rng = np.random.default_rng(11)
     cache = make_cache()

@@ -211,7 +211,8 @@ class PagedKvCache {
   void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
   // Queues seq's computed full blocks not yet offered to the index, if any, for PublishPending
   // (their block ids, chain parent and tokens are noted now, while seq is in cache) and counts
-  // them offered. seq's tokens must not change before KeyPending. Precondition: resident.
+  // them offered. seq's tokens must not change before KeyPending. Preconditions: resident; not
+  // queued since the last KeyPending (its chain key would be stale).
   void QueuePublication(Sequence& seq) FKV_REQUIRES(mu_);
   // Offers the queued blocks to the prefix index in one batch and empties the queue:
   // KeyPending, then InsertPending.

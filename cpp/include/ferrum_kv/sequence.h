@@ -29,7 +29,7 @@ struct Sequence {
   std::vector<int32_t> tokens;   // token ids, in order
   int64_t num_computed = 0;      // leading tokens whose K/V is written (mark_computed)
   int64_t blocks_published = 0;  // prefix caching: blocks [0, this) were offered to the index
-  uint64_t batch_stamp = 0;      // the manager's duplicate check within one AppendBatch
+  uint64_t batch_stamp = 0;      // the manager's check for repeats within one batch call
   bool swapped = false;          // blocks live in the host tier
   // Prefix caching (unused without it): publication resumes the chains where they stopped.
   PrefixKey chain_key{};  // the key of block blocks_published - 1 (root_key if none)

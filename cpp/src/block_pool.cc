@@ -26,7 +26,8 @@ void BlockPool::CheckCount(int64_t n) const {
 }
 
 void BlockPool::ThrowBadId(BlockId id) const {
-  FKV_THROW(::ferrum_kv::IndexOutOfRange, "block id " << id << " out of range [0, " << num_blocks_ << ")");
+  FKV_THROW(::ferrum_kv::IndexOutOfRange,
+            "block id " << id << " out of range [0, " << num_blocks_ << ")");
 }
 
 void BlockPool::Allocate(int64_t n, BlockId* out) {

@@ -110,6 +110,19 @@ void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32
   }
 }
 
+// Clears the publication queue when the enclosing call ends. It is empty then after success
+// already; after an exception between queueing and inserting (a bad_alloc) stale entries would
+// otherwise pair the next publication's keys with the wrong blocks.
+struct PagedKvCache::QueueGuard {
+  PagedKvCache* cache;
+  ~QueueGuard() FKV_NO_THREAD_SAFETY_ANALYSIS {
+    cache->key_jobs_.clear();
+    cache->publishing_.clear();
+    cache->publish_blocks_.clear();
+    cache->hash_scratch_.clear();
+  }
+};
+
 void PagedKvCache::QueuePublication(Sequence& seq) {
   const int32_t block_size = config_.block_size;
   const int64_t first = seq.blocks_published;
@@ -120,7 +133,8 @@ void PagedKvCache::QueuePublication(Sequence& seq) {
   key_jobs_.push_back(KeyChainJob{seq.chain_key, tokens, end - first, nullptr});
   publishing_.push_back(&seq);
   const int64_t offset = int64_t(publish_blocks_.size());
-  publish_blocks_.insert(publish_blocks_.end(), seq.blocks.begin() + first, seq.blocks.begin() + end);
+  publish_blocks_.insert(publish_blocks_.end(), seq.blocks.begin() + first,
+                         seq.blocks.begin() + end);
   // KeyPending reads the tokens: the first block's lines load meanwhile (the hardware prefetcher
   // follows the rest).
   __builtin_prefetch(tokens);
@@ -303,6 +317,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
   FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
   CheckTokenIds(tokens, 0, n);
   Mutate([&]() FKV_REQUIRES(mu_) {
+    const QueueGuard queue_guard{this};
     const uint64_t stamp = ++batch_stamp_;
     const int32_t block_size = config_.block_size;
     batch_scratch_.clear();
@@ -386,6 +401,7 @@ void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
   MutexLock lock(&mu_);
+  const QueueGuard queue_guard{this};
   ApplyComputed(CheckComputedCount(seq_id, num_tokens), num_tokens);
   if (prefix_) PublishPending();
 }
@@ -394,6 +410,7 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
                                      int64_t n) {
   FKV_CHECK_ARG(n >= 0, "batch size must be >= 0, got " << n);
   MutexLock lock(&mu_);
+  const QueueGuard queue_guard{this};
   batch_scratch_.clear();
   for (int64_t i = 0; i < n; ++i) {
     batch_scratch_.push_back(
@@ -469,6 +486,7 @@ void PagedKvCache::SwapOut(SeqId seq_id) {
 
 void PagedKvCache::SwapIn(SeqId seq_id) {
   Mutate([&]() FKV_REQUIRES(mu_) {
+    const QueueGuard queue_guard{this};
     Sequence& seq = Find(seq_id);
     if (!seq.swapped) {
       FKV_THROW(InvalidStateError, "cannot swap in sequence " << seq_id << ": it is resident");
@@ -680,8 +698,9 @@ void PagedKvCache::CheckChains(SeqId seq_id, const Sequence& seq) const {
     keyer_.Chain(seq.root_key, seq.tokens.data(), n, config_.block_size, keys.data());
     key = keys.back();
   }
-  FKV_CHECK_INVARIANT(key == seq.chain_key, "sequence " << seq_id << ": chain key of block "
-                                                         << n - 1 << " differs from its tokens'");
+  FKV_CHECK_INVARIANT(key == seq.chain_key, "sequence " << seq_id << ": chain key after "
+                                                         << n << " published blocks differs "
+                                                         << "from its tokens'");
   if (!config_.enable_kv_events) return;
   BlockHash hash = seq.root_hash;
   if (n > 0) {
@@ -689,8 +708,9 @@ void PagedKvCache::CheckChains(SeqId seq_id, const Sequence& seq) const {
     HashBlocks(seq.root_hash, seq.tokens.data(), n, config_.block_size, hashes.data());
     hash = hashes.back();
   }
-  FKV_CHECK_INVARIANT(hash == seq.chain_hash, "sequence " << seq_id << ": chain hash of block "
-                                                           << n - 1 << " differs from its tokens'");
+  FKV_CHECK_INVARIANT(hash == seq.chain_hash, "sequence " << seq_id << ": chain hash after "
+                                                           << n << " published blocks differs "
+                                                           << "from its tokens'");
 }
 
 void PagedKvCache::CheckInvariants() const {
@@ -722,6 +742,8 @@ void PagedKvCache::CheckInvariants() const {
     }
   }
   FKV_CHECK_INVARIANT(swapped == num_swapped_, swapped << " vs " << num_swapped_);
+  FKV_CHECK_INVARIANT(key_jobs_.empty() && publishing_.empty() && publish_blocks_.empty(),
+                      "the publication queue is not empty between calls");
   int64_t cached = 0, evictable = 0;
   for (BlockId b = 0; b < BlockId(device_refs.size()); ++b) {
     const bool is_cached = prefix_ && prefix_->IsCached(b);

@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "ferrum_kv/support/check.h"
 #include "kernels/prefix_key_aes.h"
 #include "siphash.h"
 
@@ -11,7 +12,7 @@ namespace ferrum_kv {
 namespace {
 
 constexpr char kDomain[] = "ferrum-kv/v1";
-// Never a prefix of a root message, which starts with kDomain.
+// Unlike every root message, these do not start with kDomain.
 constexpr char kTokenKeyDomain[] = "ferrum-kv/aes-token-key";
 constexpr char kChainKeyDomain[] = "ferrum-kv/aes-chain-key";
 
@@ -43,6 +44,8 @@ PrefixKeyer::PrefixKeyer() : PrefixKeyer(RandomWord(), RandomWord()) {}
 
 PrefixKeyer::PrefixKeyer(uint64_t secret0, uint64_t secret1, Scheme scheme)
     : secret0_(secret0), secret1_(secret1), scheme_(scheme), token_key_{}, chain_key_{} {
+  FKV_CHECK_ARG(scheme_ != Scheme::kAes || kernels::AesNiSupported(),
+                "the AES prefix-key scheme needs AES-NI, which this CPU lacks");
   if (scheme_ == Scheme::kAes) {
     token_key_ = DeriveAesKey(secret0, secret1, kTokenKeyDomain, sizeof kTokenKeyDomain - 1);
     chain_key_ = DeriveAesKey(secret0, secret1, kChainKeyDomain, sizeof kChainKeyDomain - 1);

@@ -137,8 +137,8 @@ TEST(BlockPoolTest, RefCountsReadsEachIdAndRejectsBadOnes) {
   EXPECT_EQ(counts[2], 0);
   const BlockId bad[] = {0, 5};
   EXPECT_THROW(pool.RefCounts(bad, 2, counts), IndexOutOfRange);
-  const BlockId negative[] = {-1};
-  EXPECT_THROW(pool.RefCount(negative[0]), IndexOutOfRange);
+  const BlockId negative[] = {1, -1};
+  EXPECT_THROW(pool.RefCounts(negative, 2, counts), IndexOutOfRange);
   pool.CheckInvariants();
 }
 

@@ -218,10 +218,14 @@ class PagedKvCache {
   // KeyPending, then InsertPending.
   void PublishPending() FKV_REQUIRES(mu_);
   // Computes the queued blocks' keys (their chains side by side), prefetches their probes and
-  // advances their sequences' chain keys; the queued sequences' tokens may change afterwards.
+  // advances their sequences' chain keys (QueuePublication advanced the chain hashes); the
+  // queued sequences' tokens may change afterwards.
   void KeyPending() FKV_REQUIRES(mu_);
-  // Inserts the keyed blocks into the index, one IncRef for those it took.
+  // Inserts the keyed blocks into the index, one IncRef for those it took, and empties the
+  // queue. Precondition: their sequences still hold them (KeyPending did not return them).
   void InsertPending() FKV_REQUIRES(mu_);
+  // Empties the publication queue when a call that fills it ends, however it ends.
+  struct QueueGuard;
   // Hint: loads the lines that inserting the i-th keyed block touches.
   void PrefetchInsertion(int64_t i) const FKV_REQUIRES(mu_);
   // Throws InvariantError unless seq's chain_key (and chain_hash) are those of its tokens.
@@ -243,7 +247,8 @@ class PagedKvCache {
   struct BatchEntry {
     Sequence* seq;
     bool copy_tail;
-    bool publish;  // AppendBatch with prefix caching: the append completes unpublished blocks
+    bool publish;  // AppendBatch, prefix caching: seq has full blocks, not yet published, that
+                   // this append marks computed
   };
   std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);

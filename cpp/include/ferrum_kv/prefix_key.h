@@ -61,7 +61,8 @@ class PrefixKeyer {
 
   // A secret from std::random_device, the default scheme.
   PrefixKeyer();
-  // A fixed secret (tests). kAes requires AES-NI (DefaultScheme() == kAes).
+  // A fixed secret (tests). kAes requires AES-NI (DefaultScheme() == kAes): InvalidArgument
+  // otherwise.
   PrefixKeyer(uint64_t secret0, uint64_t secret1, Scheme scheme = DefaultScheme());
 
   Scheme scheme() const { return scheme_; }

@@ -194,9 +194,12 @@ void PagedKvCache::PublishPending() {
   InsertPending();
 }
 
+bool PagedKvCache::TailIsFull(const Sequence& seq) const {
+  return seq.tokens.size() % config_.block_size == 0;
+}
+
 int32_t PagedKvCache::TailRefCount(const Sequence& seq) const {
-  if (seq.tokens.size() % config_.block_size == 0) return 0;
-  return pool_.RefCount(seq.blocks.back());
+  return TailIsFull(seq) ? 0 : pool_.RefCount(seq.blocks.back());
 }
 
 PagedKvCache::AppendPlan PagedKvCache::PlanAppend(const Sequence& seq, int64_t n,
@@ -323,22 +326,33 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     batch_scratch_.clear();
     shared_tails_.clear();
     const bool caching = prefix_ != nullptr;
-    int64_t needed = 0;
+    // The sequences and their last blocks, then those blocks' ref counts in one pool call (one
+    // lock per step instead of one per sequence), then the plan.
+    tail_scratch_.clear();
     for (int64_t i = 0; i < n; ++i) {
       Sequence& seq = FindResident(seq_ids[i], "append to");
       FKV_CHECK_ARG(seq.batch_stamp != stamp,
                     "seq_ids[" << i << "] = " << seq_ids[i] << " repeats in the batch");
       seq.batch_stamp = stamp;
-      const int32_t holders = TailRefCount(seq);
+      batch_scratch_.push_back(BatchEntry{&seq, false, false});
+      tail_scratch_.push_back(seq.blocks.back());
+    }
+    ref_count_scratch_.resize(size_t(n));
+    pool_.RefCounts(tail_scratch_.data(), n, ref_count_scratch_.data());
+    int64_t needed = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      BatchEntry& entry = batch_scratch_[size_t(i)];
+      const Sequence& seq = *entry.seq;
+      const int32_t holders = TailIsFull(seq) ? 0 : ref_count_scratch_[size_t(i)];
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
+      entry.copy_tail = plan.copy_tail;
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
       // About one sequence in block_size qualifies, unpredictably: a branch (or a division) here
       // would cost more than the rest of the check.
-      const bool publish =
+      entry.publish =
           caching && (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
-      batch_scratch_.push_back(BatchEntry{&seq, plan.copy_tail, publish});
     }
     AllocateDevice(needed);
     if (caching) {

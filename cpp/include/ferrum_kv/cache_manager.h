@@ -181,6 +181,8 @@ class PagedKvCache {
     bool copy_tail;
     int64_t blocks;
   };
+  // Whether seq's last block is full.
+  bool TailIsFull(const Sequence& seq) const FKV_REQUIRES(mu_);
   // Ref count of seq's last block if it is partly filled, else 0.
   int32_t TailRefCount(const Sequence& seq) const FKV_REQUIRES(mu_);
   // tail_holders: tables that will still hold the partly filled last block when seq appends.
@@ -254,7 +256,8 @@ class PagedKvCache {
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
-  std::vector<int32_t> ref_count_scratch_ FKV_GUARDED_BY(mu_);  // ReleaseDeviceBlocks
+  std::vector<BlockId> tail_scratch_ FKV_GUARDED_BY(mu_);       // AppendBatch: last blocks
+  std::vector<int32_t> ref_count_scratch_ FKV_GUARDED_BY(mu_);  // their ref counts; release
   // The publication queue: per sequence (publishing_[j]), the job that keys its blocks
   // (key_jobs_[j], out set by KeyPending); all the blocks (and their hashes, with events) in
   // queue order in publish_blocks_ (hash_scratch_), their keys, once computed, in key_scratch_.

@@ -4,14 +4,15 @@
 //   key_root(ns) = SipHash-2-4-128(secret, "ferrum-kv/v1" || ns)
 //   key_i        = PRF(key_{i-1}, the block_size token ids of block i)
 //
-// with one of two PRFs (schemes), picked per PrefixKeyer from what the CPU has:
-//   kAes     (AES-NI): AES-128 CBC-MACs under two keys derived from the secret, the tokens'
-//            digest first, then the link (kernels/prefix_key_aes.h has the definition). Block
+// with one of two keyed functions (schemes), picked per PrefixKeyer from what the CPU has:
+//   kAes     (AES-NI): an AES-128 CBC-MAC digest of the block's tokens, then one AES of
+//            key_{i-1} xor the digest, under two keys derived from the secret
+//            (kernels/prefix_key_aes.h has the definition and the collision argument). Block
 //            digests are independent, so even one chain runs them side by side.
 //   kSipHash (anywhere): key_i = SipHash-2-4-128(secret, key_{i-1} as 16 little-endian bytes (lo,
 //            hi) || the token ids as little-endian uint32).
 // Like the SHA-256 chain of block_hash.h, a key names a block's tokens, every token before it and
-// the namespace. Both are pseudorandom functions: without the secret nobody can construct two
+// the namespace. Both are keyed with the secret: without it nobody can construct two
 // prefixes with one key (the attack that shares a prefix cache across tenants), and by chance two
 // of N distinct prefixes share one with probability about N^2 / 2^128. They cost a fraction of a
 // SHA-256 link, which is why lookup and publication use them; the SHA-256 chain stays the public

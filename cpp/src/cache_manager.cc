@@ -133,8 +133,7 @@ void PagedKvCache::QueuePublication(Sequence& seq) {
   key_jobs_.push_back(KeyChainJob{seq.chain_key, tokens, end - first, nullptr});
   publishing_.push_back(&seq);
   const int64_t offset = int64_t(publish_blocks_.size());
-  publish_blocks_.insert(publish_blocks_.end(), seq.blocks.begin() + first,
-                         seq.blocks.begin() + end);
+  for (int64_t b = first; b < end; ++b) publish_blocks_.push_back(seq.blocks[size_t(b)]);
   // KeyPending reads the tokens: the first block's lines load meanwhile (the hardware prefetcher
   // follows the rest).
   __builtin_prefetch(tokens);
@@ -147,12 +146,6 @@ void PagedKvCache::QueuePublication(Sequence& seq) {
   seq.blocks_published = end;
 }
 
-void PagedKvCache::PrefetchInsertion(int64_t i) const {
-  prefix_->Prefetch(key_scratch_[i]);
-  prefix_->PrefetchBlock(publish_blocks_[i]);
-  pool_.Prefetch(publish_blocks_[i]);
-}
-
 void PagedKvCache::KeyPending() {
   // The chains of different sequences are independent: ChainMany runs them side by side.
   const int64_t total = int64_t(publish_blocks_.size());
@@ -163,7 +156,6 @@ void PagedKvCache::KeyPending() {
     out += job.num_blocks;
   }
   keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), config_.block_size);
-  for (int64_t i = 0; i < total; ++i) PrefetchInsertion(i);
   for (size_t j = 0; j < key_jobs_.size(); ++j) {
     publishing_[j]->chain_key = key_jobs_[j].out[key_jobs_[j].num_blocks - 1];
   }
@@ -172,18 +164,12 @@ void PagedKvCache::KeyPending() {
 }
 
 void PagedKvCache::InsertPending() {
-  const bool events = prefix_->logs_events();
+  // Blocks already cached (reused or published through a sibling) and content another block
+  // already holds (two identical prompts computed side by side) are skipped.
   block_scratch_.clear();  // the blocks this call publishes
-  const int64_t total = int64_t(publish_blocks_.size());
-  for (int64_t i = 0; i < total; ++i) {
-    // Skip blocks already cached (reused or published through a sibling) and content another
-    // block already holds (two identical prompts computed side by side).
-    const BlockId block = publish_blocks_[i];
-    if (!prefix_->IsCached(block) &&
-        prefix_->InsertIfAbsent(key_scratch_[i], block, events ? &hash_scratch_[i] : nullptr)) {
-      block_scratch_.push_back(block);
-    }
-  }
+  prefix_->InsertBatch(key_scratch_.data(), publish_blocks_.data(),
+                       prefix_->logs_events() ? hash_scratch_.data() : nullptr,
+                       int64_t(publish_blocks_.size()), &block_scratch_);
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
   publish_blocks_.clear();
   hash_scratch_.clear();
@@ -334,12 +320,14 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       FKV_CHECK_ARG(seq.batch_stamp != stamp,
                     "seq_ids[" << i << "] = " << seq_ids[i] << " repeats in the batch");
       seq.batch_stamp = stamp;
-      batch_scratch_.push_back(BatchEntry{&seq, false, false});
+      batch_scratch_.push_back(BatchEntry{&seq, false});
       tail_scratch_.push_back(seq.blocks.back());
     }
     ref_count_scratch_.resize(size_t(n));
     pool_.RefCounts(tail_scratch_.data(), n, ref_count_scratch_.data());
     int64_t needed = 0;
+    if (caching) publishers_.resize(size_t(n) + 1);
+    int64_t num_publishers = 0;
     for (int64_t i = 0; i < n; ++i) {
       BatchEntry& entry = batch_scratch_[size_t(i)];
       const Sequence& seq = *entry.seq;
@@ -347,20 +335,26 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
       entry.copy_tail = plan.copy_tail;
+      if (!caching) continue;
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
-      // About one sequence in block_size qualifies, unpredictably: a branch (or a division) here
-      // would cost more than the rest of the check.
-      entry.publish =
-          caching && (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
+      // About one sequence in block_size qualifies, unpredictably: it is listed without a branch
+      // (or a division), and the tokens of its last block, which KeyPending reads, start loading.
+      const bool publish = (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
+      publishers_[size_t(num_publishers)] = entry.seq;
+      num_publishers += publish;
+      const int32_t* last_tokens =
+          publish ? seq.tokens.data() + (seq.tokens.size() - size_t(block_size)) : &block_size;
+      __builtin_prefetch(last_tokens);
+      __builtin_prefetch(last_tokens + block_size - 1);
     }
     AllocateDevice(needed);
     if (caching) {
-      // Keys first: the probes they prefetch load while the appends run.
-      for (const BatchEntry& entry : batch_scratch_) {
-        if (!entry.publish) continue;
-        entry.seq->num_computed = int64_t(entry.seq->tokens.size());
-        QueuePublication(*entry.seq);
+      // Keys before the appends (from the tokens as they are now), inserts after them.
+      for (int64_t j = 0; j < num_publishers; ++j) {
+        Sequence& seq = *publishers_[size_t(j)];
+        seq.num_computed = int64_t(seq.tokens.size());
+        QueuePublication(seq);
       }
       KeyPending();
     }
@@ -428,7 +422,7 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   batch_scratch_.clear();
   for (int64_t i = 0; i < n; ++i) {
     batch_scratch_.push_back(
-        BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false, false});
+        BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false});
   }
   // A sequence may repeat: every count first (the largest wins), then one publication each.
   const uint64_t stamp = ++batch_stamp_;

@@ -8,6 +8,12 @@
 namespace ferrum_kv {
 namespace {
 
+// Loads value into a register: a demand load that the compiler keeps though nothing uses it.
+template <typename T>
+void Touch(const T& value) {
+  asm volatile("" : : "r"(value));
+}
+
 size_t SlotCount(int32_t num_blocks) {
   size_t slots = 2;
   while (slots < 2 * size_t(num_blocks)) slots *= 2;
@@ -50,6 +56,27 @@ bool PrefixIndex::InsertIfAbsent(const PrefixKey& key, BlockId block,
     Log(CacheEvent::Kind::kBlockStored, *content_hash, block);
   }
   return true;
+}
+
+void PrefixIndex::InsertBatch(const PrefixKey* keys, const BlockId* blocks,
+                              const BlockHash* content_hashes, int64_t n,
+                              std::vector<BlockId>* inserted) {
+  // Demand loads, not prefetches: software prefetches of these lines, even issued microseconds
+  // ahead, measured no faster than none in the decode step.
+  constexpr int64_t kChunk = 32;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t end = std::min(n, start + kChunk);
+    for (int64_t i = start; i < end; ++i) {
+      Touch(slots_[Home(Tag(keys[i]))].block);
+      Touch(publish_order_[blocks[i]]);
+    }
+    for (int64_t i = start; i < end; ++i) {
+      if (!IsCached(blocks[i]) &&
+          InsertIfAbsent(keys[i], blocks[i], content_hashes ? &content_hashes[i] : nullptr)) {
+        inserted->push_back(blocks[i]);
+      }
+    }
+  }
 }
 
 void PrefixIndex::Erase(BlockId block) {

@@ -74,6 +74,45 @@ TEST(PrefixIndexTest, WithoutEventsNothingIsLogged) {
   index.CheckInvariants();
 }
 
+// InsertBatch is InsertIfAbsent in order, minus blocks already cached, across its chunks of 32.
+TEST(PrefixIndexTest, InsertBatchSkipsCachedBlocksAndCachedContent) {
+  constexpr int32_t kBlocks = 100;
+  PrefixIndex index(kBlocks, EvictionPolicyKind::kLru, /*log_events=*/true);
+  const BlockHash already = HashNumber(200);
+  ASSERT_TRUE(index.InsertIfAbsent(KeyNumber(1000), 7, &already));  // block 7 is cached already
+  std::vector<PrefixKey> keys;
+  std::vector<BlockId> blocks;
+  std::vector<BlockHash> hashes;
+  for (int32_t i = 0; i < 80; ++i) {
+    keys.push_back(KeyNumber(uint64_t(i)));
+    blocks.push_back(i + 10);
+    hashes.push_back(HashNumber(uint8_t(i)));
+  }
+  blocks[0] = 7;                 // cached under another key: skipped
+  keys[50] = keys[40];           // block 50's content is block 40's (one chunk later): skipped
+  blocks[79] = blocks[78];       // the same block twice: the second is cached by then: skipped
+  std::vector<BlockId> inserted{-5};  // appended to
+  index.InsertBatch(keys.data(), blocks.data(), hashes.data(), 80, &inserted);
+  index.CheckInvariants();
+
+  std::vector<BlockId> expected{-5};
+  for (int32_t i = 1; i < 79; ++i) {
+    if (i != 50) expected.push_back(i + 10);
+  }
+  EXPECT_EQ(inserted, expected);
+  EXPECT_EQ(index.size(), 1 + 77);  // block 7 and the new ones
+  EXPECT_EQ(index.Find(KeyNumber(1000)), 7);
+  EXPECT_EQ(index.Find(KeyNumber(0)), kNullBlock);
+  EXPECT_EQ(index.Find(keys[40]), 50);
+  EXPECT_FALSE(index.IsCached(60));
+  EXPECT_EQ(index.Find(keys[78]), 88);
+  EXPECT_EQ(index.Find(keys[79]), kNullBlock);
+  const std::vector<CacheEvent> events = index.DrainEvents();
+  ASSERT_EQ(events.size(), 1u + 77u);
+  EXPECT_EQ(events[1].hash, hashes[1]);
+  EXPECT_EQ(events[1].block, 11);
+}
+
 // Keys that share their low word (one home slot) and keys whose probe runs wrap around the table:
 // random inserts and erases against a std::map model, with the invariants after every step.
 TEST(PrefixIndexTest, CollidingKeysAgainstAModel) {

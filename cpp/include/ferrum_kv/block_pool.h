@@ -62,11 +62,6 @@ class BlockPool {
   int32_t RefCount(BlockId id) const FKV_EXCLUDES(mu_);
   // out[i] = RefCount(ids[i]) for i < n, under one lock. Throws IndexOutOfRange as RefCount.
   void RefCounts(const BlockId* ids, int64_t n, int32_t* out) const FKV_EXCLUDES(mu_);
-  // Hint: RefCount, IncRef or Free of id follows soon (loads its count's cache line). Any id in
-  // [0, num_blocks); changes nothing.
-  void Prefetch(BlockId id) const FKV_NO_THREAD_SAFETY_ANALYSIS {
-    __builtin_prefetch(&ref_counts_[size_t(id)], 1);
-  }
   // True if n blocks could be allocated now.
   bool CanAllocate(int64_t n) const { return n >= 0 && n <= num_free_blocks(); }
 

@@ -219,17 +219,15 @@ class PagedKvCache {
   // Offers the queued blocks to the prefix index in one batch and empties the queue:
   // KeyPending, then InsertPending.
   void PublishPending() FKV_REQUIRES(mu_);
-  // Computes the queued blocks' keys (their chains side by side), prefetches their probes and
-  // advances their sequences' chain keys (QueuePublication advanced the chain hashes); the
-  // queued sequences' tokens may change afterwards.
+  // Computes the queued blocks' keys (their chains side by side) and advances their sequences'
+  // chain keys (QueuePublication advanced the chain hashes); the queued sequences' tokens may
+  // change afterwards.
   void KeyPending() FKV_REQUIRES(mu_);
   // Inserts the keyed blocks into the index, one IncRef for those it took, and empties the
   // queue. Precondition: their sequences still hold them (KeyPending did not return them).
   void InsertPending() FKV_REQUIRES(mu_);
   // Empties the publication queue when a call that fills it ends, however it ends.
   struct QueueGuard;
-  // Hint: loads the lines that inserting the i-th keyed block touches.
-  void PrefetchInsertion(int64_t i) const FKV_REQUIRES(mu_);
   // Throws InvariantError unless seq's chain_key (and chain_hash) are those of its tokens.
   void CheckChains(SeqId seq_id, const Sequence& seq) const FKV_REQUIRES(mu_);
   // Runs body under the mutex, then, if the call changed the memory pressure level, the pressure
@@ -249,14 +247,15 @@ class PagedKvCache {
   struct BatchEntry {
     Sequence* seq;
     bool copy_tail;
-    bool publish;  // AppendBatch, prefix caching: seq has full blocks, not yet published, that
-                   // this append marks computed
   };
   std::vector<BatchEntry> batch_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<std::pair<BlockId, int32_t>> shared_tails_ FKV_GUARDED_BY(mu_);
   // The blocks one call evicts or publishes.
   std::vector<BlockId> block_scratch_ FKV_GUARDED_BY(mu_);
   std::vector<BlockId> tail_scratch_ FKV_GUARDED_BY(mu_);       // AppendBatch: last blocks
+  // AppendBatch, prefix caching: the sequences with full blocks, not yet published, that the
+  // step marks computed.
+  std::vector<Sequence*> publishers_ FKV_GUARDED_BY(mu_);
   std::vector<int32_t> ref_count_scratch_ FKV_GUARDED_BY(mu_);  // their ref counts; release
   // The publication queue: per sequence (publishing_[j]), the job that keys its blocks
   // (key_jobs_[j], out set by KeyPending); all the blocks (and their hashes, with events) in

@@ -48,17 +48,18 @@ class PrefixIndex {
   uint64_t PublishOrder(BlockId block) const { return publish_order_[block]; }
   int64_t size() const { return size_; }
 
-  // Hints: Find(key) or InsertIfAbsent(key, ...), and IsCached(block) or InsertIfAbsent(...,
-  // block, ...), will follow soon (they load the cache lines).
+  // Hint: Find(key) will follow soon (loads its home slot's cache line).
   void Prefetch(const PrefixKey& key) const { __builtin_prefetch(&slots_[Home(Tag(key))]); }
-  void PrefetchBlock(BlockId block) const {
-    __builtin_prefetch(&publish_order_[block], 1);
-    __builtin_prefetch(&key_of_[block], 1);
-  }
   // Makes block findable under key and returns true, or returns false and changes nothing if
   // another block is cached under key. content_hash (its SHA-256 chain hash) names it in the
   // events: required when logs_events(), ignored otherwise. Precondition: block not cached.
   bool InsertIfAbsent(const PrefixKey& key, BlockId block, const BlockHash* content_hash);
+  // For i < n in order: unless blocks[i] is cached already, InsertIfAbsent(keys[i], blocks[i],
+  // content_hashes ? &content_hashes[i] : nullptr); appends the blocks it inserted to *inserted.
+  // Reads a chunk's home slots and block records before inserting any of it, so that their
+  // cache misses overlap instead of queueing behind one another.
+  void InsertBatch(const PrefixKey* keys, const BlockId* blocks, const BlockHash* content_hashes,
+                   int64_t n, std::vector<BlockId>* inserted);
   // Makes block unfindable (and not evictable). Precondition: block cached.
   void Erase(BlockId block);
   // Erases every block; one kAllCleared event.

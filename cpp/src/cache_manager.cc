@@ -156,6 +156,9 @@ void PagedKvCache::KeyPending() {
     out += job.num_blocks;
   }
   keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), config_.block_size);
+  for (int64_t i = 0; i < total; ++i) {
+    prefix_->PrefetchInsertion(key_scratch_[i], publish_blocks_[i]);
+  }
   for (size_t j = 0; j < key_jobs_.size(); ++j) {
     publishing_[j]->chain_key = key_jobs_[j].out[key_jobs_[j].num_blocks - 1];
   }
@@ -347,6 +350,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
           publish ? seq.tokens.data() + (seq.tokens.size() - size_t(block_size)) : &block_size;
       __builtin_prefetch(last_tokens);
       __builtin_prefetch(last_tokens + block_size - 1);
+      __builtin_prefetch(publish ? static_cast<const void*>(&seq.chain_key) : &block_size, 1);
     }
     AllocateDevice(needed);
     if (caching) {

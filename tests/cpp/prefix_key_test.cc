@@ -152,6 +152,9 @@ TEST(PrefixKeyTest, AesChainIsTheDocumentedCbcMacChain) {
       PrefixKey expected;
       kernels::AesEncryptBlock(chain_key, link, reinterpret_cast<uint8_t*>(&expected));
       EXPECT_EQ(keys[b], expected) << "block_size " << block_size << " block " << b;
+      PrefixKey one_block;  // a chain of one block takes the one-block path
+      keyer.Chain(parent, tokens.data() + b * block_size, 1, block_size, &one_block);
+      EXPECT_EQ(one_block, expected) << "block_size " << block_size << " block " << b;
       parent = keys[b];
     }
   }
@@ -212,6 +215,29 @@ TEST(PrefixKeyTest, AesChainManyEqualsOneBlockChains) {
       for (int j = 0; j < n; ++j) {
         ASSERT_EQ(got[j], expected[j]) << "block_size " << block_size << " n " << n << " job " << j;
       }
+    }
+  }
+}
+
+// Jobs of one block each (the one-block path, in groups of up to 8) against one-block chains.
+TEST(PrefixKeyTest, AesChainManyOfOneBlockJobsEqualsOneBlockChains) {
+  if (!kernels::AesNiSupported()) GTEST_SKIP() << "no AES-NI on this CPU";
+  std::mt19937 rng(6);
+  const PrefixKeyer keyer(13, 14, PrefixKeyer::Scheme::kAes);
+  for (int32_t block_size : {1, 3, 16, 17}) {
+    for (int n : {2, 7, 8, 9, 25}) {
+      std::vector<int32_t> tokens(size_t(n * block_size));
+      for (int32_t& t : tokens) t = int32_t(rng() >> 1);
+      std::vector<KeyChainJob> jobs(static_cast<size_t>(n));
+      std::vector<PrefixKey> expected(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+      for (int j = 0; j < n; ++j) {
+        const PrefixKey parent{rng(), rng()};
+        const int32_t* block = tokens.data() + j * block_size;
+        keyer.Chain(parent, block, 1, block_size, &expected[size_t(j)]);
+        jobs[size_t(j)] = KeyChainJob{parent, block, 1, &got[size_t(j)]};
+      }
+      keyer.ChainMany(jobs.data(), n, block_size);
+      EXPECT_EQ(got, expected) << "block_size " << block_size << " n " << n;
     }
   }
 }

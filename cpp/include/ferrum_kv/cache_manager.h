@@ -219,9 +219,9 @@ class PagedKvCache {
   // Offers the queued blocks to the prefix index in one batch and empties the queue:
   // KeyPending, then InsertPending.
   void PublishPending() FKV_REQUIRES(mu_);
-  // Computes the queued blocks' keys (their chains side by side) and advances their sequences'
-  // chain keys (QueuePublication advanced the chain hashes); the queued sequences' tokens may
-  // change afterwards.
+  // Computes the queued blocks' keys (their chains side by side), prefetches what inserting them
+  // reads and advances their sequences' chain keys (QueuePublication advanced the chain
+  // hashes); the queued sequences' tokens may change afterwards.
   void KeyPending() FKV_REQUIRES(mu_);
   // Inserts the keyed blocks into the index, one IncRef for those it took, and empties the
   // queue. Precondition: their sequences still hold them (KeyPending did not return them).

@@ -50,6 +50,11 @@ class PrefixIndex {
 
   // Hint: Find(key) will follow soon (loads its home slot's cache line).
   void Prefetch(const PrefixKey& key) const { __builtin_prefetch(&slots_[Home(Tag(key))]); }
+  // Hint: InsertBatch of (key, block) will follow (loads the lines its chunk pass reads).
+  void PrefetchInsertion(const PrefixKey& key, BlockId block) const {
+    __builtin_prefetch(&slots_[Home(Tag(key))]);
+    __builtin_prefetch(&publish_order_[block]);
+  }
   // Makes block findable under key and returns true, or returns false and changes nothing if
   // another block is cached under key. content_hash (its SHA-256 chain hash) names it in the
   // events: required when logs_events(), ignored otherwise. Precondition: block not cached.
@@ -57,7 +62,8 @@ class PrefixIndex {
   // For i < n in order: unless blocks[i] is cached already, InsertIfAbsent(keys[i], blocks[i],
   // content_hashes ? &content_hashes[i] : nullptr); appends the blocks it inserted to *inserted.
   // Reads a chunk's home slots and block records before inserting any of it, so that their
-  // cache misses overlap instead of queueing behind one another.
+  // cache misses overlap instead of queueing behind one another (and wait for lines that
+  // PrefetchInsertion requested, if they are still on their way).
   void InsertBatch(const PrefixKey* keys, const BlockId* blocks, const BlockHash* content_hashes,
                    int64_t n, std::vector<BlockId>* inserted);
   // Makes block unfindable (and not evictable). Precondition: block cached.

@@ -61,6 +61,8 @@ py::dict StatsDict(const CacheStats& s) {
   d["prefix_hit_tokens"] = s.prefix_hit_tokens;
   d["evictions"] = s.evictions;
   d["events_dropped"] = s.events_dropped;
+  d["prompt_logits"] = s.prompt_logits;
+  d["prompt_logits_hits"] = s.prompt_logits_hits;
   return d;
 }
 
@@ -135,6 +137,51 @@ void BindCacheManager(py::module_& m) {
           "(a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: "
           "retention priority of the blocks it releases (priority_lru eviction keeps higher "
           "ones longer).")
+      .def(
+          "add_sequence_with_logits",
+          [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj, const py::bytes& namespace_id,
+             int32_t priority) -> py::tuple {
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            std::string ns = namespace_id;
+            std::vector<float> logits;
+            int64_t reused;
+            {
+              py::gil_scoped_release release;
+              reused = cache.AddSequenceWithLogits(seq_id, data, n, ns, priority, &logits);
+            }
+            if (logits.empty()) return py::make_tuple(reused, py::none());
+            const py::ssize_t vocab = py::ssize_t(logits.size());
+            return py::make_tuple(reused, MoveToArray(std::move(logits), {vocab}));
+          },
+          py::arg("seq_id"), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          py::arg("priority") = 0,
+          "add_sequence, and a whole-prompt hit where it can: returns (cached_tokens, logits). If "
+          "these exact tokens were stored with store_logits in this namespace and their blocks "
+          "are still cached, the sequence reuses all of them: (len(tokens), the stored logits "
+          "as a new float32 array); the engine samples from them and skips prefill. Otherwise "
+          "(what add_sequence returns, None).")
+      .def(
+          "store_logits",
+          [](PagedKvCache& cache, SeqId seq_id,
+             const py::array_t<float, py::array::c_style | py::array::forcecast>& logits) {
+            if (logits.ndim() != 1) {
+              throw py::value_error("logits must be 1-D (one value per vocabulary entry), got "
+                                    "shape " + ShapeString(logits));
+            }
+            const float* data = logits.data();
+            const int64_t n = logits.size();
+            py::gil_scoped_release release;
+            cache.StoreLogits(seq_id, data, n);
+          },
+          py::arg("seq_id"), py::arg("logits"),
+          "Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a "
+          "copy of its partly filled last block, for add_sequence_with_logits. Needs "
+          "CacheConfig(max_prompt_logits > 0) and every token's K/V written "
+          "(mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same "
+          "prompt again replaces its logits; beyond max_prompt_logits the least recently used "
+          "prompt is dropped. OutOfBlocksError if no block is free for the copy.")
       .def(
           "append_tokens",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
@@ -280,8 +327,8 @@ void BindCacheManager(py::module_& m) {
           "dtype, in token order, from whichever tier holds the sequence.")
       .def("reset_prefix_cache", &PagedKvCache::ResetPrefixCache,
            py::call_guard<py::gil_scoped_release>(),
-           "Drop every cached block that no sequence holds; blocks that sequences hold stay "
-           "with them but are no longer findable.")
+           "Drop every cached block that no sequence holds, and every stored prompt's logits; "
+           "blocks that sequences hold stay with them but are no longer findable.")
       .def(
           "drain_events",
           [](PagedKvCache& cache) {

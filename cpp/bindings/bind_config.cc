@@ -28,7 +28,8 @@ std::string Repr(const CacheConfig& c) {
       << ", enable_kv_events=" << (c.enable_kv_events ? "True" : "False")
       << ", high_watermark=" << c.high_watermark
       << ", critical_watermark=" << c.critical_watermark << ", eviction_policy='"
-      << EvictionPolicyName(c.eviction_policy) << "')";
+      << EvictionPolicyName(c.eviction_policy) << "', max_prompt_logits=" << c.max_prompt_logits
+      << ")";
   return out.str();
 }
 
@@ -42,7 +43,8 @@ void BindConfig(py::module_& m) {
                        int64_t block_size, int64_t num_blocks, const std::string& dtype,
                        int64_t num_host_blocks, bool enable_prefix_caching,
                        double high_watermark, double critical_watermark,
-                       const std::string& eviction_policy, bool enable_kv_events) {
+                       const std::string& eviction_policy, bool enable_kv_events,
+                       int64_t max_prompt_logits) {
              CacheConfig c;
              c.num_layers = ToInt32(num_layers, "num_layers");
              c.num_kv_heads = ToInt32(num_kv_heads, "num_kv_heads");
@@ -56,6 +58,7 @@ void BindConfig(py::module_& m) {
              c.critical_watermark = critical_watermark;
              c.eviction_policy = ParseEvictionPolicy(eviction_policy);
              c.enable_kv_events = enable_kv_events;
+             c.max_prompt_logits = ToInt32(max_prompt_logits, "max_prompt_logits");
              c.Validate();
              return c;
            }),
@@ -63,7 +66,8 @@ void BindConfig(py::module_& m) {
            py::arg("block_size"), py::arg("num_blocks"), py::arg("dtype") = "float32",
            py::arg("num_host_blocks") = 0, py::arg("enable_prefix_caching") = false,
            py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02,
-           py::arg("eviction_policy") = "lru", py::arg("enable_kv_events") = false)
+           py::arg("eviction_policy") = "lru", py::arg("enable_kv_events") = false,
+           py::arg("max_prompt_logits") = 0)
       .def_readonly("num_layers", &CacheConfig::num_layers)
       .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
       .def_readonly("head_dim", &CacheConfig::head_dim)
@@ -74,6 +78,9 @@ void BindConfig(py::module_& m) {
       .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching)
       .def_readonly("enable_kv_events", &CacheConfig::enable_kv_events,
                     "Whether the cache logs prefix-cache events (PagedKvCache.drain_events).")
+      .def_readonly("max_prompt_logits", &CacheConfig::max_prompt_logits,
+                    "How many prompts' last-token logits the cache keeps for whole-prompt hits "
+                    "(PagedKvCache.store_logits / add_sequence_with_logits); 0: off.")
       .def_readonly("high_watermark", &CacheConfig::high_watermark)
       .def_readonly("critical_watermark", &CacheConfig::critical_watermark)
       .def_property_readonly(

@@ -25,6 +25,9 @@ PagedKvCache::PagedKvCache(const CacheConfig& config)
     prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy,
                                             config_.enable_kv_events);
   }
+  if (config_.max_prompt_logits > 0) {
+    prompt_logits_ = std::make_unique<PromptLogitsStore>(config_.max_prompt_logits);
+  }
   last_pressure_ = PressureLocked();
 }
 
@@ -220,6 +223,20 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
 
 int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
                                   const std::string& namespace_id, int32_t priority) {
+  return Add(seq_id, tokens, n, namespace_id, priority, nullptr);
+}
+
+int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
+                                            const std::string& namespace_id, int32_t priority,
+                                            std::vector<float>* logits) {
+  FKV_CHECK_ARG(logits != nullptr, "logits must not be null");
+  logits->clear();
+  return Add(seq_id, tokens, n, namespace_id, priority, logits);
+}
+
+int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
+                          const std::string& namespace_id, int32_t priority,
+                          std::vector<float>* logits) {
   FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
   CheckTokenIds(tokens, 0, n);
   const int32_t block_size = config_.block_size;
@@ -233,12 +250,15 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
                                namespace_id.size());
     }
   }
-  int64_t hit_blocks = 0;
+  int64_t reused = 0;  // tokens whose K/V the sequence gets from the cache
   Mutate([&]() FKV_REQUIRES(mu_) {
     FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
     if (prefix_) {
-      // At least the last token is always computed by the engine (it needs its logits).
-      const int64_t max_hit = (n - 1) / block_size;
+      // The engine computes at least the last token (it needs its logits), unless they are
+      // stored: a whole-prompt hit may take every full block.
+      const bool whole_possible = logits != nullptr && prompt_logits_ != nullptr;
+      const int64_t max_hit = whole_possible ? n / block_size : (n - 1) / block_size;
+      int64_t hit_blocks = 0;
       int64_t evictable_hits = 0;
       int64_t keyed = 0;  // keys computed so far, in key_scratch_
       int64_t chunk = 1;
@@ -261,7 +281,21 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
         evictable_hits += prefix_->evictable().Contains(block);
         ++hit_blocks;
       }
-      const int64_t needed = BlocksForTokens(n, block_size) - hit_blocks;
+      const PromptLogits* whole = nullptr;
+      if (whole_possible && hit_blocks == n / block_size) {
+        whole = prompt_logits_->Find(hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key,
+                                     tokens + hit_blocks * block_size, n - hit_blocks * block_size);
+      }
+      if (whole == nullptr && hit_blocks > (n - 1) / block_size) {
+        // No stored logits for a prompt that ends at a block edge: its last block is computed.
+        evictable_hits -= prefix_->evictable().Contains(seq.blocks.back());
+        seq.blocks.pop_back();
+        --hit_blocks;
+      }
+      if (whole != nullptr) *logits = whole->logits;
+      const BlockId tail_copy = whole != nullptr ? whole->tail_block : kNullBlock;
+      const int64_t needed =
+          BlocksForTokens(n, block_size) - hit_blocks - (tail_copy != kNullBlock ? 1 : 0);
       // Taking the hits makes them unevictable: check before changing anything.
       if (needed > AvailableBlocks() - evictable_hits) {
         ThrowOutOfBlocks(needed, AvailableBlocks() - evictable_hits);
@@ -272,7 +306,13 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
       pool_.IncRef(seq.blocks.data(), hit_blocks);
       AllocateDevice(needed);
       seq.blocks.insert(seq.blocks.end(), scratch_.begin(), scratch_.begin() + needed);
-      seq.num_computed = hit_blocks * block_size;
+      if (tail_copy != kNullBlock) {
+        pool_.IncRef(&tail_copy, 1);
+        seq.blocks.push_back(tail_copy);
+      }
+      reused = whole != nullptr ? n : hit_blocks * block_size;
+      prompt_logits_hits_ += whole != nullptr;
+      seq.num_computed = reused;
       seq.blocks_published = hit_blocks;
       seq.chain_key = hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key;
       seq.chain_hash = seq.root_hash;
@@ -282,7 +322,7 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
         seq.chain_hash = hash_scratch_[hit_blocks - 1];
       }
       prefix_query_tokens_ += n;
-      prefix_hit_tokens_ += hit_blocks * block_size;
+      prefix_hit_tokens_ += reused;
     } else {
       const int64_t needed = BlocksForTokens(n, block_size);
       AllocateDevice(needed);
@@ -290,7 +330,52 @@ int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n
     }
     sequences_.emplace(seq_id, std::move(seq));
   });
-  return hit_blocks * block_size;
+  return reused;
+}
+
+void PagedKvCache::StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_size) {
+  FKV_CHECK_ARG(vocab_size >= 1, "logits must hold at least one value, got " << vocab_size);
+  PromptLogits entry;
+  entry.logits.assign(logits, logits + vocab_size);
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!prompt_logits_) {
+      FKV_THROW(InvalidStateError, "store_logits needs CacheConfig(enable_prefix_caching=True, "
+                                   "max_prompt_logits > 0)");
+    }
+    const Sequence& seq = FindResident(seq_id, "store the logits of");
+    const int64_t n = int64_t(seq.tokens.size());
+    if (seq.num_computed != n) {
+      FKV_THROW(InvalidStateError, "sequence " << seq_id << " has K/V for " << seq.num_computed
+                                               << " of its " << n << " tokens: write them all and "
+                                               << "mark_computed(seq_id, " << n << ") first");
+    }
+    const int64_t full = n / config_.block_size;
+    // Computing every token published every full block: chain_key names the last one.
+    FKV_CHECK_INVARIANT(seq.blocks_published == full,
+                        "sequence " << seq_id << ": " << seq.blocks_published << " of " << full
+                                    << " computed full blocks published");
+    entry.parent = seq.chain_key;
+    entry.tail.assign(seq.tokens.begin() + full * config_.block_size, seq.tokens.end());
+    PromptLogits* stored =
+        prompt_logits_->Find(entry.parent, entry.tail.data(), int64_t(entry.tail.size()));
+    if (stored != nullptr) {  // the same prompt again: new logits, the same tail copy
+      stored->logits.swap(entry.logits);
+      return;
+    }
+    if (!entry.tail.empty()) {
+      AllocateDevice(1);
+      entry.tail_block = scratch_[0];
+      storage_->CopyBlock(seq.blocks.back(), entry.tail_block);
+    }
+    BlockId dropped;
+    try {
+      dropped = prompt_logits_->Insert(std::move(entry));
+    } catch (...) {  // bad_alloc: give the copy back
+      if (entry.tail_block != kNullBlock) pool_.Free(&entry.tail_block, 1);
+      throw;
+    }
+    if (dropped != kNullBlock) pool_.Free(&dropped, 1);
+  });
 }
 
 void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) {
@@ -657,6 +742,8 @@ CacheStats PagedKvCache::Stats() const {
     s.prefix_query_tokens = prefix_query_tokens_;
     s.prefix_hit_tokens = prefix_hit_tokens_;
     s.evictions = evictions_;
+    s.prompt_logits = prompt_logits_ ? prompt_logits_->size() : 0;
+    s.prompt_logits_hits = prompt_logits_hits_;
   }
   s.blocks_allocated = blocks_allocated_.load(std::memory_order_relaxed);
   s.allocation_failures = allocation_failures_.load(std::memory_order_relaxed);
@@ -686,6 +773,10 @@ void PagedKvCache::ResetPrefixCache() {
     const std::vector<BlockId> cached = prefix_->CachedBlocks();
     prefix_->Clear();
     pool_.Free(cached.data(), int64_t(cached.size()));  // the index's references
+    if (prompt_logits_) {
+      const std::vector<BlockId> copies = prompt_logits_->Clear();
+      pool_.Free(copies.data(), int64_t(copies.size()));
+    }
   });
 }
 
@@ -754,6 +845,15 @@ void PagedKvCache::CheckInvariants() const {
     }
   }
   FKV_CHECK_INVARIANT(swapped == num_swapped_, swapped << " vs " << num_swapped_);
+  if (prompt_logits_) {  // each stored tail copy is held once more, never cached
+    prompt_logits_->CheckInvariants();
+    for (BlockId block : prompt_logits_->TailBlocks()) {
+      FKV_CHECK_INVARIANT(block >= 0 && block < int64_t(device_refs.size()) &&
+                              !prefix_->IsCached(block),
+                          "stored prompt tail copy " << block << " is not a private block");
+      ++device_refs[block];
+    }
+  }
   FKV_CHECK_INVARIANT(key_jobs_.empty() && publishing_.empty() && publish_blocks_.empty(),
                       "the publication queue is not empty between calls");
   int64_t cached = 0, evictable = 0;
@@ -761,7 +861,8 @@ void PagedKvCache::CheckInvariants() const {
     const bool is_cached = prefix_ && prefix_->IsCached(b);
     FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + (is_cached ? 1 : 0),
                         "device block " << b << " ref_count " << pool_.RefCount(b) << ", held by "
-                                        << device_refs[b] << " tables, cached " << is_cached);
+                                        << device_refs[b] << " tables and stored prompts, cached "
+                                        << is_cached);
     if (!prefix_) continue;
     const bool is_evictable = prefix_->evictable().Contains(b);
     FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0),

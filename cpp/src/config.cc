@@ -43,6 +43,11 @@ void CacheConfig::Validate() const {
   FKV_CHECK_ARG(!enable_kv_events || enable_prefix_caching,
                 "enable_kv_events=True needs enable_prefix_caching=True (events describe the "
                 "prefix cache)");
+  FKV_CHECK_ARG(max_prompt_logits >= 0,
+                "max_prompt_logits must be >= 0, got " << max_prompt_logits);
+  FKV_CHECK_ARG(max_prompt_logits == 0 || enable_prefix_caching,
+                "max_prompt_logits > 0 needs enable_prefix_caching=True (whole-prompt hits are "
+                "prefix-cache hits)");
   FKV_CHECK_ARG(int64_t{num_blocks} * block_size <= INT32_MAX &&
                     int64_t{num_host_blocks} * block_size <= INT32_MAX,
                 "num_blocks * block_size must fit in int32 (slots are int32), got "

@@ -26,7 +26,7 @@ class CacheConfig:
     """
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
-    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False) -> None:
+    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
     def __repr__(self) -> str:
         ...
@@ -68,6 +68,11 @@ class CacheConfig:
     @property
     def high_watermark(self) -> float:
         ...
+    @property
+    def max_prompt_logits(self) -> int:
+        """
+        How many prompts' last-token logits the cache keeps for whole-prompt hits (PagedKvCache.store_logits / add_sequence_with_logits); 0: off.
+        """
     @property
     def num_blocks(self) -> int:
         ...
@@ -202,6 +207,10 @@ class PagedKvCache:
         """
         Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With prefix caching, reuses the longest run of leading full blocks cached under the same namespace (bytes: tenant, model, adapter) and returns how many tokens that covers (a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: retention priority of the blocks it releases (priority_lru eviction keeps higher ones longer).
         """
+    def add_sequence_with_logits(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any, *, namespace: bytes = b'', priority: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple:
+        """
+        add_sequence, and a whole-prompt hit where it can: returns (cached_tokens, logits). If these exact tokens were stored with store_logits in this namespace and their blocks are still cached, the sequence reuses all of them: (len(tokens), the stored logits as a new float32 array); the engine samples from them and skips prefill. Otherwise (what add_sequence returns, None).
+        """
     def append_batch(self, seq_ids: typing.Any, tokens: typing.Any) -> None:
         """
         One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The tokens before each appended one count as computed (a decode token is sampled from its predecessor's logits): with prefix caching, blocks they filled are published.
@@ -250,7 +259,7 @@ class PagedKvCache:
         ...
     def reset_prefix_cache(self) -> None:
         """
-        Drop every cached block that no sequence holds; blocks that sequences hold stay with them but are no longer findable.
+        Drop every cached block that no sequence holds, and every stored prompt's logits; blocks that sequences hold stay with them but are no longer findable.
         """
     def set_pressure_callback(self, callback: typing.Any) -> None:
         """
@@ -263,6 +272,10 @@ class PagedKvCache:
     def stats(self) -> dict:
         """
         Counters as a dict of ints.
+        """
+    def store_logits(self, seq_id: typing.SupportsInt | typing.SupportsIndex, logits: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> None:
+        """
+        Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a copy of its partly filled last block, for add_sequence_with_logits. Needs CacheConfig(max_prompt_logits > 0) and every token's K/V written (mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same prompt again replaces its logits; beyond max_prompt_logits the least recently used prompt is dropped. OutOfBlocksError if no block is free for the copy.
         """
     def swap_in(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
         """

@@ -18,6 +18,14 @@
 // reference on behalf of the index. With config.enable_kv_events the index also logs CacheEvents
 // naming blocks by their public SHA-256 chain hash (block_hash.h).
 //
+// Whole-prompt hits (config.max_prompt_logits > 0): StoreLogits keeps a computed prompt's
+// last-token logits and a copy of its partly filled last block (PromptLogitsStore, which holds one
+// pool reference on that copy); AddSequenceWithLogits of the same tokens in the same namespace,
+// while the prompt's full blocks are still cached, reuses all of it and returns the logits, so
+// the engine skips prefill. The copy is shared copy-on-write like any partly filled block; it is
+// never in the prefix index (no events, never evicted: it goes when its entry is dropped, least
+// recently used first beyond max_prompt_logits, or by ResetPrefixCache).
+//
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
 // shared: nothing is ever written into them.
@@ -25,7 +33,9 @@
 // Invariants (CheckInvariants):
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
 //                                                    + 1 if b is in the prefix index
+//                                                    + 1 if b is a stored prompt's tail copy
 //   b is evictable <=> b is in the prefix index and no table holds it
+//   a stored prompt's tail copy is not in the prefix index
 //   the prefix index maps KeyOf(b) back to b for every cached b (PrefixIndex::CheckInvariants)
 //   free + used == total in each pool (BlockPool::CheckInvariants)
 //   every table covers exactly ceil(num_tokens / block_size) blocks; num_tokens >= 1
@@ -60,6 +70,7 @@
 #include "ferrum_kv/kv_storage.h"
 #include "ferrum_kv/memory_pressure.h"
 #include "ferrum_kv/prefix_index.h"
+#include "ferrum_kv/prompt_logits.h"
 #include "ferrum_kv/sequence.h"
 #include "ferrum_kv/support/mutex.h"
 
@@ -88,6 +99,8 @@ struct CacheStats {
   int64_t prefix_hit_tokens = 0;     // of which served from the prefix cache
   int64_t evictions = 0;             // cached blocks reclaimed for fresh allocations
   int64_t events_dropped = 0;        // events discarded because nobody drained them
+  int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
+  int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
 };
 
 class PagedKvCache {
@@ -112,6 +125,20 @@ class PagedKvCache {
   int64_t AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
                       const std::string& namespace_id = "", int32_t priority = 0)
       FKV_EXCLUDES(mu_);
+  // AddSequence, except when tokens[0..n) were stored with StoreLogits under namespace_id and
+  // their full blocks are still cached: then the sequence reuses every block (the partly filled
+  // last one is the stored copy, shared), counts all n tokens as computed, returns n and sets
+  // *logits to the stored logits. Otherwise it returns what AddSequence would and clears *logits.
+  int64_t AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
+                                const std::string& namespace_id, int32_t priority,
+                                std::vector<float>* logits) FKV_EXCLUDES(mu_);
+  // Keeps logits[0..vocab_size) as what follows seq_id's tokens, for AddSequenceWithLogits; with
+  // a copy of its partly filled last block (one fresh block; none if it ends at a block edge).
+  // The same prompt again replaces its logits. Needs config.max_prompt_logits > 0 and every token
+  // computed (MarkComputed(seq_id, NumTokens)): InvalidStateError otherwise, as for a swapped-out
+  // sequence; OutOfBlocksError if no block is free or evictable for the copy (nothing changes).
+  // May drop the least recently used stored prompt.
+  void StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_size) FKV_EXCLUDES(mu_);
   // Appends n >= 0 tokens, allocating blocks only when the last one fills.
   void AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
   // One decode step: tokens[i] is appended to seq_ids[i]; seq_ids must be distinct. One
@@ -156,8 +183,9 @@ class PagedKvCache {
   int64_t GatherKv(SeqId seq_id, int32_t layer, std::vector<uint8_t>* k,
                    std::vector<uint8_t>* v) const FKV_EXCLUDES(mu_);
 
-  // Drops every cached block that no sequence holds; blocks that sequences hold stay with them but
-  // are no longer findable. Logs kAllCleared. No-op without prefix caching.
+  // Drops every cached block that no sequence holds, and every stored prompt's logits; blocks that
+  // sequences hold stay with them but are no longer findable. Logs kAllCleared. No-op without
+  // prefix caching.
   void ResetPrefixCache() FKV_EXCLUDES(mu_);
   // The events logged since the last call, oldest first (empty without config.enable_kv_events).
   std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
@@ -172,6 +200,9 @@ class PagedKvCache {
   void CheckInvariants() const FKV_EXCLUDES(mu_);
 
  private:
+  // AddSequence (logits == nullptr) or AddSequenceWithLogits.
+  int64_t Add(SeqId seq_id, const int32_t* tokens, int64_t n, const std::string& namespace_id,
+              int32_t priority, std::vector<float>* logits) FKV_EXCLUDES(mu_);
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
@@ -272,6 +303,9 @@ class PagedKvCache {
 
   const PrefixKeyer keyer_;  // immutable: used outside the mutex
   std::unique_ptr<PrefixIndex> prefix_ FKV_PT_GUARDED_BY(mu_);  // null without prefix caching
+  // Null unless config.max_prompt_logits > 0.
+  std::unique_ptr<PromptLogitsStore> prompt_logits_ FKV_PT_GUARDED_BY(mu_);
+  int64_t prompt_logits_hits_ FKV_GUARDED_BY(mu_) = 0;
   int64_t prefix_query_tokens_ FKV_GUARDED_BY(mu_) = 0;
   int64_t prefix_hit_tokens_ FKV_GUARDED_BY(mu_) = 0;
   int64_t evictions_ FKV_GUARDED_BY(mu_) = 0;

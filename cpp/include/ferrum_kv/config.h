@@ -26,6 +26,10 @@ struct CacheConfig {
   // Log CacheEvents (stored / removed / cleared, named by SHA-256 chain hashes) for an external
   // router; needs enable_prefix_caching. Off by default: it costs a SHA-256 per published block.
   bool enable_kv_events = false;
+  // Whole-prompt hits: how many prompts' last-token logits the cache keeps (store_logits), each
+  // with a copy of the prompt's partly filled last block; 0 turns them off. Needs
+  // enable_prefix_caching.
+  int32_t max_prompt_logits = 0;
   EvictionPolicyKind eviction_policy = EvictionPolicyKind::kLru;
   double high_watermark = 0.10;
   double critical_watermark = 0.02;

@@ -215,10 +215,15 @@ def test_prefix_caching_survives_fork_and_swap():
 
 
 class Model:
-    """Prefix-cache semantics in plain Python (LRU policy, device tier only)."""
+    """Prefix-cache semantics in plain Python (LRU policy, device tier only), with whole-prompt
+    hits (stored logits)."""
 
-    def __init__(self, num_blocks):
+    def __init__(self, num_blocks, max_prompt_logits):
         self.num_blocks = num_blocks
+        self.max_prompt_logits = max_prompt_logits
+        # (ns, tokens) -> dict(logits, copy: block or None, k: K of the tokens after the full
+        # blocks, as the storing sequence wrote them); LRU: first is dropped first.
+        self.prompts = OrderedDict()
         self.seqs = {}  # id -> dict(tokens, ns, blocks, computed, published, k)
         self.refs = {}  # block -> table references
         self.cached = {}  # key -> block
@@ -228,8 +233,11 @@ class Model:
         self.new_block = itertools.count()
         self.evictions = 0
 
+    def copies(self):
+        return {e["copy"] for e in self.prompts.values() if e["copy"] is not None}
+
     def free(self):
-        return self.num_blocks - len(set(self.refs) | set(self.key_of))
+        return self.num_blocks - len(set(self.refs) | set(self.key_of) | self.copies())
 
     def available(self):
         return self.free() + len(self.evictable)
@@ -263,10 +271,46 @@ class Model:
                                  computed=len(hits) * BS, published=len(hits))
         return len(hits) * BS
 
+    def add_with_logits(self, seq_id, tokens, ns):
+        """(cached tokens, logits or None, the stored K of the partly filled block or None)."""
+        n, full = len(tokens), len(tokens) // BS
+        entry = self.prompts.get((ns, tuple(tokens)))
+        if entry is None or any(self.key(ns, tokens, i) not in self.cached for i in range(full)):
+            return self.add(seq_id, tokens, ns), None, None
+        self.prompts.move_to_end((ns, tuple(tokens)))
+        blocks = [self.cached[self.key(ns, tokens, i)] for i in range(full)]
+        blocks += [entry["copy"]] if entry["copy"] is not None else []
+        for b in blocks:
+            self.evictable.pop(b, None)
+            self.refs[b] = self.refs.get(b, 0) + 1
+        self.seqs[seq_id] = dict(tokens=list(tokens), ns=ns, blocks=blocks, computed=n,
+                                 published=full)
+        return n, entry["logits"], entry["k"]
+
+    def store_logits(self, seq_id, logits, k):
+        """k: K of the sequence's tokens."""
+        seq = self.seqs[seq_id]
+        key = (seq["ns"], tuple(seq["tokens"]))
+        if key in self.prompts:
+            self.prompts[key]["logits"] = logits
+            self.prompts.move_to_end(key)
+            return
+        copy = None
+        if len(seq["tokens"]) % BS:
+            if self.available() < 1:
+                raise fkv.OutOfBlocksError
+            copy = self.allocate(1)[0]
+            del self.refs[copy]  # held by the entry, not by a table
+            self.data[copy] = self.data.get(seq["blocks"][-1], {}).copy()
+        self.prompts[key] = dict(logits=logits, copy=copy, k=k[len(k) // BS * BS:])
+        if len(self.prompts) > self.max_prompt_logits:
+            self.prompts.popitem(last=False)
+
     def append(self, seq_id, tokens):
         seq = self.seqs[seq_id]
         count = len(seq["tokens"])
-        cow = bool(tokens) and count % BS != 0 and self.refs[seq["blocks"][-1]] > 1
+        last = seq["blocks"][-1]  # shared with other tables or a stored prompt: copied first
+        cow = bool(tokens) and count % BS != 0 and self.refs[last] + (last in self.copies()) > 1
         new = -(-(count + len(tokens)) // BS) - len(seq["blocks"])
         if new + cow > self.available():
             raise fkv.OutOfBlocksError
@@ -308,29 +352,52 @@ class Model:
 def test_random_operations_against_the_model(seed):
     rng = np.random.default_rng(seed)
     num_blocks = 40
-    cache = make_cache(num_blocks=num_blocks)
-    model = Model(num_blocks)
+    cache = make_cache(num_blocks=num_blocks, max_prompt_logits=3)
+    model = Model(num_blocks, max_prompt_logits=3)
     prompts = [rng.integers(0, 30, int(rng.integers(4, 30))).tolist() for _ in range(5)]
     next_id = itertools.count()
-    seen = dict.fromkeys(["hit", "evict", "oob"], 0)
+    seen = dict.fromkeys(["hit", "whole", "evict", "oob"], 0)
     # K of every token position per sequence, to check data read through reused blocks.
     kdata = {}
 
     for _ in range(600):
-        op = rng.choice(["add", "append", "compute", "fork", "free"], p=[0.3, 0.2, 0.25, 0.1, 0.15])
+        op = rng.choice(["add", "append", "compute", "store", "fork", "free"],
+                        p=[0.3, 0.15, 0.2, 0.1, 0.1, 0.15])
         live = list(model.seqs)
         if op == "add":
             seq_id = next(next_id)
-            tokens = prompts[int(rng.integers(len(prompts)))] + rng.integers(0, 30, int(rng.integers(0, 6))).tolist()
-            ns = [b"", b"x"][int(rng.random() < 0.2)]
+            if live and rng.random() < 0.25:  # exactly a running sequence's tokens (a retry)
+                source = model.seqs[int(rng.choice(live))]
+                tokens, ns = list(source["tokens"]), source["ns"]
+            else:
+                tokens = prompts[int(rng.integers(len(prompts)))] + rng.integers(0, 30, int(rng.integers(0, 6))).tolist()
+                ns = [b"", b"x"][int(rng.random() < 0.2)]
+            with_logits = rng.random() < 0.5
             try:
-                expected = model.add(seq_id, tokens, ns)
+                if with_logits:
+                    expected, expected_logits, stored_k = model.add_with_logits(seq_id, tokens, ns)
+                else:
+                    expected = model.add(seq_id, tokens, ns)
             except fkv.OutOfBlocksError:
                 with pytest.raises(fkv.OutOfBlocksError):
-                    cache.add_sequence(seq_id, tokens, namespace=ns)
+                    if with_logits:
+                        cache.add_sequence_with_logits(seq_id, tokens, namespace=ns)
+                    else:
+                        cache.add_sequence(seq_id, tokens, namespace=ns)
                 seen["oob"] += 1
             else:
-                assert cache.add_sequence(seq_id, tokens, namespace=ns) == expected
+                if with_logits:
+                    got, logits = cache.add_sequence_with_logits(seq_id, tokens, namespace=ns)
+                    assert got == expected
+                    if expected_logits is None:
+                        assert logits is None
+                    else:  # a whole-prompt hit: the stored logits and the stored last block's K
+                        np.testing.assert_array_equal(logits, expected_logits)
+                        tail = len(tokens) // BS * BS
+                        np.testing.assert_array_equal(cache.gather_kv(seq_id, 0)[0][tail:], stored_k)
+                        seen["whole"] += 1
+                else:
+                    assert cache.add_sequence(seq_id, tokens, namespace=ns) == expected
                 seen["hit"] += expected > 0
                 k, _ = cache.gather_kv(seq_id, 0)
                 kdata[seq_id] = np.full((len(tokens), HEADS, DIM), np.nan, np.float32)
@@ -362,6 +429,19 @@ def test_random_operations_against_the_model(seed):
                 model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
             cache.mark_computed(seq_id, n)
             model.mark_computed(seq_id, n)
+        elif op == "store" and any(
+                model.seqs[s]["computed"] == len(model.seqs[s]["tokens"]) for s in live):
+            done = [s for s in live if model.seqs[s]["computed"] == len(model.seqs[s]["tokens"])]
+            seq_id = int(rng.choice(done))
+            logits = rng.standard_normal(5).astype(np.float32)
+            try:
+                model.store_logits(seq_id, logits, kdata[seq_id].copy())
+            except fkv.OutOfBlocksError:
+                with pytest.raises(fkv.OutOfBlocksError):
+                    cache.store_logits(seq_id, logits)
+                seen["oob"] += 1
+            else:
+                cache.store_logits(seq_id, logits)
         elif op == "fork" and any(model.seqs[s]["computed"] == len(model.seqs[s]["tokens"]) for s in live):
             # The scheduler contract: a sequence is forked once its K/V is written, so that
             # nobody writes into a shared block.
@@ -381,11 +461,12 @@ def test_random_operations_against_the_model(seed):
         assert stats["cached_blocks"] == len(model.cached)
         assert stats["evictable_blocks"] == len(model.evictable)
         assert stats["evictions"] == model.evictions
+        assert stats["prompt_logits"] == len(model.prompts)
         for seq_id, seq in model.seqs.items():
             computed = seq["computed"]
             np.testing.assert_array_equal(cache.gather_kv(seq_id, 0)[0][:computed], kdata[seq_id][:computed])
     seen["evict"] = model.evictions
-    assert seen["hit"] > 0 and seen["evict"] > 0 and seen["oob"] > 0, seen
+    assert seen["hit"] > 0 and seen["whole"] > 0 and seen["evict"] > 0 and seen["oob"] > 0, seen
 
 
 def test_mark_computed_batch_is_validated_first_then_publishes():

@@ -181,7 +181,7 @@ void BindCacheManager(py::module_& m) {
           "CacheConfig(max_prompt_logits > 0) and every token's K/V written "
           "(mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same "
           "prompt again replaces its logits; beyond max_prompt_logits the least recently used "
-          "prompt is dropped. OutOfBlocksError if no block is free for the copy.")
+          "prompt is dropped. OutOfBlocksError if no block is free or reclaimable for the copy.")
       .def(
           "append_tokens",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {

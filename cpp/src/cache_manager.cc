@@ -69,7 +69,16 @@ Sequence& PagedKvCache::FindResident(SeqId seq_id, const char* operation) {
 }
 
 int64_t PagedKvCache::AvailableBlocks() const {
-  return pool_.num_free_blocks() + (prefix_ ? prefix_->evictable().size() : 0);
+  return pool_.num_free_blocks() + (prefix_ ? prefix_->evictable().size() : 0) +
+         ReclaimableCopies();
+}
+
+int64_t PagedKvCache::ReclaimableCopies() const {
+  if (!prompt_logits_) return 0;
+  const std::vector<BlockId> copies = prompt_logits_->TailBlocks();
+  std::vector<int32_t> refs(copies.size());
+  pool_.RefCounts(copies.data(), int64_t(copies.size()), refs.data());
+  return std::count(refs.begin(), refs.end(), 1);  // held by the store alone
 }
 
 void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
@@ -81,15 +90,23 @@ void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
 
 void PagedKvCache::AllocateDevice(int64_t n) {
   if (n > AvailableBlocks()) ThrowOutOfBlocks(n, AvailableBlocks());
-  const int64_t missing = n - pool_.num_free_blocks();
-  if (missing > 0) {
+  int64_t missing = n - pool_.num_free_blocks();
+  if (missing > 0 && prefix_) {
+    const int64_t evicted = std::min(missing, prefix_->evictable().size());
     block_scratch_.clear();
-    for (int64_t i = 0; i < missing; ++i) {
+    for (int64_t i = 0; i < evicted; ++i) {
       block_scratch_.push_back(prefix_->evictable().PopVictim());
       prefix_->Erase(block_scratch_.back());
     }
-    pool_.Free(block_scratch_.data(), missing);  // the index's references were the last ones
-    evictions_ += missing;
+    pool_.Free(block_scratch_.data(), evicted);  // the index's references were the last ones
+    evictions_ += evicted;
+    missing -= evicted;
+  }
+  for (; missing > 0; --missing) {  // the last resort: stored prompts' unshared copies
+    const BlockId copy = prompt_logits_->DropOldestWithTail(
+        [this](BlockId block) FKV_NO_THREAD_SAFETY_ANALYSIS { return pool_.RefCount(block) == 1; });
+    FKV_CHECK_INVARIANT(copy != kNullBlock, "AvailableBlocks counted a copy that is not there");
+    pool_.Free(&copy, 1);
   }
   if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
   pool_.Allocate(n, scratch_.data());
@@ -367,11 +384,12 @@ void PagedKvCache::StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_
       entry.tail_block = scratch_[0];
       storage_->CopyBlock(seq.blocks.back(), entry.tail_block);
     }
+    const BlockId copy = entry.tail_block;
     BlockId dropped;
     try {
       dropped = prompt_logits_->Insert(std::move(entry));
     } catch (...) {  // bad_alloc: give the copy back
-      if (entry.tail_block != kNullBlock) pool_.Free(&entry.tail_block, 1);
+      if (copy != kNullBlock) pool_.Free(&copy, 1);
       throw;
     }
     if (dropped != kNullBlock) pool_.Free(&dropped, 1);
@@ -414,7 +432,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     ref_count_scratch_.resize(size_t(n));
     pool_.RefCounts(tail_scratch_.data(), n, ref_count_scratch_.data());
     int64_t needed = 0;
-    if (caching) publishers_.resize(size_t(n) + 1);
+    if (caching) publishers_.resize(size_t(n));
     int64_t num_publishers = 0;
     for (int64_t i = 0; i < n; ++i) {
       BatchEntry& entry = batch_scratch_[size_t(i)];
@@ -427,15 +445,16 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
       // About one sequence in block_size qualifies, unpredictably: it is listed without a branch
-      // (or a division), and the tokens of its last block, which KeyPending reads, start loading.
+      // (or a division), and the tokens of its last block (usually the one KeyPending keys) and
+      // its chain key start loading.
       const bool publish = (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
       publishers_[size_t(num_publishers)] = entry.seq;
       num_publishers += publish;
-      const int32_t* last_tokens =
-          publish ? seq.tokens.data() + (seq.tokens.size() - size_t(block_size)) : &block_size;
-      __builtin_prefetch(last_tokens);
-      __builtin_prefetch(last_tokens + block_size - 1);
-      __builtin_prefetch(publish ? static_cast<const void*>(&seq.chain_key) : &block_size, 1);
+      const int32_t* tokens_end = seq.tokens.data() + seq.tokens.size();
+      const void* nothing = &block_size;  // a line in cache already
+      __builtin_prefetch(publish ? tokens_end - block_size : nothing);
+      __builtin_prefetch(publish ? tokens_end - 1 : nothing);
+      __builtin_prefetch(publish ? static_cast<const void*>(&seq.chain_key) : nothing, 1);
     }
     AllocateDevice(needed);
     if (caching) {

@@ -38,16 +38,20 @@ BlockId PromptLogitsStore::Insert(PromptLogits entry) {
   }
   if (int64_t(entries_.size()) <= capacity_) return kNullBlock;
   const List::iterator oldest = std::prev(entries_.end());
-  const auto [first, last] = by_parent_.equal_range(oldest->parent);
+  const BlockId dropped = oldest->tail_block;
+  Erase(oldest);
+  return dropped;
+}
+
+void PromptLogitsStore::Erase(List::iterator entry) {
+  const auto [first, last] = by_parent_.equal_range(entry->parent);
   for (auto it = first; it != last; ++it) {
-    if (it->second == oldest) {
+    if (it->second == entry) {
       by_parent_.erase(it);
       break;
     }
   }
-  const BlockId dropped = oldest->tail_block;
-  entries_.erase(oldest);
-  return dropped;
+  entries_.erase(entry);
 }
 
 std::vector<BlockId> PromptLogitsStore::Clear() {

@@ -275,7 +275,7 @@ class PagedKvCache:
         """
     def store_logits(self, seq_id: typing.SupportsInt | typing.SupportsIndex, logits: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> None:
         """
-        Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a copy of its partly filled last block, for add_sequence_with_logits. Needs CacheConfig(max_prompt_logits > 0) and every token's K/V written (mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same prompt again replaces its logits; beyond max_prompt_logits the least recently used prompt is dropped. OutOfBlocksError if no block is free for the copy.
+        Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a copy of its partly filled last block, for add_sequence_with_logits. Needs CacheConfig(max_prompt_logits > 0) and every token's K/V written (mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same prompt again replaces its logits; beyond max_prompt_logits the least recently used prompt is dropped. OutOfBlocksError if no block is free or reclaimable for the copy.
         """
     def swap_in(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
         """

@@ -219,21 +219,24 @@ TEST(PrefixKeyTest, AesChainManyEqualsOneBlockChains) {
   }
 }
 
-// Jobs of one block each (the one-block path, in groups of up to 8) against one-block chains.
-TEST(PrefixKeyTest, AesChainManyOfOneBlockJobsEqualsOneBlockChains) {
+// Jobs of one block each (the one-block path, in groups of up to 8) against the first key of
+// two-block chains (the general path).
+TEST(PrefixKeyTest, AesChainManyOfOneBlockJobsEqualsTheGeneralPath) {
   if (!kernels::AesNiSupported()) GTEST_SKIP() << "no AES-NI on this CPU";
   std::mt19937 rng(6);
   const PrefixKeyer keyer(13, 14, PrefixKeyer::Scheme::kAes);
   for (int32_t block_size : {1, 3, 16, 17}) {
     for (int n : {2, 7, 8, 9, 25}) {
-      std::vector<int32_t> tokens(size_t(n * block_size));
+      std::vector<int32_t> tokens(size_t((n + 1) * block_size));  // one block more for the last
       for (int32_t& t : tokens) t = int32_t(rng() >> 1);
       std::vector<KeyChainJob> jobs(static_cast<size_t>(n));
       std::vector<PrefixKey> expected(static_cast<size_t>(n)), got(static_cast<size_t>(n));
       for (int j = 0; j < n; ++j) {
         const PrefixKey parent{rng(), rng()};
         const int32_t* block = tokens.data() + j * block_size;
-        keyer.Chain(parent, block, 1, block_size, &expected[size_t(j)]);
+        PrefixKey two[2];
+        keyer.Chain(parent, block, 2, block_size, two);
+        expected[size_t(j)] = two[0];
         jobs[size_t(j)] = KeyChainJob{parent, block, 1, &got[size_t(j)]};
       }
       keyer.ChainMany(jobs.data(), n, block_size);

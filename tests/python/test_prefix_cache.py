@@ -239,14 +239,22 @@ class Model:
     def free(self):
         return self.num_blocks - len(set(self.refs) | set(self.key_of) | self.copies())
 
+    def reclaimable(self):
+        """Stored prompts whose copy no table holds, least recently used first."""
+        return [key for key, e in self.prompts.items()
+                if e["copy"] is not None and e["copy"] not in self.refs]
+
     def available(self):
-        return self.free() + len(self.evictable)
+        return self.free() + len(self.evictable) + len(self.reclaimable())
 
     def allocate(self, n):
         while self.free() < n:
-            victim, _ = self.evictable.popitem(last=False)
-            del self.cached[self.key_of.pop(victim)]
-            self.evictions += 1
+            if self.evictable:
+                victim, _ = self.evictable.popitem(last=False)
+                del self.cached[self.key_of.pop(victim)]
+                self.evictions += 1
+            else:  # the last resort: a stored prompt's copy
+                del self.prompts[self.reclaimable()[0]]
         blocks = [next(self.new_block) for _ in range(n)]
         for b in blocks:
             self.refs[b] = 1

@@ -226,3 +226,84 @@ def test_fork_swap_and_free_of_whole_hit_sequences():
     np.testing.assert_array_equal(got, logits)
     assert_same_kv(kv(cache, 4), original, 7)
     cache.check_invariants()
+
+
+def test_a_whole_hit_needs_no_free_block():
+    rng = np.random.default_rng(9)
+    cache = make_cache(num_blocks=5)
+    tokens, logits = stored_prompt(cache, rng, 1, 7)  # 2 blocks + the copy
+    cache.add_sequence(2, rng.integers(0, 1000, 8))  # the last 2 free blocks
+    assert cache.stats()["free_blocks"] == 0
+    reused, got = cache.add_sequence_with_logits(3, tokens)
+    assert reused == 7
+    np.testing.assert_array_equal(got, logits)
+    assert not cache.can_allocate(1)  # the copy is held by sequence 3 now: not reclaimable
+    cache.check_invariants()
+
+
+def test_whole_hits_with_events_name_only_full_blocks():
+    rng = np.random.default_rng(10)
+    cache = make_cache(enable_kv_events=True)
+    tokens, _ = stored_prompt(cache, rng, 1, 9, ns=b"t")
+    events = cache.drain_events()
+    assert [e["type"] for e in events] == ["stored", "stored"]
+    assert [e["hash"] for e in events] == fkv.block_hashes(tokens, BS, namespace=b"t")
+    assert cache.add_sequence_with_logits(2, tokens, namespace=b"t")[0] == 9
+    cache.append_batch([2], [3])
+    cache.check_invariants()  # includes each sequence's chain hash
+    assert cache.drain_events() == []
+
+
+def test_every_sibling_copies_the_stored_block_on_its_first_append():
+    rng = np.random.default_rng(11)
+    cache = make_cache()
+    tokens, _ = stored_prompt(cache, rng, 1, 6)
+    for seq_id in (2, 3, 4):
+        assert cache.add_sequence_with_logits(seq_id, tokens)[0] == 6
+    cows = cache.stats()["cow_copies"]
+    cache.append_batch([2, 3, 4], [1, 2, 3])  # the store holds the copy too: all three copy it
+    assert cache.stats()["cow_copies"] == cows + 3
+    cache.check_invariants()
+
+
+def test_unshared_copies_are_reclaimed_when_memory_runs_out():
+    rng = np.random.default_rng(12)
+    cache = make_cache(num_blocks=8, max_prompt_logits=4)
+    a, _ = stored_prompt(cache, rng, 1, 2)  # under a block: its copy
+    b, _ = stored_prompt(cache, rng, 2, 3)
+    c, _ = stored_prompt(cache, rng, 3, 5)  # a full block and its copy
+    for seq_id in (1, 2, 3):
+        cache.free_sequence(seq_id)
+    assert cache.add_sequence_with_logits(4, c)[0] == 5  # c's blocks are held again
+    cache.check_invariants()
+    stats = cache.stats()
+    assert stats["free_blocks"] == 4 and stats["evictable_blocks"] == 0
+    assert cache.can_allocate(6 * BS)  # 4 free + the copies of a and b
+    assert not cache.can_allocate(6 * BS + 1)
+    cache.add_sequence(5, rng.integers(0, 1000, 4 * BS))  # the free blocks
+    assert cache.stats()["prompt_logits"] == 3
+    cache.add_sequence(6, [1])  # drops a: the least recently used prompt with an unshared copy
+    assert cache.stats()["prompt_logits"] == 2
+    assert cache.add_sequence_with_logits(7, a) == (0, None)  # its block: drops b
+    assert cache.stats()["prompt_logits"] == 1
+    with pytest.raises(fkv.OutOfBlocksError):  # c's copy is held: nothing left
+        cache.add_sequence(8, [1])
+    assert cache.add_sequence_with_logits(9, c)[0] == 5
+    cache.check_invariants()
+
+
+def test_storing_at_capacity_with_no_free_block_reuses_the_dropped_copy():
+    rng = np.random.default_rng(13)
+    cache = make_cache(num_blocks=4, max_prompt_logits=1)
+    a, _ = stored_prompt(cache, rng, 1, 3)  # a block and its copy
+    cache.free_sequence(1)
+    b = rng.integers(0, 1000, 3)
+    cache.add_sequence(2, b)
+    cache.add_sequence(3, rng.integers(0, 1000, 4))  # the last free block
+    compute(cache, 2, 0, rng)
+    cache.store_logits(2, np.ones(VOCAB, np.float32))  # needs a block: a's copy
+    assert cache.stats()["prompt_logits"] == 1
+    assert cache.add_sequence_with_logits(4, a) == (0, None)
+    cache.free_sequence(4)
+    assert cache.add_sequence_with_logits(5, b)[0] == 3
+    cache.check_invariants()

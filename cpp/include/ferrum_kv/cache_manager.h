@@ -23,8 +23,10 @@
 // pool reference on that copy); AddSequenceWithLogits of the same tokens in the same namespace,
 // while the prompt's full blocks are still cached, reuses all of it and returns the logits, so
 // the engine skips prefill. The copy is shared copy-on-write like any partly filled block; it is
-// never in the prefix index (no events, never evicted: it goes when its entry is dropped, least
-// recently used first beyond max_prompt_logits, or by ResetPrefixCache).
+// never in the prefix index (no events): it goes when its entry is dropped, least recently used
+// first beyond max_prompt_logits, by ResetPrefixCache, or when a fresh block is needed and neither
+// a free nor an evictable block is left (then stored prompts whose copy no sequence holds are
+// dropped, least recently used first; such copies count as available).
 //
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
@@ -228,10 +230,13 @@ class PagedKvCache {
   PressureLevel PressureLocked() const FKV_REQUIRES(mu_);
   // Counts the failure and throws OutOfBlocksError.
   [[noreturn]] void ThrowOutOfBlocks(int64_t needed, int64_t available);
-  // Free blocks plus cached blocks that eviction could reclaim.
+  // Free blocks plus cached blocks that eviction could reclaim plus stored prompts' copies that
+  // only the store holds (ReclaimableCopies).
   int64_t AvailableBlocks() const FKV_REQUIRES(mu_);
-  // Allocates n device blocks into scratch_, evicting cached blocks when the free list is short.
-  // Throws OutOfBlocksError (counted, nothing evicted) when n > AvailableBlocks().
+  int64_t ReclaimableCopies() const FKV_REQUIRES(mu_);
+  // Allocates n device blocks into scratch_, evicting cached blocks when the free list is short,
+  // then dropping stored prompts with reclaimable copies. Throws OutOfBlocksError (counted,
+  // nothing evicted) when n > AvailableBlocks().
   void AllocateDevice(int64_t n) FKV_REQUIRES(mu_);
   // Drops one table reference from each block (a whole device table, in order); cached blocks
   // left with only the index's reference become evictable, last block first.

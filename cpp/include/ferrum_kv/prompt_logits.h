@@ -1,5 +1,5 @@
 // PromptLogitsStore: the last-token logits of whole prompts, so that a prompt seen before can skip
-// prefill entirely (PagedKvCache::AddSequence with logits; CacheConfig::max_prompt_logits).
+// prefill entirely (PagedKvCache::AddSequenceWithLogits; CacheConfig::max_prompt_logits).
 //
 // An entry names a prompt by the prefix key of its full blocks (prefix_key.h: the key of its last
 // full block, or the namespace's root key if it has none) and the exact token ids after them
@@ -9,7 +9,8 @@
 // the entry's behalf; the full blocks stay in the prefix index, which the store does not pin).
 //
 // Capacity: at most capacity() entries; Insert drops the least recently used one (Find and Insert
-// count as uses) and hands back its tail block.
+// count as uses) and hands back its tail block. DropOldestWithTail gives one block back on demand
+// (the manager's last resort when it runs out of blocks).
 // Invariants (CheckInvariants): size() <= capacity(); the lookup map and the recency list name the
 // same entries; tail_block != kNullBlock exactly when the tail is not empty; no two entries have
 // the same parent and tail.
@@ -45,6 +46,18 @@ class PromptLogitsStore {
   // used. If that makes more than capacity() entries, drops the least recently used one and
   // returns its tail block (kNullBlock if it had none); else returns kNullBlock.
   BlockId Insert(PromptLogits entry);
+  // Drops the least recently used entry whose tail block satisfies reclaimable(block) (entries
+  // without one hold no block) and returns that block; kNullBlock if there is none.
+  template <typename Predicate>
+  BlockId DropOldestWithTail(Predicate reclaimable) {
+    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
+      if (it->tail_block == kNullBlock || !reclaimable(it->tail_block)) continue;
+      const BlockId block = it->tail_block;
+      Erase(std::prev(it.base()));
+      return block;
+    }
+    return kNullBlock;
+  }
   // Drops every entry and returns their tail blocks.
   std::vector<BlockId> Clear();
   // The tail blocks of all entries (for the manager's reference-count invariant).
@@ -61,6 +74,9 @@ class PromptLogitsStore {
   struct KeyHash {
     size_t operator()(const PrefixKey& key) const { return size_t(key.lo ^ key.hi); }
   };
+
+  // Removes the entry from the list and the map.
+  void Erase(List::iterator entry);
 
   const int32_t capacity_;
   List entries_;

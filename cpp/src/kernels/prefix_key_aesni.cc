@@ -125,6 +125,31 @@ __m128i NextRoundKey(__m128i key) {
   return _mm_xor_si128(key, assist);
 }
 
+// AesChainMany when every job has one block (a decode step's publications): digest and link
+// in one pass, kWays jobs at a time.
+void ChainOneBlockEach(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
+                       const KeyChainJob* jobs, int64_t n, int32_t block_size) {
+  const Schedule digest_key(token_key);
+  const Schedule link_key(chain_key);
+  for (int64_t group = 0; group < n; group += kWays) {
+    const int count = int(std::min<int64_t>(kWays, n - group));
+    const KeyChainJob* job[kWays];
+    for (int w = 0; w < kWays; ++w) job[w] = &jobs[group + (w < count ? w : 0)];
+    __m128i s[kWays];
+    for (int w = 0; w < kWays; ++w) s[w] = Chunk(job[w]->tokens, 0, block_size);
+    Encrypt(s, digest_key);
+    for (int32_t first = 4; first < block_size; first += 4) {
+      for (int w = 0; w < kWays; ++w) {
+        s[w] = _mm_xor_si128(s[w], Chunk(job[w]->tokens, first, block_size));
+      }
+      Encrypt(s, digest_key);
+    }
+    for (int w = 0; w < kWays; ++w) s[w] = _mm_xor_si128(s[w], LoadKey(job[w]->parent));
+    Encrypt(s, link_key);
+    for (int w = 0; w < count; ++w) StoreKey(job[w]->out, s[w]);
+  }
+}
+
 }  // namespace
 
 bool AesNiSupported() {
@@ -151,31 +176,6 @@ void AesEncryptBlock(const AesRoundKeys& key, const uint8_t in[16], uint8_t out[
   __m128i s[1] = {_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))};
   Encrypt(s, Schedule(key));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s[0]);
-}
-
-// AesChainMany when every job has one block (a decode step's publications): digest and link
-// in one pass, kWays jobs at a time.
-void ChainOneBlockEach(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
-                       const KeyChainJob* jobs, int64_t n, int32_t block_size) {
-  const Schedule digest_key(token_key);
-  const Schedule link_key(chain_key);
-  for (int64_t group = 0; group < n; group += kWays) {
-    const int count = int(std::min<int64_t>(kWays, n - group));
-    const KeyChainJob* job[kWays];
-    for (int w = 0; w < kWays; ++w) job[w] = &jobs[group + (w < count ? w : 0)];
-    __m128i s[kWays];
-    for (int w = 0; w < kWays; ++w) s[w] = Chunk(job[w]->tokens, 0, block_size);
-    Encrypt(s, digest_key);
-    for (int32_t first = 4; first < block_size; first += 4) {
-      for (int w = 0; w < kWays; ++w) {
-        s[w] = _mm_xor_si128(s[w], Chunk(job[w]->tokens, first, block_size));
-      }
-      Encrypt(s, digest_key);
-    }
-    for (int w = 0; w < kWays; ++w) s[w] = _mm_xor_si128(s[w], LoadKey(job[w]->parent));
-    Encrypt(s, link_key);
-    for (int w = 0; w < count; ++w) StoreKey(job[w]->out, s[w]);
-  }
 }
 
 void AesChainMany(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,

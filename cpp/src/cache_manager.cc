@@ -91,6 +91,20 @@ void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
 void PagedKvCache::AllocateDevice(int64_t n) {
   if (n > AvailableBlocks()) ThrowOutOfBlocks(n, AvailableBlocks());
   int64_t missing = n - pool_.num_free_blocks();
+  const auto unshared = [this](const PromptLogits& entry) FKV_NO_THREAD_SAFETY_ANALYSIS {
+    return pool_.RefCount(entry.tail_block) == 1;
+  };
+  // First the copies of stored prompts that cannot hit any more (their last full block was
+  // evicted), then cached blocks in eviction order, then the other stored prompts' copies.
+  for (; missing > 0 && prompt_logits_; --missing) {
+    const BlockId copy = prompt_logits_->DropOldestWithTail(
+        [&](const PromptLogits& entry) FKV_NO_THREAD_SAFETY_ANALYSIS {
+          return entry.has_full_blocks && unshared(entry) &&
+                 prefix_->Find(entry.parent) == kNullBlock;
+        });
+    if (copy == kNullBlock) break;
+    pool_.Free(&copy, 1);
+  }
   if (missing > 0 && prefix_) {
     const int64_t evicted = std::min(missing, prefix_->evictable().size());
     block_scratch_.clear();
@@ -102,9 +116,8 @@ void PagedKvCache::AllocateDevice(int64_t n) {
     evictions_ += evicted;
     missing -= evicted;
   }
-  for (; missing > 0; --missing) {  // the last resort: stored prompts' unshared copies
-    const BlockId copy = prompt_logits_->DropOldestWithTail(
-        [this](BlockId block) FKV_NO_THREAD_SAFETY_ANALYSIS { return pool_.RefCount(block) == 1; });
+  for (; missing > 0; --missing) {
+    const BlockId copy = prompt_logits_->DropOldestWithTail(unshared);
     FKV_CHECK_INVARIANT(copy != kNullBlock, "AvailableBlocks counted a copy that is not there");
     pool_.Free(&copy, 1);
   }
@@ -372,6 +385,7 @@ void PagedKvCache::StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_
                         "sequence " << seq_id << ": " << seq.blocks_published << " of " << full
                                     << " computed full blocks published");
     entry.parent = seq.chain_key;
+    entry.has_full_blocks = full > 0;
     entry.tail.assign(seq.tokens.begin() + full * config_.block_size, seq.tokens.end());
     PromptLogits* stored =
         prompt_logits_->Find(entry.parent, entry.tail.data(), int64_t(entry.tail.size()));

@@ -66,6 +66,16 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def parse_memory(text: str) -> int:
     """Bytes in a size like ``16GiB``, ``512MiB``, ``1.5GB`` or ``4096`` (binary units are powers
     of 1024, decimal ones of 1000; no unit: bytes).
@@ -117,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                           default=defaults.preset, help="model preset (default %(default)s)")
     workload.add_argument("--seed", type=_non_negative_int, default=defaults.seed,
                           help="weights and workload seed (default %(default)s)")
+    workload.add_argument("--resend", dest="resend_fraction", type=_fraction,
+                          default=defaults.resend_fraction,
+                          help="share of one-shot requests sent again, unchanged, after their "
+                          "reply (regenerate / retry; default %(default)s)")
     cache = demo.add_argument_group("cache")
     cache.add_argument("--blocks", dest="num_blocks", type=_positive_int,
                        default=defaults.num_blocks,
@@ -134,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prefix-cache eviction order (default %(default)s)")
     cache.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
                        help="disable prefix caching")
+    cache.add_argument("--prompt-logits", type=_non_negative_int, default=defaults.prompt_logits,
+                       help="whole-prompt hits: prompts whose last-token logits the cache keeps, "
+                       "so that a resent request skips prefill; 0: off (default %(default)s)")
     sched = demo.add_argument_group("scheduler")
     sched.add_argument("--token-budget", type=_positive_int, default=defaults.token_budget,
                        help="prefill plus decode tokens per step (default %(default)s)")
@@ -196,6 +213,7 @@ def _demo(args: argparse.Namespace) -> int:
         num_host_blocks=args.num_host_blocks, block_size=args.block_size, dtype=args.dtype,
         eviction_policy=args.eviction_policy, prefix_caching=args.prefix_caching,
         token_budget=args.token_budget, max_num_seqs=args.max_num_seqs, seed=args.seed,
+        resend_fraction=args.resend_fraction, prompt_logits=args.prompt_logits,
         threads=args.threads)
     result = run_demo(options, verify_run=args.verify, progress=args.progress)
     if args.plot is not None:

@@ -9,7 +9,7 @@ namespace ferrum_kv {
 namespace {
 
 PromptLogits Entry(uint64_t parent, std::vector<int32_t> tail, BlockId block, float logit) {
-  return PromptLogits{PrefixKey{parent, parent + 1}, std::move(tail), block, {logit, -logit}};
+  return PromptLogits{PrefixKey{parent, parent + 1}, true, std::move(tail), block, {logit, -logit}};
 }
 
 TEST(PromptLogitsStoreTest, FindsExactTailsUnderOneParent) {

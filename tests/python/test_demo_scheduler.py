@@ -183,3 +183,15 @@ def test_end_to_end_demo_matches_the_reference(dtype):
     assert v.ok and v.samples == s["samples"] and v.steps == s["generated_tokens"]
     assert s["preemptions"] > 0 and s["prefix_hit_rate"] > 0 and s["cow_copies"] > 0
     assert s["peak_blocks_used"] <= 40
+
+
+def test_resent_requests_are_whole_prompt_hits_that_match_the_reference():
+    options = DemoOptions(preset="tiny", sessions=24, num_blocks=400, num_host_blocks=8,
+                          resend_fraction=0.5, prompt_logits=64, seed=3)
+    result = run_demo(options, verify_run=True, progress=False)
+    without = run_demo(DemoOptions(**{**options.__dict__, "prompt_logits": 0}), progress=False)
+    s, v = result.summary, result.verification
+    assert s["whole_prompt_hits"] > 0 and without.summary["whole_prompt_hits"] == 0
+    assert v.ok and v.samples == s["samples"] and v.steps == s["generated_tokens"]
+    assert s["generated_tokens"] == without.summary["generated_tokens"]
+    assert s["computed_tokens"] < without.summary["computed_tokens"]  # their prefill was skipped

@@ -247,14 +247,26 @@ class Model:
     def available(self):
         return self.free() + len(self.evictable) + len(self.reclaimable())
 
+    def dead(self, prompt):
+        """A stored prompt whose last full block is no longer cached: it cannot hit."""
+        ns, tokens = prompt
+        full = len(tokens) // BS
+        return full > 0 and self.key(ns, tokens, full - 1) not in self.cached
+
     def allocate(self, n):
-        while self.free() < n:
-            if self.evictable:
-                victim, _ = self.evictable.popitem(last=False)
-                del self.cached[self.key_of.pop(victim)]
-                self.evictions += 1
-            else:  # the last resort: a stored prompt's copy
-                del self.prompts[self.reclaimable()[0]]
+        missing = n - self.free()
+        # Copies of prompts that cannot hit first, then cached blocks, then the other copies.
+        while missing > 0 and any(self.dead(p) for p in self.reclaimable()):
+            del self.prompts[next(p for p in self.reclaimable() if self.dead(p))]
+            missing -= 1
+        while missing > 0 and self.evictable:
+            victim, _ = self.evictable.popitem(last=False)
+            del self.cached[self.key_of.pop(victim)]
+            self.evictions += 1
+            missing -= 1
+        while missing > 0:
+            del self.prompts[self.reclaimable()[0]]
+            missing -= 1
         blocks = [next(self.new_block) for _ in range(n)]
         for b in blocks:
             self.refs[b] = 1

@@ -307,3 +307,19 @@ def test_storing_at_capacity_with_no_free_block_reuses_the_dropped_copy():
     cache.free_sequence(4)
     assert cache.add_sequence_with_logits(5, b)[0] == 3
     cache.check_invariants()
+
+
+def test_copies_of_prompts_that_cannot_hit_go_before_cached_blocks():
+    rng = np.random.default_rng(14)
+    cache = make_cache(num_blocks=6)
+    a, _ = stored_prompt(cache, rng, 1, 7)  # a full block, a partly filled one, the copy
+    cache.free_sequence(1)
+    cache.add_sequence(2, rng.integers(0, 1000, 20))  # 5 blocks: evicts a's full block
+    assert cache.stats()["evictions"] == 1 and cache.stats()["prompt_logits"] == 1
+    compute(cache, 2, 0, rng)
+    cache.free_sequence(2)  # its 5 full blocks stay cached, evictable
+    cache.add_sequence(3, [1, 2])  # no free block: a's copy goes, not a cached block
+    stats = cache.stats()
+    assert stats["evictions"] == 1 and stats["prompt_logits"] == 0 and stats["cached_blocks"] == 5
+    assert cache.add_sequence_with_logits(4, a) == (0, None)
+    cache.check_invariants()

@@ -24,9 +24,11 @@
 // while the prompt's full blocks are still cached, reuses all of it and returns the logits, so
 // the engine skips prefill. The copy is shared copy-on-write like any partly filled block; it is
 // never in the prefix index (no events): it goes when its entry is dropped, least recently used
-// first beyond max_prompt_logits, by ResetPrefixCache, or when a fresh block is needed and neither
-// a free nor an evictable block is left (then stored prompts whose copy no sequence holds are
-// dropped, least recently used first; such copies count as available).
+// first beyond max_prompt_logits, by ResetPrefixCache, or when a fresh block is needed and no
+// free block is left: stored prompts whose copy no sequence holds are dropped then, least
+// recently used first, before any cached block is evicted if their last full block is no longer
+// cached (they cannot hit), after all evictable blocks otherwise. Such copies count as
+// available.
 //
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
@@ -234,9 +236,10 @@ class PagedKvCache {
   // only the store holds (ReclaimableCopies).
   int64_t AvailableBlocks() const FKV_REQUIRES(mu_);
   int64_t ReclaimableCopies() const FKV_REQUIRES(mu_);
-  // Allocates n device blocks into scratch_, evicting cached blocks when the free list is short,
-  // then dropping stored prompts with reclaimable copies. Throws OutOfBlocksError (counted,
-  // nothing evicted) when n > AvailableBlocks().
+  // Allocates n device blocks into scratch_; when the free list is short, drops stored prompts
+  // that cannot hit any more, evicts cached blocks, then drops other stored prompts (with
+  // unshared copies). Throws OutOfBlocksError (counted, nothing evicted) when
+  // n > AvailableBlocks().
   void AllocateDevice(int64_t n) FKV_REQUIRES(mu_);
   // Drops one table reference from each block (a whole device table, in order); cached blocks
   // left with only the index's reference become evictable, last block first.

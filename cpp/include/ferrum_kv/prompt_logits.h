@@ -10,7 +10,7 @@
 //
 // Capacity: at most capacity() entries; Insert drops the least recently used one (Find and Insert
 // count as uses) and hands back its tail block. DropOldestWithTail gives one block back on demand
-// (the manager's last resort when it runs out of blocks).
+// (the manager, when it runs out of blocks).
 // Invariants (CheckInvariants): size() <= capacity(); the lookup map and the recency list name the
 // same entries; tail_block != kNullBlock exactly when the tail is not empty; no two entries have
 // the same parent and tail.
@@ -30,6 +30,7 @@ namespace ferrum_kv {
 
 struct PromptLogits {
   PrefixKey parent;            // key of the prompt's last full block (root key if none)
+  bool has_full_blocks = false;  // parent is a block's key (not a namespace root)
   std::vector<int32_t> tail;   // the token ids after the full blocks
   BlockId tail_block = kNullBlock;  // copy of the partial last block's K/V; kNullBlock if no tail
   std::vector<float> logits;   // after the prompt's last token
@@ -46,12 +47,12 @@ class PromptLogitsStore {
   // used. If that makes more than capacity() entries, drops the least recently used one and
   // returns its tail block (kNullBlock if it had none); else returns kNullBlock.
   BlockId Insert(PromptLogits entry);
-  // Drops the least recently used entry whose tail block satisfies reclaimable(block) (entries
-  // without one hold no block) and returns that block; kNullBlock if there is none.
+  // Drops the least recently used entry with a tail block for which reclaimable(entry) holds
+  // (entries without one hold no block) and returns that block; kNullBlock if there is none.
   template <typename Predicate>
   BlockId DropOldestWithTail(Predicate reclaimable) {
     for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
-      if (it->tail_block == kNullBlock || !reclaimable(it->tail_block)) continue;
+      if (it->tail_block == kNullBlock || !reclaimable(*it)) continue;
       const BlockId block = it->tail_block;
       Erase(std::prev(it.base()));
       return block;

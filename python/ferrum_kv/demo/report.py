@@ -28,6 +28,7 @@ def format_summary(summary: dict, verification: Optional[VerifyReport] = None) -
         ("throughput (prompt + generated)", f"{s['tokens_per_s']:.0f} tokens/s"),
         ("generation throughput", f"{s['generated_tokens_per_s']:.0f} tokens/s"),
         ("prefix hit rate (tokens)", f"{s['prefix_hit_rate']:.1%} ({s['prefix_hit_tokens']} tokens)"),
+        ("whole-prompt hits (no prefill)", f"{s['whole_prompt_hits']}"),
         ("peak blocks used", f"{s['peak_blocks_used']} of {s['num_blocks']}"),
         ("preemptions (swap / recompute)",
          f"{s['preemptions']} ({s['preemptions_by_swap']} / {s['preemptions_by_recompute']})"),

@@ -38,6 +38,11 @@ class DemoOptions:
         Scheduler limits (``SchedulerConfig``).
     seed : int
         Weights and workload.
+    resend_fraction : float
+        Share of one-shot requests sent again after their reply (``WorkloadConfig``).
+    prompt_logits : int
+        Whole-prompt hits: how many prompts' last-token logits the cache keeps
+        (``CacheConfig.max_prompt_logits``); 0 turns them off. Needs prefix caching.
     threads : int
         Threads for NumPy's BLAS and the attention kernels. The demo's batches are small, so
         extra threads mostly add synchronisation.
@@ -54,9 +59,13 @@ class DemoOptions:
     token_budget: int = 256
     max_num_seqs: int = 24
     seed: int = 0
+    resend_fraction: float = 0.0
+    prompt_logits: int = 0
     threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.prompt_logits < 0:
+            raise ValueError(f"prompt_logits must be at least 0, got {self.prompt_logits}")
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset {self.preset!r} "
                              f"(choose from {', '.join(MODEL_PRESETS)})")
@@ -112,10 +121,12 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
         head_dim=model_config.head_dim, block_size=options.block_size,
         num_blocks=options.num_blocks, dtype=options.dtype,
         num_host_blocks=options.num_host_blocks, enable_prefix_caching=options.prefix_caching,
-        eviction_policy=options.eviction_policy))
+        eviction_policy=options.eviction_policy,
+        max_prompt_logits=options.prompt_logits if options.prefix_caching else 0))
     model = Decoder(model_config, seed=options.seed)
-    workload = Workload(WorkloadConfig(num_sessions=options.sessions), model_config.vocab_size,
-                        seed=options.seed)
+    workload = Workload(WorkloadConfig(num_sessions=options.sessions,
+                                       resend_fraction=options.resend_fraction),
+                        model_config.vocab_size, seed=options.seed)
     scheduler = Scheduler(model, cache, workload, SchedulerConfig(
         token_budget=options.token_budget, max_num_seqs=options.max_num_seqs,
         record_logits=verify_run))
@@ -163,6 +174,7 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
         "generated_tokens_per_s": generated_tokens / elapsed,
         "prefix_hit_rate": stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1),
         "prefix_hit_tokens": stats["prefix_hit_tokens"],
+        "whole_prompt_hits": scheduler.whole_prompt_hits,
         "peak_blocks_used": max((r.blocks_held for r in scheduler.history), default=0),
         "num_blocks": options.num_blocks,
         "preemptions": scheduler.preemptions,

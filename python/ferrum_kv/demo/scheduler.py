@@ -13,10 +13,14 @@ Each ``step()``:
    immediately refilled): swapped sequences are swapped back in (they run from the next step),
    then waiting sequences, preempted-for-recompute ones first, are added with ``add_sequence``
    (its prefix hit counts as computed) and get a first chunk, while the budget, the sequence
-   limit and free blocks (above a small watermark) allow.
+   limit and free blocks (above a small watermark) allow. When the cache keeps prompt logits
+   (``max_prompt_logits``), a new request is added with ``add_sequence_with_logits`` instead: a
+   prompt stored before (a resent request) is a whole-prompt hit, sampled from the stored logits
+   at once with nothing to prefill.
 4. **Run** the decoder over the step's rows (decode rows, then chunks) through
    ``PagedStepAttention``, ``mark_computed_batch`` the written tokens, and sample greedily for
-   every sequence whose rows reached its last token. A request with ``n > 1`` forks its prompt
+   every sequence whose rows reached its last token (storing a new prompt's logits with
+   ``store_logits`` first, when the cache keeps them). A request with ``n > 1`` forks its prompt
    once it is computed: sample ``i`` starts with the ``i``-th most likely token (copy-on-write
    splits the shared last block on the first append). A sample that has generated
    ``max_new_tokens`` tokens is freed; its blocks stay in the prefix cache.
@@ -171,6 +175,7 @@ class Scheduler:
         self.preemptions_by_swap = 0
         self.preemptions_by_recompute = 0
         self.computed_tokens = 0   # rows run through the model (recomputation included)
+        self.whole_prompt_hits = 0  # requests admitted with nothing to prefill
         self.requests_finished = 0
         self._next_seq_id = 0
         self._unfinished_samples: dict[int, list[Sequence]] = {}  # request id -> its samples
@@ -206,8 +211,9 @@ class Scheduler:
             self._swap_in()
             while budget and self.waiting and self._admit(self.waiting[0]):
                 seq = self.waiting.popleft()
-                chunks.append(self._chunk(seq, budget))
-                budget -= chunks[-1][2] - chunks[-1][1]
+                if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
+                    chunks.append(self._chunk(seq, budget))
+                    budget -= chunks[-1][2] - chunks[-1][1]
         if decode or chunks:
             self._run_model(decode, chunks)
         elif not (preempted or self.running or self.swapped):
@@ -273,19 +279,32 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
 
+    @property
+    def _keeps_prompt_logits(self) -> bool:
+        return self.cache.config.max_prompt_logits > 0
+
     def _admit(self, seq: Sequence) -> bool:
         """Add a waiting sequence to the cache if the limits allow: the watermark is free and
-        the blocks it needs beyond its prefix hit are available (add_sequence is all-or-nothing)."""
+        the blocks it needs beyond its prefix hit are available (add_sequence is all-or-nothing).
+        A whole-prompt hit is sampled right away from the stored logits."""
         if len(self.running) >= self.config.max_num_seqs or not self._room_for(0):
             return False
+        tokens = np.asarray(seq.tokens, np.int32)
+        logits = None
         try:
-            hit = self.cache.add_sequence(seq.seq_id, np.asarray(seq.tokens, np.int32))
+            if self._keeps_prompt_logits and seq.num_generated == 0:
+                hit, logits = self.cache.add_sequence_with_logits(seq.seq_id, tokens)
+            else:
+                hit = self.cache.add_sequence(seq.seq_id, tokens)
         except fkv.OutOfBlocksError:
             return False
         seq.num_computed = hit
         seq.num_cached = len(seq.tokens)
         seq.status = Status.RUNNING
         self.running.append(seq)
+        if logits is not None:
+            self.whole_prompt_hits += 1
+            self._sample(seq, logits)
         return True
 
     @staticmethod
@@ -311,6 +330,11 @@ class Scheduler:
         if sampling:
             logits = self.model.logits(hidden[[row for _, row in sampling]])
             for (seq, _), seq_logits in zip(sampling, logits):
+                if self._keeps_prompt_logits and seq.num_generated == 0:
+                    try:  # for a resent request; an optimisation, skipped without room
+                        self.cache.store_logits(seq.seq_id, seq_logits)
+                    except fkv.OutOfBlocksError:
+                        pass
                 self._sample(seq, seq_logits)
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> None:

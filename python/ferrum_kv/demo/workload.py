@@ -3,7 +3,9 @@
 Every *session* starts with one of a few system prompts (shared across sessions, so their blocks
 are prefix-cache hits). A session is either a conversation of several turns, each of which
 resends the whole history (system prompt, earlier user messages and the model's replies) plus a
-new user message, or a one-shot request that may ask for ``n > 1`` parallel samples. All lengths,
+new user message, or a one-shot request that may ask for ``n > 1`` parallel samples; a share of
+the one-shot requests are sent again, unchanged, after their reply (the user regenerates the
+answer, or a client retries). All lengths,
 arrival times and token ids are drawn from one seed; the replies are whatever the model generates,
 so a conversation's next turn is built when its previous one finishes.
 
@@ -42,7 +44,10 @@ class WorkloadConfig:
     mean_interarrival : float
         Mean steps between session arrivals (exponential).
     think_steps : (int, int)
-        Steps between a reply and the conversation's next turn.
+        Steps between a reply and the conversation's next turn (or the resent request).
+    resend_fraction : float
+        Share of one-shot requests sent a second time, with the same prompt, after their reply;
+        drawn from a separate random stream, so 0 changes nothing else.
     """
 
     num_sessions: int = 40
@@ -56,8 +61,11 @@ class WorkloadConfig:
     max_parallel: int = 3
     mean_interarrival: float = 2.0
     think_steps: tuple[int, int] = (2, 12)
+    resend_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.resend_fraction <= 1.0:
+            raise ValueError(f"resend_fraction must be in [0, 1], got {self.resend_fraction}")
         if self.num_sessions < 1:
             raise ValueError(f"the workload needs at least one session, got {self.num_sessions}")
         if self.max_turns < 2:
@@ -104,7 +112,8 @@ class _Session:
     reply_lens: list[int]            # one per turn
     think_steps: list[int]           # before turns 1, 2, ...
     n: int
-    max_tokens: int                  # prompt + reply of the last turn
+    max_tokens: int                  # prompt + reply of the longest turn
+    resend: bool = False             # every turn sends the first turn's prompt again
     history: Optional[np.ndarray] = None  # prompt + reply of the last finished turn
     turn: int = 0
 
@@ -132,6 +141,7 @@ class Workload:
     def __post_init__(self) -> None:
         c = self.config
         rng = np.random.default_rng(self.seed)
+        resend_rng = np.random.default_rng([self.seed, 1])
 
         def tokens(length_range: tuple[int, int]) -> np.ndarray:
             length = int(rng.integers(length_range[0], length_range[1] + 1))
@@ -159,6 +169,14 @@ class Workload:
                 max_tokens=(len(self._system_prompts[system]) + sum(map(len, user_messages))
                             + sum(reply_lens)),
             )
+            if not conversation and resend_rng.random() < c.resend_fraction:
+                reply = int(resend_rng.integers(c.reply_len[0], c.reply_len[1] + 1))
+                session.user_messages.append(user_messages[0])
+                session.reply_lens.append(reply)
+                session.think_steps.append(
+                    int(resend_rng.integers(c.think_steps[0], c.think_steps[1] + 1)))
+                session.resend = True
+                session.max_tokens += max(0, reply - reply_lens[0])
             self._sessions.append(session)
             heapq.heappush(self._pending, (int(arrival), index))
             arrival += rng.exponential(c.mean_interarrival)
@@ -215,8 +233,8 @@ class Workload:
 
     def _make_request(self, index: int, arrival: int) -> Request:
         session = self._sessions[index]
-        history = (self._system_prompts[session.system_prompt] if session.history is None
-                   else session.history)
+        history = (self._system_prompts[session.system_prompt]
+                   if session.history is None or session.resend else session.history)
         request = Request(
             request_id=self._next_request_id,
             prompt=np.concatenate([history, session.user_messages[session.turn]]),

@@ -256,5 +256,49 @@ TEST(PagedKvCachePrefixTest, ReuseEvictionAndInvariants) {
   EXPECT_EQ(cache.Stats().cached_blocks, 0);
 }
 
+// Whole-prompt hits: the stored copy of the partly filled last block is shared copy-on-write,
+// the logits come back, the copy's reference is counted, and it is reclaimed when needed.
+TEST(PagedKvCachePrefixTest, WholePromptHitsShareTheStoredCopy) {
+  CacheConfig config = Config(6, 0);
+  config.enable_prefix_caching = true;
+  config.max_prompt_logits = 2;
+  PagedKvCache cache(config);
+  const std::vector<int32_t> prompt = Range(6);  // a full block and 2 tokens
+  cache.AddSequence(1, prompt.data(), 6);
+  FillSequence(cache, 1, 10.0f);
+  const std::vector<float> logits = {0.25f, -1.5f, 3.0f};
+  EXPECT_THROW(cache.StoreLogits(1, logits.data(), 3), InvalidStateError);  // not computed
+  cache.MarkComputed(1, 6);
+  cache.StoreLogits(1, logits.data(), 3);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().used_blocks, 3);  // the sequence's 2 blocks and the copy
+  std::vector<float> got = {9.0f};
+  EXPECT_EQ(cache.AddSequenceWithLogits(2, prompt.data(), 6, "", 0, &got), 6);
+  EXPECT_EQ(got, logits);
+  EXPECT_EQ(cache.Stats().used_blocks, 3);
+  EXPECT_EQ(Gather(cache, 2, 0), Gather(cache, 1, 0));
+  EXPECT_EQ(Gather(cache, 2, 1), Gather(cache, 1, 1));
+  EXPECT_NE(cache.BlockTable(2).back(), cache.BlockTable(1).back());
+  cache.CheckInvariants();
+  const SeqId two = 2;
+  const int32_t token = 99;
+  cache.AppendBatch(&two, &token, 1);  // copies the stored block first
+  EXPECT_EQ(cache.Stats().cow_copies, 1);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.AddSequenceWithLogits(3, prompt.data(), 5, "", 0, &got), 4);  // a prefix
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(cache.AddSequence(4, prompt.data(), 6), 4);  // plain: never the whole prompt
+  cache.CheckInvariants();
+  for (SeqId seq : {1, 2, 3, 4}) cache.FreeSequence(seq);
+  cache.CheckInvariants();
+  // 4 free, 1 evictable (the full block), the copy reclaimable: 6 blocks available.
+  EXPECT_TRUE(cache.CanAllocate(6 * 4));
+  const std::vector<int32_t> other = Range(30);
+  cache.AddSequence(5, other.data() + 6, 24);  // 6 blocks: evicts the full block, drops the copy
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().prompt_logits, 0);
+  EXPECT_EQ(cache.Stats().prompt_logits_hits, 1);
+}
+
 }  // namespace
 }  // namespace ferrum_kv

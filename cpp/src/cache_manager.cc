@@ -189,11 +189,11 @@ void PagedKvCache::KeyPending() {
     out += job.num_blocks;
   }
   keyer_.ChainMany(key_jobs_.data(), int64_t(key_jobs_.size()), config_.block_size);
-  for (int64_t i = 0; i < total; ++i) {
-    prefix_->PrefetchInsertion(key_scratch_[i], publish_blocks_[i]);
-  }
+  const BlockId* block = publish_blocks_.data();
   for (size_t j = 0; j < key_jobs_.size(); ++j) {
-    publishing_[j]->chain_key = key_jobs_[j].out[key_jobs_[j].num_blocks - 1];
+    const KeyChainJob& job = key_jobs_[j];
+    for (int64_t b = 0; b < job.num_blocks; ++b) prefix_->PrefetchInsertion(job.out[b], *block++);
+    publishing_[j]->chain_key = job.out[job.num_blocks - 1];
   }
   key_jobs_.clear();
   publishing_.clear();
@@ -473,10 +473,36 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     AllocateDevice(needed);
     if (caching) {
       // Keys before the appends (from the tokens as they are now), inserts after them.
-      for (int64_t j = 0; j < num_publishers; ++j) {
-        Sequence& seq = *publishers_[size_t(j)];
-        seq.num_computed = int64_t(seq.tokens.size());
-        QueuePublication(seq);
+      // Usually each publisher has exactly its last full block to offer and no events are
+      // logged: then the (empty) queue is filled by index, as QueuePublication would fill it,
+      // with each job's output where KeyPending puts it.
+      const auto one_block = [&](const Sequence& seq) FKV_NO_THREAD_SAFETY_ANALYSIS {
+        return (seq.blocks_published + 2) * block_size > int64_t(seq.tokens.size());
+      };
+      if (!prefix_->logs_events() &&
+          std::all_of(publishers_.data(), publishers_.data() + num_publishers,
+                      [&](const Sequence* seq) { return one_block(*seq); })) {
+        const size_t count = size_t(num_publishers);
+        key_jobs_.resize(count);
+        publishing_.resize(count);
+        publish_blocks_.resize(count);
+        if (key_scratch_.size() < count) key_scratch_.resize(count);
+        for (size_t j = 0; j < count; ++j) {
+          Sequence& seq = *publishers_[j];
+          const int64_t block = seq.blocks_published;
+          seq.num_computed = int64_t(seq.tokens.size());
+          seq.blocks_published = block + 1;
+          key_jobs_[j] = KeyChainJob{seq.chain_key, seq.tokens.data() + block * block_size, 1,
+                                     &key_scratch_[j]};
+          publishing_[j] = &seq;
+          publish_blocks_[j] = seq.blocks[size_t(block)];
+        }
+      } else {
+        for (int64_t j = 0; j < num_publishers; ++j) {
+          Sequence& seq = *publishers_[size_t(j)];
+          seq.num_computed = int64_t(seq.tokens.size());
+          QueuePublication(seq);
+        }
       }
       KeyPending();
     }

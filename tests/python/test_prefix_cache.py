@@ -376,13 +376,13 @@ def test_random_operations_against_the_model(seed):
     model = Model(num_blocks, max_prompt_logits=3)
     prompts = [rng.integers(0, 30, int(rng.integers(4, 30))).tolist() for _ in range(5)]
     next_id = itertools.count()
-    seen = dict.fromkeys(["hit", "whole", "evict", "oob"], 0)
+    seen = dict.fromkeys(["hit", "whole", "evict", "oob", "decode"], 0)
     # K of every token position per sequence, to check data read through reused blocks.
     kdata = {}
 
-    for _ in range(600):
-        op = rng.choice(["add", "append", "compute", "store", "fork", "free"],
-                        p=[0.3, 0.15, 0.2, 0.1, 0.1, 0.15])
+    for _ in range(800):
+        op = rng.choice(["add", "append", "compute", "store", "fork", "free", "decode"],
+                        p=[0.28, 0.13, 0.18, 0.1, 0.1, 0.14, 0.07])
         live = list(model.seqs)
         if op == "add":
             seq_id = next(next_id)
@@ -470,6 +470,27 @@ def test_random_operations_against_the_model(seed):
             cache.fork(parent, child)
             model.fork(parent, child)
             kdata[child] = kdata[parent].copy()
+        elif op == "decode" and live and model.free() >= 2:
+            # One decode step over some sequences: it marks each one's tokens computed (their
+            # K written first), then appends a token to each. At most one copy and one new block
+            # each, all free: nothing is evicted.
+            size = min(int(rng.integers(1, len(live) + 1)), model.free() // 2)
+            batch = [int(s) for s in rng.permutation(live)[:size]]
+            new_tokens = rng.integers(0, 30, len(batch)).tolist()
+            for seq_id in batch:
+                seq = model.seqs[seq_id]
+                start, n = seq["computed"], len(seq["tokens"])
+                k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
+                cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
+                kdata[seq_id][start:] = k
+                for pos in range(start, n):
+                    model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
+            cache.append_batch(batch, new_tokens)
+            for seq_id, token in zip(batch, new_tokens):
+                model.mark_computed(seq_id, len(model.seqs[seq_id]["tokens"]))
+                model.append(seq_id, [token])
+                kdata[seq_id] = np.concatenate([kdata[seq_id], np.full((1, HEADS, DIM), np.nan, np.float32)])
+            seen["decode"] += 1
         elif op == "free" and live:
             seq_id = int(rng.choice(live))
             cache.free_sequence(seq_id)
@@ -486,7 +507,7 @@ def test_random_operations_against_the_model(seed):
             computed = seq["computed"]
             np.testing.assert_array_equal(cache.gather_kv(seq_id, 0)[0][:computed], kdata[seq_id][:computed])
     seen["evict"] = model.evictions
-    assert seen["hit"] > 0 and seen["whole"] > 0 and seen["evict"] > 0 and seen["oob"] > 0, seen
+    assert all(count > 0 for count in seen.values()), seen
 
 
 def test_mark_computed_batch_is_validated_first_then_publishes():
@@ -537,6 +558,41 @@ def test_decode_steps_publish_the_blocks_they_fill():
     assert cache.stats()["cached_blocks"] == 2
     history = np.concatenate([prompt, generated, [1]])
     assert cache.add_sequence(2, history) == 8
+    cache.check_invariants()
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_a_decode_step_publishes_every_computed_block_of_each_sequence(events):
+    # Sequence 1 is one token past a block edge; sequence 2 has two full blocks whose tokens were
+    # never marked computed (added, then appended to). One decode step marks both computed: it
+    # publishes 1's last block and both of 2's, keyed as their whole prefixes.
+    rng = np.random.default_rng(14)
+    cache = make_cache(enable_kv_events=events)
+    first = rng.integers(0, 2**31 - 1, BS - 1)
+    cache.add_sequence(1, first, namespace=b"a")
+    cache.mark_computed(1, BS - 1)
+    second = rng.integers(0, 2**31 - 1, BS + 1)
+    cache.add_sequence(2, second[:3])
+    cache.append_tokens(2, second[3:])
+    cache.append_batch([1], [5])  # fills sequence 1's block 0 (its last token not computed yet)
+    assert cache.stats()["cached_blocks"] == 0
+    cache.append_tokens(2, [6, 7, 8])  # 2 full blocks, nothing computed
+    cache.append_batch([2, 1], [9, 10])
+    cache.check_invariants()
+    assert cache.stats()["cached_blocks"] == 3
+    if events:
+        stored = [e["hash"] for e in cache.drain_events() if e["type"] == "stored"]
+        assert stored == (fkv.block_hashes(list(second) + [6, 7, 8], BS) +
+                          fkv.block_hashes(list(first) + [5], BS, namespace=b"a"))
+    # The chains continue from there: the next blocks are keyed after them.
+    for _ in range(BS):
+        cache.append_batch([1, 2], [11, 12])
+    cache.check_invariants()
+    assert cache.stats()["cached_blocks"] == 5
+    tokens_1, tokens_2 = cache.tokens(1), cache.tokens(2)
+    assert cache.add_sequence(3, tokens_1 + [0], namespace=b"a") == 2 * BS
+    assert cache.add_sequence(4, tokens_2 + [0]) == 3 * BS
+    assert cache.add_sequence(5, tokens_1 + [0]) == 0  # another namespace
     cache.check_invariants()
 
 

@@ -43,16 +43,26 @@ PrefixKeyer::Scheme PrefixKeyer::DefaultScheme() {
 PrefixKeyer::PrefixKeyer() : PrefixKeyer(RandomWord(), RandomWord()) {}
 
 PrefixKeyer::PrefixKeyer(uint64_t secret0, uint64_t secret1, Scheme scheme)
-    : secret0_(secret0), secret1_(secret1), scheme_(scheme), token_key_{}, chain_key_{} {
+    : secret0_(secret0),
+      secret1_(secret1),
+      scheme_(scheme),
+      token_key_{},
+      chain_key_{},
+      empty_root_{} {
   FKV_CHECK_ARG(scheme_ != Scheme::kAes || kernels::AesNiSupported(),
                 "the AES prefix-key scheme needs AES-NI, which this CPU lacks");
   if (scheme_ == Scheme::kAes) {
     token_key_ = DeriveAesKey(secret0, secret1, kTokenKeyDomain, sizeof kTokenKeyDomain - 1);
     chain_key_ = DeriveAesKey(secret0, secret1, kChainKeyDomain, sizeof kChainKeyDomain - 1);
   }
+  empty_root_ = ComputeRoot("");
 }
 
 PrefixKey PrefixKeyer::Root(const std::string& namespace_id) const {
+  return namespace_id.empty() ? empty_root_ : ComputeRoot(namespace_id);
+}
+
+PrefixKey PrefixKeyer::ComputeRoot(const std::string& namespace_id) const {
   std::vector<uint8_t> message(sizeof kDomain - 1 + namespace_id.size());
   std::memcpy(message.data(), kDomain, sizeof kDomain - 1);
   if (!namespace_id.empty()) {

@@ -57,6 +57,10 @@ TEST(PrefixKeyTest, SipHashChainIsSipHashOfParentAndTokens) {
     const siphash::Digest root_digest = siphash::Hash(
         kReferenceKey, reinterpret_cast<const uint8_t*>(root_message.data()), root_message.size());
     EXPECT_EQ(root, (PrefixKey{root_digest.lo, root_digest.hi}));
+    // The empty namespace's root (kept from construction) is built the same way.
+    const siphash::Digest empty_digest =
+        siphash::Hash(kReferenceKey, reinterpret_cast<const uint8_t*>("ferrum-kv/v1"), 12);
+    EXPECT_EQ(keyer.Root(""), (PrefixKey{empty_digest.lo, empty_digest.hi}));
 
     std::vector<PrefixKey> keys(3);
     keyer.Chain(root, tokens.data(), 3, block_size, keys.data());

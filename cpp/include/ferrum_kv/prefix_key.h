@@ -77,11 +77,14 @@ class PrefixKeyer {
   void ChainMany(const KeyChainJob* jobs, int64_t n, int32_t block_size) const;
 
  private:
+  PrefixKey ComputeRoot(const std::string& namespace_id) const;
+
   uint64_t secret0_;
   uint64_t secret1_;
   Scheme scheme_;
   AesRoundKeys token_key_;  // kAes: the two CBC-MAC keys, derived from the secret
   AesRoundKeys chain_key_;
+  PrefixKey empty_root_;  // Root("") (most deployments use only that namespace)
 };
 
 }  // namespace ferrum_kv

@@ -197,7 +197,7 @@ TEST(PrefixKeyTest, AesChainManyEqualsOneBlockChains) {
   std::mt19937 rng(5);
   const PrefixKeyer keyer(11, 12, PrefixKeyer::Scheme::kAes);
   for (int32_t block_size : {1, 2, 5, 16, 17}) {
-    for (int n : {1, 2, 7, 8, 9, 25}) {
+    for (int n : {1, 2, 7, 8, 9, 15, 16, 17, 25, 33}) {
       const size_t count = static_cast<size_t>(n);
       std::vector<std::vector<int32_t>> tokens(count);
       std::vector<KeyChainJob> jobs(count);
@@ -223,14 +223,14 @@ TEST(PrefixKeyTest, AesChainManyEqualsOneBlockChains) {
   }
 }
 
-// Jobs of one block each (the one-block path, in groups of up to 8) against the first key of
-// two-block chains (the general path).
+// Jobs of one block each (the one-block path, in groups of up to 8 or 16) against the first key
+// of two-block chains (the general path).
 TEST(PrefixKeyTest, AesChainManyOfOneBlockJobsEqualsTheGeneralPath) {
   if (!kernels::AesNiSupported()) GTEST_SKIP() << "no AES-NI on this CPU";
   std::mt19937 rng(6);
   const PrefixKeyer keyer(13, 14, PrefixKeyer::Scheme::kAes);
   for (int32_t block_size : {1, 3, 16, 17}) {
-    for (int n : {2, 7, 8, 9, 25}) {
+    for (int n : {2, 7, 8, 9, 15, 16, 17, 25, 33}) {
       std::vector<int32_t> tokens(size_t((n + 1) * block_size));  // one block more for the last
       for (int32_t& t : tokens) t = int32_t(rng() >> 1);
       std::vector<KeyChainJob> jobs(static_cast<size_t>(n));
@@ -245,6 +245,44 @@ TEST(PrefixKeyTest, AesChainManyOfOneBlockJobsEqualsTheGeneralPath) {
       }
       keyer.ChainMany(jobs.data(), n, block_size);
       EXPECT_EQ(got, expected) << "block_size " << block_size << " n " << n;
+    }
+  }
+}
+
+// The 512-bit VAES kernel (which AesChainMany picks where the CPU has it, and which the tests above
+// check against the documented construction there) and the 128-bit AES-NI kernel give the same
+// keys, for chains of 0 to 40 blocks and one-block jobs, in groups that fill their ways or not.
+TEST(PrefixKeyTest, AesNiAndVaesKernelsAgree) {
+  if (!kernels::VaesSupported()) GTEST_SKIP() << "no VAES / AVX-512 on this CPU";
+  std::mt19937 rng(8);
+  AesRoundKeys token_key, chain_key;
+  uint8_t key[16];
+  for (uint8_t& byte : key) byte = uint8_t(rng());
+  kernels::AesExpandKey(key, &token_key);
+  for (uint8_t& byte : key) byte = uint8_t(rng());
+  kernels::AesExpandKey(key, &chain_key);
+  for (int32_t block_size : {1, 3, 4, 5, 16, 17}) {
+    for (int n : {1, 2, 8, 15, 16, 17, 33}) {
+      for (bool one_block : {false, true}) {
+        std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(n));
+        std::vector<std::vector<PrefixKey>> out[2];
+        std::vector<KeyChainJob> jobs[2];
+        for (int v = 0; v < 2; ++v) out[v].resize(size_t(n));
+        for (int j = 0; j < n; ++j) {
+          const int64_t blocks = one_block ? 1 : rng() % 41;
+          tokens[j].resize(size_t(blocks * block_size));
+          for (int32_t& t : tokens[j]) t = int32_t(rng() >> 1);
+          const PrefixKey parent{rng(), rng()};
+          for (int v = 0; v < 2; ++v) {
+            out[v][j].resize(size_t(blocks));
+            jobs[v].push_back(KeyChainJob{parent, tokens[j].data(), blocks, out[v][j].data()});
+          }
+        }
+        kernels::AesChainManyAesNi(token_key, chain_key, jobs[0].data(), n, block_size);
+        kernels::AesChainManyVaes(token_key, chain_key, jobs[1].data(), n, block_size);
+        EXPECT_EQ(out[0], out[1]) << "block_size " << block_size << " n " << n
+                                  << (one_block ? " one block each" : "");
+      }
     }
   }
 }

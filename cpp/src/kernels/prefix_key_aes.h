@@ -1,5 +1,7 @@
-// The AES scheme of PrefixKeyer (prefix_key.h), internal: AES-128 with the AES-NI instructions,
-// several independent encryptions interleaved to hide the instructions' latency.
+// The AES scheme of PrefixKeyer (prefix_key.h), internal: AES-128 with the AES-NI instructions
+// (or their 512-bit VAES form, four blocks per instruction, where the CPU has it), several
+// independent encryptions interleaved to hide the instructions' latency
+// (prefix_key_aes_impl.h).
 //
 //   digest_i = CBC-MAC(token_key, the block_size token ids of block i as little-endian uint32,
 //                      zero-padded to a multiple of 16 bytes)
@@ -32,8 +34,17 @@ void AesExpandKey(const uint8_t key[16], AesRoundKeys* out);
 void AesEncryptBlock(const AesRoundKeys& key, const uint8_t in[16], uint8_t out[16]);
 
 // For each job, job.out[i] = key_i of its num_blocks full blocks, with key_{-1} = job.parent
-// (outputs must not overlap inputs or each other).
+// (outputs must not overlap inputs or each other). AesChainManyVaes where VaesSupported(), else
+// AesChainManyAesNi; the two give the same keys.
 void AesChainMany(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
                   const KeyChainJob* jobs, int64_t n, int32_t block_size);
+// AesChainMany with 128-bit AES-NI, 8 encryptions side by side. Requires AesNiSupported().
+void AesChainManyAesNi(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
+                       const KeyChainJob* jobs, int64_t n, int32_t block_size);
+// AES-NI, VAES and AVX-512F (512-bit AES instructions).
+bool VaesSupported();
+// AesChainMany with 512-bit VAES, 16 encryptions side by side. Requires VaesSupported().
+void AesChainManyVaes(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
+                      const KeyChainJob* jobs, int64_t n, int32_t block_size);
 
 }  // namespace ferrum_kv::kernels

@@ -130,14 +130,14 @@ void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32
   const int64_t n = int64_t(blocks.size());
   pool_.Free(blocks.data(), n);
   if (!prefix_) return;
-  // A cached block left with the index's reference only becomes evictable; last block first: the
-  // end of a prompt is evicted before its beginning.
+  // A cached block left with the index's reference only becomes evictable (it was not: the
+  // released table held it); last block first: the end of a prompt is evicted before its
+  // beginning.
   ref_count_scratch_.resize(size_t(n));
   pool_.RefCounts(blocks.data(), n, ref_count_scratch_.data());
   for (int64_t i = n - 1; i >= 0; --i) {
     const BlockId block = blocks[size_t(i)];
-    if (ref_count_scratch_[size_t(i)] == 1 && prefix_->IsCached(block) &&
-        !prefix_->evictable().Contains(block)) {
+    if (ref_count_scratch_[size_t(i)] == 1 && prefix_->IsCached(block)) {
       prefix_->evictable().Add(block, priority, prefix_->PublishOrder(block));
     }
   }
@@ -451,7 +451,11 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     for (int64_t i = 0; i < n; ++i) {
       BatchEntry& entry = batch_scratch_[size_t(i)];
       const Sequence& seq = *entry.seq;
-      const int32_t holders = TailIsFull(seq) ? 0 : ref_count_scratch_[size_t(i)];
+      // One division gives both the full blocks and whether the last block is full.
+      const uint64_t length = seq.tokens.size();
+      const int64_t full_blocks = int64_t(length / uint64_t(block_size));
+      const bool tail_full = length % uint64_t(block_size) == 0;
+      const int32_t holders = tail_full ? 0 : ref_count_scratch_[size_t(i)];
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
       entry.copy_tail = plan.copy_tail;
@@ -459,12 +463,12 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
       // About one sequence in block_size qualifies, unpredictably: it is listed without a branch
-      // (or a division), and the tokens of its last block (usually the one KeyPending keys) and
-      // its chain key start loading.
-      const bool publish = (seq.blocks_published + 1) * block_size <= int64_t(seq.tokens.size());
+      // (its full blocks counted by the division above), and the tokens of its last block
+      // (usually the one KeyPending keys) and its chain key start loading.
+      const bool publish = seq.blocks_published < full_blocks;
       publishers_[size_t(num_publishers)] = entry.seq;
       num_publishers += publish;
-      const int32_t* tokens_end = seq.tokens.data() + seq.tokens.size();
+      const int32_t* tokens_end = seq.tokens.data() + length;
       const void* nothing = &block_size;  // a line in cache already
       __builtin_prefetch(publish ? tokens_end - block_size : nothing);
       __builtin_prefetch(publish ? tokens_end - 1 : nothing);

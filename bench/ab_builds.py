@@ -28,13 +28,13 @@ import sys
 # import hook would otherwise win over it.
 CHILD = """
 import json, sys
-sys.meta_path = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
-import ferrum_kv
-assert ferrum_kv.__file__.startswith(sys.argv[1]), ferrum_kv.__file__
+sys.meta_path = [f for f in sys.meta_path if not type(f).__name__.startswith("ScikitBuild")]
+import ferrum_kv, os
+assert ferrum_kv.__file__.startswith(sys.argv[1] + os.sep), ferrum_kv.__file__
 from ferrum_kv.benchmarks.scheduler import caching_overhead
 result = caching_overhead(256, 300, int(sys.argv[2]))
 print(json.dumps([[float(r[k]) for k in ("step_ratio", "churn_ratio", "total_ratio")]
-                  for r in result.rows]))
+                  for r in result.rows]))  # each pair's ratios, rounded to 3 decimals
 """
 
 
@@ -61,7 +61,8 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     for folder in folders:
         medians = [statistics.median(row[k] for row in rows[folder]) for k in range(3)]
-        print(f"{folder}: step {medians[0]:.4f}x, churn round {medians[1]:.3f}x, "
+        # Medians of an even count may fall between two 3-decimal values: 4 decimals.
+        print(f"{folder}: step {medians[0]:.4f}x, churn round {medians[1]:.4f}x, "
               f"whole run {medians[2]:.4f}x ({len(rows[folder])} pairs)")
 
 

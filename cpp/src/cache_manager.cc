@@ -1,6 +1,7 @@
 #include "ferrum_kv/cache_manager.h"
 
 #include <algorithm>
+#include <cassert>
 
 #include "ferrum_kv/support/check.h"
 
@@ -487,6 +488,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
           std::all_of(publishers_.data(), publishers_.data() + num_publishers,
                       [&](const Sequence* seq) { return one_block(*seq); })) {
         const size_t count = size_t(num_publishers);
+        assert(key_jobs_.empty() && publishing_.empty() && publish_blocks_.empty());
         key_jobs_.resize(count);
         publishing_.resize(count);
         publish_blocks_.resize(count);

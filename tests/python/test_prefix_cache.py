@@ -596,6 +596,27 @@ def test_a_decode_step_publishes_every_computed_block_of_each_sequence(events):
     cache.check_invariants()
 
 
+def test_a_decode_step_publishes_the_full_block_before_a_partly_filled_last_block():
+    # Two full blocks and two tokens, only block 0 marked computed: the decode step publishes
+    # block 1 (its one block to offer), not the partly filled block after it.
+    rng = np.random.default_rng(15)
+    cache = make_cache()
+    tokens = rng.integers(0, 2**31 - 1, 2 * BS + 2)
+    cache.add_sequence(1, tokens)
+    k = rng.standard_normal((2 * BS + 2, HEADS, DIM)).astype(np.float32)
+    cache.write_kv(0, cache.slot_mapping(1, 0, 2 * BS + 2), k, -k)
+    cache.mark_computed(1, BS)
+    assert cache.stats()["cached_blocks"] == 1
+    cache.append_batch([1], [7])
+    cache.check_invariants()
+    assert cache.stats()["cached_blocks"] == 2
+    assert cache.add_sequence(2, list(tokens) + [7, 8]) == 2 * BS
+    reused_k, reused_v = cache.gather_kv(2, 0)
+    np.testing.assert_array_equal(reused_k[: 2 * BS], k[: 2 * BS])
+    np.testing.assert_array_equal(reused_v[: 2 * BS], -k[: 2 * BS])
+    cache.check_invariants()
+
+
 def test_published_hashes_are_the_block_hashes_of_the_spec():
     rng = np.random.default_rng(12)
     cache = make_cache(enable_kv_events=True)

@@ -33,6 +33,7 @@ class EvictionPolicy {
 
   // block becomes evictable. priority: retention priority of the releasing sequence (higher is
   // kept longer); publish_order: when the block was published (smaller is older).
+  // Precondition: !Contains(block) (asserted only: a release build would corrupt the order).
   virtual void Add(BlockId block, int32_t priority, uint64_t publish_order) = 0;
   // block stops being evictable (a prefix hit took it, or the cache dropped it).
   virtual void Remove(BlockId block) = 0;

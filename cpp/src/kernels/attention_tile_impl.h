@@ -229,9 +229,11 @@ class TileKernel {
     const bool options = t.row_begin || t.soft_cap > 0.0f || t.row_slope;
     std::vector<float> row_begin, row_pos, row_slope;
     if (options) {
-      row_begin.assign(padded, 0.0f);
-      row_pos.assign(padded, 0.0f);
-      row_slope.assign(padded, 0.0f);
+      // Built, not assign()ed: assign's out-of-line body, compiled for this file's instruction
+      // set, could be the one the linker keeps for every file.
+      row_begin = std::vector<float>(padded, 0.0f);
+      row_pos = std::vector<float>(padded, 0.0f);
+      row_slope = std::vector<float>(padded, 0.0f);
       for (int r = 0; r < rows; ++r) {
         if (t.row_begin) row_begin[r] = static_cast<float>(t.row_begin[r]);
         row_pos[r] = static_cast<float>(t.row_end[r] - 1);

@@ -34,8 +34,9 @@ void AesExpandKey(const uint8_t key[16], AesRoundKeys* out);
 void AesEncryptBlock(const AesRoundKeys& key, const uint8_t in[16], uint8_t out[16]);
 
 // For each job, job.out[i] = key_i of its num_blocks full blocks, with key_{-1} = job.parent
-// (outputs must not overlap inputs or each other). AesChainManyVaes where VaesSupported(), else
-// AesChainManyAesNi; the two give the same keys.
+// (outputs must not overlap inputs or each other). AesChainManyVaes where VaesSupported() and
+// there are more than 8 jobs or more than 16 blocks in all, else AesChainManyAesNi; the two give
+// the same keys.
 void AesChainMany(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
                   const KeyChainJob* jobs, int64_t n, int32_t block_size);
 // AesChainMany with 128-bit AES-NI, 8 encryptions side by side. Requires AesNiSupported().

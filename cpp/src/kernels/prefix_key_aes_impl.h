@@ -11,13 +11,17 @@
 //   Pack(v) / Unpack(r, v)   kBlocks 128-bit values <-> one register
 //   Xor, Enc, EncLast        the xor, AES round and last AES round of every block
 //
+// No std:: templates here: their out-of-line copies would be compiled for the including file's
+// instruction set, and the linker may keep any file's copy for the whole library
+// (tests/cpp/isa_objects_test.sh checks the objects).
+//
 // Thread safety: pure functions.
 #pragma once
 
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "prefix_key_aes.h"
 
@@ -29,7 +33,9 @@ class AesChains {
   // AesChainMany (prefix_key_aes.h).
   static void ChainMany(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
                         const KeyChainJob* jobs, int64_t n, int32_t block_size) {
-    if (std::all_of(jobs, jobs + n, [](const KeyChainJob& job) { return job.num_blocks == 1; })) {
+    int64_t j = 0;
+    while (j < n && jobs[j].num_blocks == 1) ++j;
+    if (j == n) {  // one block each
       ChainOneBlockEach(token_key, chain_key, jobs, n, block_size);
       return;
     }
@@ -95,7 +101,7 @@ class AesChains {
       return _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + first));
     }
     alignas(16) int32_t tail[4] = {0, 0, 0, 0};
-    std::copy(block + first, block + block_size, tail);
+    std::memcpy(tail, block + first, size_t(block_size - first) * sizeof(int32_t));
     return _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
   }
 
@@ -149,7 +155,7 @@ class AesChains {
   static void Link(const AesRoundKeys& chain_key, const KeyChainJob* jobs, int64_t n) {
     const Schedule key(chain_key);
     for (int64_t group = 0; group < n; group += kWays) {
-      const int count = int(std::min<int64_t>(kWays, n - group));
+      const int count = n - group < kWays ? int(n - group) : kWays;
       __m128i parent[kWays];
       int64_t length[kWays];
       PrefixKey* out[kWays];
@@ -159,7 +165,7 @@ class AesChains {
         parent[w] = LoadKey(job.parent);
         length[w] = w < count ? job.num_blocks : 0;
         out[w] = job.out;
-        longest = std::max(longest, length[w]);
+        if (length[w] > longest) longest = length[w];
       }
       Reg s[kRegs];
       FromWays(parent, s);
@@ -186,7 +192,7 @@ class AesChains {
     const Schedule digest_key(token_key);
     const Schedule link_key(chain_key);
     for (int64_t group = 0; group < n; group += kWays) {
-      const int count = int(std::min<int64_t>(kWays, n - group));
+      const int count = n - group < kWays ? int(n - group) : kWays;
       const int32_t* blocks[kWays];
       __m128i parent[kWays];
       for (int w = 0; w < kWays; ++w) {

@@ -1,7 +1,5 @@
 #include <immintrin.h>
 
-#include <algorithm>
-
 #include "prefix_key_aes.h"
 #include "prefix_key_aes_impl.h"
 
@@ -33,10 +31,6 @@ __m128i NextRoundKey(__m128i key) {
 
 }  // namespace
 
-bool AesNiSupported() {
-  return __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
-}
-
 void AesExpandKey(const uint8_t key[16], AesRoundKeys* out) {
   __m128i k[11];
   k[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(key));
@@ -65,12 +59,6 @@ void AesEncryptBlock(const AesRoundKeys& key, const uint8_t in[16], uint8_t out[
 void AesChainManyAesNi(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
                        const KeyChainJob* jobs, int64_t n, int32_t block_size) {
   AesChains<XmmLanes>::ChainMany(token_key, chain_key, jobs, n, block_size);
-}
-
-void AesChainMany(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
-                  const KeyChainJob* jobs, int64_t n, int32_t block_size) {
-  static const bool vaes = VaesSupported();
-  (vaes ? AesChainManyVaes : AesChainManyAesNi)(token_key, chain_key, jobs, n, block_size);
 }
 
 }  // namespace ferrum_kv::kernels

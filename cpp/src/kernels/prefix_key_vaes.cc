@@ -29,10 +29,6 @@ struct ZmmLanes {
 
 }  // namespace
 
-bool VaesSupported() {
-  return AesNiSupported() && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("avx512f");
-}
-
 void AesChainManyVaes(const AesRoundKeys& token_key, const AesRoundKeys& chain_key,
                       const KeyChainJob* jobs, int64_t n, int32_t block_size) {
   AesChains<ZmmLanes>::ChainMany(token_key, chain_key, jobs, n, block_size);

@@ -380,6 +380,18 @@ def test_random_operations_against_the_model(seed):
     # K of every token position per sequence, to check data read through reused blocks.
     kdata = {}
 
+    def write_uncomputed(seq_id):
+        """Writes random K (and V = K) for the tokens not yet computed, in the cache and in the
+        model's blocks; returns the sequence's length."""
+        seq = model.seqs[seq_id]
+        start, n = seq["computed"], len(seq["tokens"])
+        k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
+        cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
+        kdata[seq_id][start:] = k
+        for pos in range(start, n):
+            model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
+        return n
+
     for _ in range(800):
         op = rng.choice(["add", "append", "compute", "store", "fork", "free", "decode"],
                         p=[0.28, 0.13, 0.18, 0.1, 0.1, 0.14, 0.07])
@@ -440,13 +452,7 @@ def test_random_operations_against_the_model(seed):
                 kdata[seq_id] = np.concatenate([kdata[seq_id], pad])
         elif op == "compute" and live:
             seq_id = int(rng.choice(live))
-            seq = model.seqs[seq_id]
-            start, n = seq["computed"], len(seq["tokens"])
-            k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
-            cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
-            kdata[seq_id][start:] = k
-            for pos in range(start, n):
-                model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
+            n = write_uncomputed(seq_id)
             cache.mark_computed(seq_id, n)
             model.mark_computed(seq_id, n)
         elif op == "store" and any(
@@ -478,13 +484,7 @@ def test_random_operations_against_the_model(seed):
             batch = [int(s) for s in rng.permutation(live)[:size]]
             new_tokens = rng.integers(0, 30, len(batch)).tolist()
             for seq_id in batch:
-                seq = model.seqs[seq_id]
-                start, n = seq["computed"], len(seq["tokens"])
-                k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
-                cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
-                kdata[seq_id][start:] = k
-                for pos in range(start, n):
-                    model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]
+                write_uncomputed(seq_id)
             cache.append_batch(batch, new_tokens)
             for seq_id, token in zip(batch, new_tokens):
                 model.mark_computed(seq_id, len(model.seqs[seq_id]["tokens"]))

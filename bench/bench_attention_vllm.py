@@ -24,9 +24,9 @@ vLLM's query is bfloat16). Each implementation rotates over ~768 MB of layers, s
 its K/V in the caches; the implementations are timed in interleaved rounds (best of the rounds),
 with the same thread count (torch.set_num_threads for vLLM, num_threads for ferrum_kv). The read
 ceiling is ferrum_kv._core.memory_read_probe's threads-thread sum over 1 GiB, best of 5, measured
-in this run. Both kernels run on one OpenMP runtime (torch's libgomp.so.1 is loaded first and
-ferrum_kv's libgomp.so.1 resolves to it). On a 2-core shared machine the 2-thread rows are only
-meaningful when nothing else runs: one preempted thread stalls every OpenMP barrier.
+in this run. vLLM's op runs on torch's OpenMP threads, ferrum_kv's kernels on their own (see
+docs/attention.md). On a 2-core shared machine the 2-thread rows are only meaningful when nothing
+else runs: one preempted thread stalls every call of either.
 
 The full preset with --threads 1,2 takes about 5 minutes on 2 cores and peaks near 7 GB of RAM.
 """

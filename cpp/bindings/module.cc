@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m) {
   ferrum_kv::bindings::BindCacheManager(m);
   ferrum_kv::bindings::BindAttention(m);
   ferrum_kv::bindings::BindBlockHash(m);
+  ferrum_kv::bindings::BindParallel(m);
 }

@@ -6,10 +6,7 @@
 #include <limits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "ferrum_kv/parallel.h"
 #include "ferrum_kv/support/check.h"
 #include "kernels/attention_reference.h"
 #include "kernels/attention_tile.h"
@@ -56,8 +53,6 @@ void Validate(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
   FKV_CHECK_ARG(std::isfinite(scale), "scale must be finite, got " << scale);
   FKV_CHECK_ARG(batch.batch_size >= 0, "batch size must be >= 0, got " << batch.batch_size);
   FKV_CHECK_ARG(batch.max_blocks >= 0, "max_blocks must be >= 0, got " << batch.max_blocks);
-  FKV_CHECK_ARG(options.num_threads >= 0,
-                "num_threads must be >= 0, got " << options.num_threads);
   FKV_CHECK_ARG(options.sliding_window >= 0,
                 "sliding_window must be >= 0 (0 = off), got " << options.sliding_window);
   FKV_CHECK_ARG(std::isfinite(options.soft_cap) && options.soft_cap >= 0.0f,
@@ -243,68 +238,61 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
   const uint8_t* layer_base = storage.Data() + layer * storage.LayerStride() * element_size;
   const int64_t num_items = int64_t(items.size());
 
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    ThreadBuffers& buffer = buffers[omp_get_thread_num()];
-#else
-    ThreadBuffers& buffer = buffers[0];
-#endif
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < num_items; ++w) {
-      const WorkItem& item = items[w];
-      const TileSpec& spec = tiles[item.tile];
-      const int32_t rows = spec.num_rows();
-      for (int32_t r = 0; r < rows; ++r) {
-        const float* src = q + plan.RowOffset(spec, r);
-        for (int32_t c = 0; c < d; ++c) buffer.q[r * d + c] = src[c] * scale;
-        buffer.row_end[r] = plan.RowEnd(spec, r);
-        if (options.sliding_window > 0) buffer.row_begin[r] = plan.RowBegin(spec, r);
-        if (options.alibi_slopes) buffer.slope[r] = options.alibi_slopes[plan.RowHead(spec, r)];
-      }
-      AttentionTile tile;
-      tile.q = buffer.q.data();
-      tile.row_end = buffer.row_end.data();
-      tile.num_rows = rows;
-      tile.key_begin = item.key_begin;
-      tile.key_end = item.key_end;
-      tile.block_table = batch.block_tables + int64_t{spec.seq} * batch.max_blocks;
-      tile.k_base = layer_base + spec.kv_head * storage.HeadStride() * element_size;
-      tile.v_base = tile.k_base + storage.KvStride() * element_size;
-      tile.block_bytes = storage.bytes_per_block();
-      tile.block_size = config.block_size;
-      tile.head_dim = d;
-      tile.dtype = storage.dtype();
-      tile.row_begin = options.sliding_window > 0 ? buffer.row_begin.data() : nullptr;
-      tile.soft_cap = options.soft_cap;
-      tile.row_slope = options.alibi_slopes ? buffer.slope.data() : nullptr;
-      if (spec.num_splits == 1) {
-        tile.acc = buffer.acc.data();
-        tile.max = buffer.max.data();
-        tile.sum = buffer.sum.data();
-        tile_function(tile);
-        for (int32_t r = 0; r < rows; ++r) {
-          float* dst = out + plan.RowOffset(spec, r);
-          const float inverse = 1.0f / buffer.sum[r];
-          for (int32_t c = 0; c < d; ++c) dst[c] = buffer.acc[r * d + c] * inverse;
-        }
-      } else {
-        float* state = scratch.data() + spec.scratch_offset +
-                       int64_t{item.split} * rows * (d + 2);
-        tile.acc = state;
-        tile.max = state + int64_t{rows} * d;
-        tile.sum = tile.max + rows;
-        tile_function(tile);
-      }
+  ParallelFor(num_items, threads, [&](int32_t thread, int64_t w) {
+    ThreadBuffers& buffer = buffers[thread];
+    const WorkItem& item = items[w];
+    const TileSpec& spec = tiles[item.tile];
+    const int32_t rows = spec.num_rows();
+    for (int32_t r = 0; r < rows; ++r) {
+      const float* src = q + plan.RowOffset(spec, r);
+      for (int32_t c = 0; c < d; ++c) buffer.q[r * d + c] = src[c] * scale;
+      buffer.row_end[r] = plan.RowEnd(spec, r);
+      if (options.sliding_window > 0) buffer.row_begin[r] = plan.RowBegin(spec, r);
+      if (options.alibi_slopes) buffer.slope[r] = options.alibi_slopes[plan.RowHead(spec, r)];
     }
-  }
+    AttentionTile tile;
+    tile.q = buffer.q.data();
+    tile.row_end = buffer.row_end.data();
+    tile.num_rows = rows;
+    tile.key_begin = item.key_begin;
+    tile.key_end = item.key_end;
+    tile.block_table = batch.block_tables + int64_t{spec.seq} * batch.max_blocks;
+    tile.k_base = layer_base + spec.kv_head * storage.HeadStride() * element_size;
+    tile.v_base = tile.k_base + storage.KvStride() * element_size;
+    tile.block_bytes = storage.bytes_per_block();
+    tile.block_size = config.block_size;
+    tile.head_dim = d;
+    tile.dtype = storage.dtype();
+    tile.row_begin = options.sliding_window > 0 ? buffer.row_begin.data() : nullptr;
+    tile.soft_cap = options.soft_cap;
+    tile.row_slope = options.alibi_slopes ? buffer.slope.data() : nullptr;
+    if (spec.num_splits == 1) {
+      tile.acc = buffer.acc.data();
+      tile.max = buffer.max.data();
+      tile.sum = buffer.sum.data();
+      tile_function(tile);
+      for (int32_t r = 0; r < rows; ++r) {
+        float* dst = out + plan.RowOffset(spec, r);
+        const float inverse = 1.0f / buffer.sum[r];
+        for (int32_t c = 0; c < d; ++c) dst[c] = buffer.acc[r * d + c] * inverse;
+      }
+    } else {
+      float* state = scratch.data() + spec.scratch_offset +
+                     int64_t{item.split} * rows * (d + 2);
+      tile.acc = state;
+      tile.max = state + int64_t{rows} * d;
+      tile.sum = tile.max + rows;
+      tile_function(tile);
+    }
+  });
 
   // Merge the partial states of split tiles: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-  const int32_t num_tiles = static_cast<int32_t>(tiles.size());
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int32_t index = 0; index < num_tiles; ++index) {
+  const bool any_split = std::any_of(tiles.begin(), tiles.end(),
+                                     [](const TileSpec& spec) { return spec.num_splits > 1; });
+  if (!any_split) return;
+  ParallelFor(int64_t(tiles.size()), threads, [&](int32_t, int64_t index) {
     const TileSpec& spec = tiles[index];
-    if (spec.num_splits == 1) continue;
+    if (spec.num_splits == 1) return;
     const int32_t rows = spec.num_rows();
     const int64_t state_size = int64_t{rows} * (d + 2);
     const float* states = scratch.data() + spec.scratch_offset;
@@ -327,24 +315,20 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
       const float inverse = 1.0f / total;
       for (int32_t c = 0; c < d; ++c) dst[c] *= inverse;
     }
-  }
+  });
 }
 
 void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
                     const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
                     float* out, const AttentionOptions& options) {
   const AttentionIsa isa = ResolveIsa(options.isa);
+  const int32_t threads = ResolveNumThreads(options.num_threads);
   Validate(q, num_query_tokens, num_q_heads, storage, layer, batch, scale, out, options);
   if (batch.batch_size == 0) return;
   if (isa == AttentionIsa::kReference) {
     kernels::PagedAttentionReference(q, num_q_heads, storage, layer, batch, scale, out, options);
     return;
   }
-#ifdef _OPENMP
-  const int32_t threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
-#else
-  const int32_t threads = 1;
-#endif
   RunTiles(q, num_q_heads, storage, layer, batch, scale, out, TileFunctionFor(isa), threads,
            options);
 }
@@ -362,10 +346,10 @@ const char* AttentionIsaName(AttentionIsa isa) {
   return "unknown";
 }
 
-AttentionIsa ParseAttentionIsa(const char* name) {
+AttentionIsa ParseAttentionIsa(const std::string& name) {
   for (AttentionIsa isa : {AttentionIsa::kAuto, AttentionIsa::kReference, AttentionIsa::kPortable,
                            AttentionIsa::kAvx2, AttentionIsa::kAvx512}) {
-    if (std::strcmp(name, AttentionIsaName(isa)) == 0) return isa;
+    if (name == AttentionIsaName(isa)) return isa;
   }
   FKV_THROW(InvalidArgument, "unknown attention kernel '"
                                  << name << "' (expected auto, reference, portable, avx2 or avx512)");

@@ -33,12 +33,14 @@
 // block it reads is freed or rewritten during the call. q and out must not overlap.
 // Complexity: O(sum over rows of context tokens seen * D); each K/V byte of a (sequence, KV head)
 // is read once per call in decode (all G query heads of a KV head are processed together), once
-// per tile of query tokens in prefill. Work is spread over OpenMP threads; when there are fewer
-// (sequence, KV head) pairs than a few per thread, long contexts are split across threads and the
-// partial softmax states are merged (flash-decoding).
+// per tile of query tokens in prefill. Work is spread over the library's threads (parallel.h); when
+// there are fewer
+// (sequence, KV head) pairs than a few per thread, long contexts are split across threads and
+// the partial softmax states are merged (flash-decoding).
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "ferrum_kv/kv_storage.h"
 
@@ -50,7 +52,7 @@ enum class AttentionIsa : uint8_t { kAuto, kReference, kPortable, kAvx2, kAvx512
 
 // "auto" | "reference" | "portable" | "avx2" | "avx512", and back (InvalidArgument otherwise).
 const char* AttentionIsaName(AttentionIsa isa);
-AttentionIsa ParseAttentionIsa(const char* name);
+AttentionIsa ParseAttentionIsa(const std::string& name);
 // Whether this CPU can run isa (kAuto, kReference and kPortable always can).
 bool AttentionIsaSupported(AttentionIsa isa);
 // What kAuto resolves to on this CPU.
@@ -58,7 +60,7 @@ AttentionIsa BestAttentionIsa();
 
 struct AttentionOptions {
   AttentionIsa isa = AttentionIsa::kAuto;
-  // Threads to use; 0 means OpenMP's default (omp_get_max_threads()).
+  // Threads to use, in [0, kMaxThreads]; 0 means DefaultNumThreads() (parallel.h).
   int32_t num_threads = 0;
   // Sliding window W (attend to the last W positions, the query's own included); 0 = off.
   int32_t sliding_window = 0;

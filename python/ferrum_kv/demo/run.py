@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
@@ -73,6 +74,18 @@ class DemoOptions:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
 
+@contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """NumPy's BLAS and ferrum_kv's kernels on at most ``threads`` threads, until the block ends."""
+    previous = fkv.get_num_threads()
+    fkv.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        fkv.set_num_threads(previous)
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What a run produced.
@@ -132,7 +145,7 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
         record_logits=verify_run))
 
     hide_progress = None if progress is None else not progress  # tqdm: None = auto
-    with threadpool_limits(limits=options.threads):
+    with _threads(options.threads):
         start = time.perf_counter()
         with tqdm(total=workload.num_samples, desc="serving", unit="sample",
                   disable=hide_progress, leave=False) as bar:

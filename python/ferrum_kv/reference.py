@@ -145,7 +145,13 @@ def paged_attention_prefill_reference(
         scores[:, hidden] = -np.inf
         weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
         weights /= weights.sum(axis=-1, keepdims=True)
-        out[row : row + queries] = (weights @ v.transpose(1, 0, 2)).transpose(1, 0, 2)
+        values = v.transpose(1, 0, 2)  # [heads, context, head_dim]
+        if np.isfinite(values).all():
+            out[row : row + queries] = (weights @ values).transpose(1, 0, 2)
+        else:  # hidden keys add nothing, even an inf or NaN value (0 * inf would be NaN)
+            for j in range(queries):
+                seen = ~hidden[j]
+                out[row + j] = np.einsum("hk,hkd->hd", weights[:, j, seen], values[:, seen])
         row += queries
     return out
 

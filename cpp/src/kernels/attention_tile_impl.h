@@ -206,8 +206,8 @@ class TileKernel {
         }
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
-        AccumulateRows<decltype(nr)::value>(scores + r0 * kSpanTokens, 1, v, n, d,
-                                            t.acc + int64_t{r0} * d, next);
+        AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores + r0 * kSpanTokens, 1, v, n,
+                                               t.acc + int64_t{r0} * d, next);
       });
     });
   }
@@ -270,8 +270,8 @@ class TileKernel {
         for (int c = 0; c < d; ++c) acc[c] *= correction[r];
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
-        AccumulateRows<decltype(nr)::value>(scores.data() + r0, padded, v, n, d,
-                                            t.acc + int64_t{r0} * d, next);
+        AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores.data() + r0, padded, v, n,
+                                               t.acc + int64_t{r0} * d, next);
       });
     });
     std::copy(max.begin(), max.begin() + rows, t.max);
@@ -553,26 +553,62 @@ class TileKernel {
     *max = new_max;
   }
 
+  // AccumulateRows for rows r0 .. r0 + NR - 1 of the span's keys pos .. pos + n - 1, over only
+  // the keys some of them see: the keys all of them see with plain FMAs, the keys only some see
+  // skipping the rows that give them weight 0, the others not at all. A masked key must add
+  // nothing even when its V is inf or NaN (0 * inf is NaN); in decode all rows see the same keys.
+  template <int NR>
+  static void AccumulateVisible(const AttentionTile& t, int r0, int32_t pos, const float* p,
+                                int key_stride, const Elem* v, int n, float* acc, NextSpan& next) {
+    int all_lo = 0, all_hi = n, any_lo = n, any_hi = 0;
+    for (int r = r0; r < r0 + NR; ++r) {
+      const int hi = static_cast<int>(std::clamp<int32_t>(t.row_end[r] - pos, 0, n));
+      const int lo = t.row_begin ? static_cast<int>(std::clamp<int32_t>(t.row_begin[r] - pos, 0, hi))
+                                 : 0;
+      all_lo = std::max(all_lo, lo);
+      all_hi = std::min(all_hi, hi);
+      if (lo < hi) {
+        any_lo = std::min(any_lo, lo);
+        any_hi = std::max(any_hi, hi);
+      }
+    }
+    const int d = t.head_dim;
+    const auto keys = [&](auto skip_zero, int lo, int hi) {
+      if (lo >= hi) return;
+      AccumulateRows<NR, decltype(skip_zero)::value>(p + int64_t{lo} * key_stride, key_stride,
+                                                     v + int64_t{lo} * d, hi - lo, d, acc, next);
+    };
+    if (all_lo >= all_hi) {
+      keys(std::true_type{}, any_lo, any_hi);
+    } else {
+      keys(std::true_type{}, any_lo, all_lo);
+      keys(std::false_type{}, all_lo, all_hi);
+      keys(std::true_type{}, all_hi, any_hi);
+    }
+  }
+
   // acc[r * d + c] += sum over j < n of p[r * row_stride + j * key_stride] * v[j * d + c],
   // r < NR, where key_stride is 1 and row_stride kSpanTokens (narrow path's [row][key] weights)
-  // or key_stride is given and row_stride 1 (wide path's [key][row] weights). Advances next's V
-  // prefetch with the columns.
-  template <int NR>
+  // or key_stride is given and row_stride 1 (wide path's [key][row] weights); kSkipZero: terms
+  // with p = 0 are left out. Advances next's V prefetch with the columns.
+  template <int NR, bool kSkipZero>
   static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
                              float* acc, NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
     for (; c + 2 * kW <= d; c += 2 * kW) {
-      AccumulateColumns<NR, 2>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+      AccumulateColumns<NR, 2, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
       next.ValuesUntil(c + 2 * kW, d);
     }
     for (; c + kW <= d; c += kW)
-      AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
-    if (c < d) AccumulateColumns<NR, 1>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
+      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+    if (c < d) {
+      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
+    }
   }
 
   // NC vectors of columns starting at v / acc; width < kW only for the last, partial vector.
-  template <int NR, int NC>
+  template <int NR, int NC, bool kSkipZero>
   static void AccumulateColumns(const float* p, int row_stride, int key_stride, const Elem* v,
                                 int n, int d, float* acc, int width) {
     const bool partial = width < kW;
@@ -588,7 +624,9 @@ class TileKernel {
         LoadColumns<NC>(v + int64_t{j} * d, value);
       }
       for (int r = 0; r < NR; ++r) {
-        const V weight = Isa::Set1(p[r * row_stride + j * key_stride]);
+        const float w = p[r * row_stride + j * key_stride];
+        if (kSkipZero && w == 0.0f) continue;
+        const V weight = Isa::Set1(w);
         for (int i = 0; i < NC; ++i) a[r][i] = Isa::Fma(weight, value[i], a[r][i]);
       }
     }

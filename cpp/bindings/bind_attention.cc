@@ -37,15 +37,24 @@ void CheckNdim(const py::array& array, const char* name, py::ssize_t ndim, const
 }
 
 // The arguments both kernels share, checked against q and the storage; query_lens is absent for
-// decode. Returns the batch tables (pointers into the arrays, which the caller keeps alive) and
-// the output array (allocated when out is None).
+// decode. Returns the batch tables and the output array (allocated when out is None). The
+// integer tables and the slopes are private copies (batch and options point into them): the
+// kernels validate them and then read them without the GIL, while another Python thread could
+// change the caller's arrays.
 struct Prepared {
   PagedBatch batch;
   py::array out;
   float scale;
   AttentionOptions options;
-  std::optional<py::array> alibi_slopes;  // kept alive for options.alibi_slopes
+  std::vector<int32_t> block_tables, context_lens, query_lens;
+  std::vector<float> alibi_slopes;
 };
+
+template <typename T>
+std::vector<T> CopyOf(const py::array& array) {
+  const T* data = static_cast<const T*>(array.data());
+  return std::vector<T>(data, data + array.size());
+}
 
 // The optional features (attention.h), checked here with Python's conventions (None = off).
 void SetFeatures(Prepared& prepared, py::ssize_t num_q_heads, std::optional<int64_t> sliding_window,
@@ -65,15 +74,15 @@ void SetFeatures(Prepared& prepared, py::ssize_t num_q_heads, std::optional<int6
   if (alibi_slopes) {
     CheckNdim(*alibi_slopes, "alibi_slopes", 1, "[num_q_heads]");
     CheckArray(*alibi_slopes, "alibi_slopes", py::dtype::of<float>(), {num_q_heads});
-    prepared.alibi_slopes = alibi_slopes;
-    prepared.options.alibi_slopes = static_cast<const float*>(alibi_slopes->data());
+    prepared.alibi_slopes = CopyOf<float>(*alibi_slopes);
+    prepared.options.alibi_slopes = prepared.alibi_slopes.data();
   }
 }
 
 Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& block_tables,
                  const py::array& context_lens, const std::optional<py::array>& query_lens,
                  std::optional<double> scale, std::optional<py::array> out,
-                 const std::string& isa, int32_t num_threads) {
+                 const py::str& isa, int32_t num_threads) {
   const py::dtype f32 = py::dtype::of<float>();
   const py::dtype i32 = py::dtype::of<int32_t>();
   const int32_t head_dim = storage.config().head_dim;
@@ -93,21 +102,28 @@ Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& 
   if (out) {
     CheckArray(*out, "out", f32, {q.shape(0), q.shape(1), q.shape(2)});
     FKV_CHECK_ARG(out->writeable(), "out must be writeable");
+    FKV_CHECK_ARG(!OverlapsArena(*out, storage),
+                  "out must not be a view of the storage's K/V arena (it would overwrite the "
+                  "cached K/V)");
   } else {
     out = py::array(f32, {q.shape(0), q.shape(1), q.shape(2)});
   }
   FKV_CHECK_ARG(block_tables.shape(1) <= INT32_MAX && q.shape(1) <= INT32_MAX,
                 "block_tables and q dimensions must fit in int32");
   Prepared prepared;
-  prepared.batch.block_tables = static_cast<const int32_t*>(block_tables.data());
-  prepared.batch.context_lens = static_cast<const int32_t*>(context_lens.data());
-  prepared.batch.query_lens =
-      query_lens ? static_cast<const int32_t*>(query_lens->data()) : nullptr;
+  prepared.block_tables = CopyOf<int32_t>(block_tables);
+  prepared.context_lens = CopyOf<int32_t>(context_lens);
+  prepared.batch.block_tables = prepared.block_tables.data();
+  prepared.batch.context_lens = prepared.context_lens.data();
+  if (query_lens) {
+    prepared.query_lens = CopyOf<int32_t>(*query_lens);
+    prepared.batch.query_lens = prepared.query_lens.data();
+  }
   prepared.batch.batch_size = static_cast<int32_t>(batch_size);
   prepared.batch.max_blocks = static_cast<int32_t>(block_tables.shape(1));
   prepared.out = *out;
   prepared.scale = static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(head_dim)));
-  prepared.options.isa = ParseAttentionIsa(isa.c_str());
+  prepared.options.isa = ParseAttentionIsa(isa);
   prepared.options.num_threads = num_threads;
   return prepared;
 }
@@ -129,7 +145,8 @@ out : np.ndarray, optional
 isa : str
     "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
 num_threads : int
-    0 (default) uses OpenMP's default.
+    In [0, 1024]; 0 (default) uses get_num_threads() (the CPUs this process may run on, unless
+    set_num_threads changed it). Fewer are used when the system cannot start more.
 sliding_window : int, optional
     Attend only to the last sliding_window positions (the query's own included); >= 1.
 soft_cap : float, optional
@@ -141,7 +158,8 @@ Returns
 -------
 np.ndarray, [batch, num_q_heads, head_dim], float32: out.
 
-The GIL is released during the computation; the caller keeps the blocks read unchanged.)doc";
+Raises ValueError for a bad shape, dtype or value (out overlapping q or the storage's arena
+included), IndexError for a layer out of range. The GIL is released during the computation; the caller keeps the blocks read unchanged.)doc";
 
 constexpr const char* kPrefillDoc = R"doc(Paged-attention (chunked) prefill over explicit block tables.
 
@@ -170,7 +188,7 @@ void BindAttention(py::module_& m) {
       "paged_attention_decode_tables",
       [](const py::array& q, const KvStorage& storage, int32_t layer,
          const py::array& block_tables, const py::array& context_lens,
-         std::optional<double> scale, std::optional<py::array> out, const std::string& isa,
+         std::optional<double> scale, std::optional<py::array> out, const py::str& isa,
          int32_t num_threads, std::optional<int64_t> sliding_window,
          std::optional<double> soft_cap, std::optional<py::array> alibi_slopes) {
         Prepared p = Prepare(q, storage, block_tables, context_lens, std::nullopt, scale,
@@ -186,17 +204,17 @@ void BindAttention(py::module_& m) {
         }
         return p.out;
       },
-      py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
+      py::arg("q"), py::arg("storage"), py::arg("layer").noconvert(), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("scale") = py::none(), py::arg("out") = py::none(),
-      py::arg("isa") = "auto", py::arg("num_threads") = 0, py::kw_only(),
-      py::arg("sliding_window") = py::none(), py::arg("soft_cap") = py::none(),
+      py::arg("isa") = "auto", py::arg("num_threads").noconvert() = 0, py::kw_only(),
+      py::arg("sliding_window").noconvert() = py::none(), py::arg("soft_cap") = py::none(),
       py::arg("alibi_slopes") = py::none(), kDecodeDoc);
   m.def(
       "paged_attention_prefill_tables",
       [](const py::array& q, const KvStorage& storage, int32_t layer,
          const py::array& block_tables, const py::array& context_lens,
          const py::array& query_lens, std::optional<double> scale,
-         std::optional<py::array> out, const std::string& isa, int32_t num_threads,
+         std::optional<py::array> out, const py::str& isa, int32_t num_threads,
          std::optional<int64_t> sliding_window, std::optional<double> soft_cap,
          std::optional<py::array> alibi_slopes) {
         Prepared p = Prepare(q, storage, block_tables, context_lens, query_lens, scale,
@@ -213,10 +231,10 @@ void BindAttention(py::module_& m) {
         }
         return p.out;
       },
-      py::arg("q"), py::arg("storage"), py::arg("layer"), py::arg("block_tables"),
+      py::arg("q"), py::arg("storage"), py::arg("layer").noconvert(), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("query_lens"), py::arg("scale") = py::none(),
-      py::arg("out") = py::none(), py::arg("isa") = "auto", py::arg("num_threads") = 0,
-      py::kw_only(), py::arg("sliding_window") = py::none(), py::arg("soft_cap") = py::none(),
+      py::arg("out") = py::none(), py::arg("isa") = "auto", py::arg("num_threads").noconvert() = 0,
+      py::kw_only(), py::arg("sliding_window").noconvert() = py::none(), py::arg("soft_cap") = py::none(),
       py::arg("alibi_slopes") = py::none(), kPrefillDoc);
   m.def(
       "attention_isas",
@@ -238,7 +256,7 @@ void BindAttention(py::module_& m) {
         py::gil_scoped_release release;
         return SumWords(pointer, bytes, num_threads);
       },
-      py::arg("data"), py::arg("num_threads") = 0,
+      py::arg("data"), py::arg("num_threads").noconvert() = 0,
       "Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads "
       "threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.");
 }

@@ -37,7 +37,7 @@ void BindBlockHash(py::module_& m) {
         }
         return result;
       },
-      py::arg("tokens"), py::arg("block_size"), py::arg("namespace") = py::bytes(""),
+      py::arg("tokens"), py::arg("block_size").noconvert(), py::arg("namespace") = py::bytes(""),
       "Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): "
       "a list of 32-byte digests, one per full block (a partial trailing block is ignored). "
       "parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to "

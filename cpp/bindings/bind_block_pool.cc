@@ -17,7 +17,7 @@ void BindBlockPool(py::module_& m) {
                         "Fixed set of block ids [0, num_blocks) with a ref count each. "
                         "Thread-safe; every call is all-or-nothing. The least recently freed "
                         "block is reused first.")
-      .def(py::init<int64_t>(), py::kw_only(), py::arg("num_blocks"))
+      .def(py::init<int64_t>(), py::kw_only(), py::arg("num_blocks").noconvert())
       .def(
           "allocate",
           [](BlockPool& pool, int64_t n) {
@@ -32,7 +32,7 @@ void BindBlockPool(py::module_& m) {
             }
             return ids;
           },
-          py::arg("n"),
+          py::arg("n").noconvert(),
           "Allocate n blocks (ref count 1). Returns int32 array of shape (n,). Raises "
           "OutOfBlocksError (nothing allocated) when fewer than n are free.")
       .def(
@@ -60,8 +60,8 @@ void BindBlockPool(py::module_& m) {
           py::arg("ids"),
           "Add one reference to each id (all must be allocated; ValueError otherwise, nothing "
           "changed).")
-      .def("ref_count", &BlockPool::RefCount, py::arg("block_id"))
-      .def("can_allocate", &BlockPool::CanAllocate, py::arg("n"))
+      .def("ref_count", &BlockPool::RefCount, py::arg("block_id").noconvert())
+      .def("can_allocate", &BlockPool::CanAllocate, py::arg("n").noconvert())
       .def_property_readonly("num_blocks", &BlockPool::num_blocks)
       .def_property_readonly("num_free_blocks", &BlockPool::num_free_blocks)
       .def_property_readonly("num_used_blocks", &BlockPool::num_used_blocks)

@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "bindings.h"
 #include "ferrum_kv/cache_manager.h"
@@ -66,12 +69,28 @@ py::dict StatsDict(const CacheStats& s) {
   return d;
 }
 
-// Wraps a Python callable so that the C++ side may copy and destroy it without the GIL.
-PagedKvCache::PressureCallback WrapPressureCallback(py::object callable) {
-  std::shared_ptr<py::object> holder(new py::object(std::move(callable)), [](py::object* p) {
+// The pressure callback of each PagedKvCache instance that has one, for the garbage collector:
+// the C++ cache owns the callable (through WrapPressureCallback's holder), and a callable that
+// refers back to its cache (a bound method of the scheduler that owns the cache, a lambda) makes
+// a cycle the collector can only break if the cache's tp_traverse shows it the callable.
+// Guarded by the GIL. Keys: the Python instances; values: the holder that owns the callable.
+std::unordered_map<PyObject*, const py::object*>& PressureCallbacks() {
+  static auto* callbacks = new std::unordered_map<PyObject*, const py::object*>();
+  return *callbacks;
+}
+
+// Wraps self's callable so that the C++ side may copy and destroy it without the GIL, and
+// registers it in PressureCallbacks() until it is destroyed.
+PagedKvCache::PressureCallback WrapPressureCallback(py::handle self, py::object callable) {
+  PyObject* const key = self.ptr();
+  std::shared_ptr<py::object> holder(new py::object(std::move(callable)), [key](py::object* p) {
     py::gil_scoped_acquire gil;
+    auto& callbacks = PressureCallbacks();
+    const auto it = callbacks.find(key);
+    if (it != callbacks.end() && it->second == p) callbacks.erase(it);
     delete p;
   });
+  PressureCallbacks()[key] = holder.get();
   return [holder](PressureLevel level) {
     py::gil_scoped_acquire gil;
     try {
@@ -79,6 +98,25 @@ PagedKvCache::PressureCallback WrapPressureCallback(py::object callable) {
     } catch (py::error_already_set& e) {
       e.discard_as_unraisable("ferrum_kv memory-pressure callback");
     }
+  };
+}
+
+// Garbage-collector support for PagedKvCache (see PressureCallbacks).
+void SetUpGarbageCollection(PyHeapTypeObject* heap_type) {
+  PyTypeObject* type = &heap_type->ht_type;
+  type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+  type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
+    Py_VISIT(Py_TYPE(self));
+    const auto& callbacks = PressureCallbacks();
+    const auto it = callbacks.find(self);
+    if (it != callbacks.end()) Py_VISIT(it->second->ptr());
+    return 0;
+  };
+  type->tp_clear = [](PyObject* self) -> int {
+    if (PressureCallbacks().count(self) != 0) {  // only initialised caches have one
+      py::cast<PagedKvCache&>(py::handle(self)).SetPressureCallback(nullptr);
+    }
+    return 0;
   };
 }
 
@@ -112,7 +150,8 @@ void BindCacheManager(py::module_& m) {
   py::class_<PagedKvCache>(m, "PagedKvCache",
                            "Sequences, block tables, copy-on-write fork, swap to the host tier "
                            "and batch metadata over one BlockPool + KvStorage. Thread-safe; every "
-                           "call is all-or-nothing.")
+                           "call is all-or-nothing.",
+                           py::custom_type_setup(SetUpGarbageCollection))
       .def(py::init<const CacheConfig&>(), py::arg("config"))
       .def_property_readonly("config", &PagedKvCache::config)
       .def_property_readonly("storage", &PagedKvCache::storage, "The device-tier KvStorage.")
@@ -129,8 +168,8 @@ void BindCacheManager(py::module_& m) {
             py::gil_scoped_release release;
             return cache.AddSequence(seq_id, data, n, ns, priority);
           },
-          py::arg("seq_id"), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
-          py::arg("priority") = 0,
+          py::arg("seq_id").noconvert(), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          py::arg("priority").noconvert() = 0,
           "Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With "
           "prefix caching, reuses the longest run of leading full blocks cached under the same "
           "namespace (bytes: tenant, model, adapter) and returns how many tokens that covers "
@@ -155,8 +194,8 @@ void BindCacheManager(py::module_& m) {
             const py::ssize_t vocab = py::ssize_t(logits.size());
             return py::make_tuple(reused, MoveToArray(std::move(logits), {vocab}));
           },
-          py::arg("seq_id"), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
-          py::arg("priority") = 0,
+          py::arg("seq_id").noconvert(), py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          py::arg("priority").noconvert() = 0,
           "add_sequence, and a whole-prompt hit where it can: returns (cached_tokens, logits). If "
           "these exact tokens were stored with store_logits in this namespace and their blocks "
           "are still cached, the sequence reuses all of them: (len(tokens), the stored logits "
@@ -164,8 +203,16 @@ void BindCacheManager(py::module_& m) {
           "(what add_sequence returns, None).")
       .def(
           "store_logits",
-          [](PagedKvCache& cache, SeqId seq_id,
-             const py::array_t<float, py::array::c_style | py::array::forcecast>& logits) {
+          [](PagedKvCache& cache, SeqId seq_id, py::handle logits_obj) {
+            const py::array any = py::array::ensure(logits_obj);
+            if (!any || (any.dtype().kind() != 'f' && any.dtype().kind() != 'i' &&
+                         any.dtype().kind() != 'u')) {
+              throw py::type_error("logits must be a 1-D array of real numbers, got " +
+                                   (any ? "dtype " + std::string(py::str(any.dtype()))
+                                        : std::string(py::str(py::type::of(logits_obj)))));
+            }
+            const auto logits =
+                py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(any);
             if (logits.ndim() != 1) {
               throw py::value_error("logits must be 1-D (one value per vocabulary entry), got "
                                     "shape " + ShapeString(logits));
@@ -175,7 +222,7 @@ void BindCacheManager(py::module_& m) {
             py::gil_scoped_release release;
             cache.StoreLogits(seq_id, data, n);
           },
-          py::arg("seq_id"), py::arg("logits"),
+          py::arg("seq_id").noconvert(), py::arg("logits"),
           "Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a "
           "copy of its partly filled last block, for add_sequence_with_logits. Needs "
           "CacheConfig(max_prompt_logits > 0) and every token's K/V written "
@@ -191,7 +238,7 @@ void BindCacheManager(py::module_& m) {
             py::gil_scoped_release release;
             cache.AppendTokens(seq_id, data, n);
           },
-          py::arg("seq_id"), py::arg("tokens"))
+          py::arg("seq_id").noconvert(), py::arg("tokens"))
       .def(
           "append_batch",
           [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle tokens_obj) {
@@ -210,10 +257,10 @@ void BindCacheManager(py::module_& m) {
           "One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The "
           "tokens before each appended one count as computed (a decode token is sampled from "
           "its predecessor's logits): with prefix caching, blocks they filled are published.")
-      .def("can_allocate", &PagedKvCache::CanAllocate, py::arg("num_tokens"))
-      .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id"), py::arg("num_tokens"))
-      .def("mark_computed", &PagedKvCache::MarkComputed, py::arg("seq_id"),
-           py::arg("num_tokens"),
+      .def("can_allocate", &PagedKvCache::CanAllocate, py::arg("num_tokens").noconvert())
+      .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id").noconvert(), py::arg("num_tokens").noconvert())
+      .def("mark_computed", &PagedKvCache::MarkComputed, py::arg("seq_id").noconvert(),
+           py::arg("num_tokens").noconvert(),
            "The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, "
            "full blocks among them become findable by later sequences.")
       .def(
@@ -230,23 +277,23 @@ void BindCacheManager(py::module_& m) {
             py::gil_scoped_release release;
             cache.MarkComputedBatch(ids, counts, n);
           },
-          py::arg("seq_ids"), py::arg("num_tokens"),
+          py::arg("seq_ids"), py::arg("num_tokens").noconvert(),
           "mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is "
           "validated before anything changes.")
-      .def("fork", &PagedKvCache::Fork, py::arg("parent_id"), py::arg("child_id"),
+      .def("fork", &PagedKvCache::Fork, py::arg("parent_id").noconvert(), py::arg("child_id").noconvert(),
            py::call_guard<py::gil_scoped_release>(),
            "child shares every block of parent; the first append into a shared, partly filled "
            "block copies it first.")
-      .def("free_sequence", &PagedKvCache::FreeSequence, py::arg("seq_id"),
+      .def("free_sequence", &PagedKvCache::FreeSequence, py::arg("seq_id").noconvert(),
            py::call_guard<py::gil_scoped_release>())
-      .def("swap_out", &PagedKvCache::SwapOut, py::arg("seq_id"),
+      .def("swap_out", &PagedKvCache::SwapOut, py::arg("seq_id").noconvert(),
            py::call_guard<py::gil_scoped_release>(),
            "Copy the sequence's blocks to the host tier and free its device blocks.")
-      .def("swap_in", &PagedKvCache::SwapIn, py::arg("seq_id"),
+      .def("swap_in", &PagedKvCache::SwapIn, py::arg("seq_id").noconvert(),
            py::call_guard<py::gil_scoped_release>(),
            "Copy the sequence back into fresh device blocks (its block ids may change).")
-      .def("is_swapped", &PagedKvCache::IsSwapped, py::arg("seq_id"))
-      .def("num_tokens", &PagedKvCache::NumTokens, py::arg("seq_id"))
+      .def("is_swapped", &PagedKvCache::IsSwapped, py::arg("seq_id").noconvert())
+      .def("num_tokens", &PagedKvCache::NumTokens, py::arg("seq_id").noconvert())
       .def(
           "tokens",
           [](const PagedKvCache& cache, SeqId seq_id) {
@@ -254,7 +301,7 @@ void BindCacheManager(py::module_& m) {
             const py::ssize_t n = py::ssize_t(tokens.size());
             return MoveToArray(std::move(tokens), {n});
           },
-          py::arg("seq_id"), "The sequence's token ids (int32 copy).")
+          py::arg("seq_id").noconvert(), "The sequence's token ids (int32 copy).")
       .def(
           "block_table",
           [](const PagedKvCache& cache, SeqId seq_id) {
@@ -262,7 +309,7 @@ void BindCacheManager(py::module_& m) {
             const py::ssize_t n = py::ssize_t(blocks.size());
             return MoveToArray(std::move(blocks), {n});
           },
-          py::arg("seq_id"),
+          py::arg("seq_id").noconvert(),
           "The sequence's block ids (int32 copy; host-tier ids while swapped out).")
       .def(
           "slot_mapping",
@@ -271,7 +318,7 @@ void BindCacheManager(py::module_& m) {
             const py::ssize_t n = py::ssize_t(slots.size());
             return MoveToArray(std::move(slots), {n});
           },
-          py::arg("seq_id"), py::arg("start"), py::arg("end"),
+          py::arg("seq_id").noconvert(), py::arg("start").noconvert(), py::arg("end").noconvert(),
           "int32 slots (block_id * block_size + offset) of token positions [start, end).")
       .def(
           "batch_metadata",
@@ -299,14 +346,19 @@ void BindCacheManager(py::module_& m) {
             FKV_CHECK_ARG(k_dtype == v_dtype, "k and v must have the same dtype");
             const int32_t* slot_data = slots.data();
             const int64_t n = slots.size();
-            const void* k_data = k.data();
-            const void* v_data = v.data();
+            // K/V taken from the cache's own arena (a view) could overlap the slots written:
+            // they are copied first, so the result is what the arrays held at the call.
+            const std::vector<uint8_t> k_copy = CopyIfInArena(k, *cache.storage());
+            const std::vector<uint8_t> v_copy = CopyIfInArena(v, *cache.storage());
+            const void* k_data = k_copy.empty() ? k.data() : k_copy.data();
+            const void* v_data = v_copy.empty() ? v.data() : v_copy.data();
             py::gil_scoped_release release;
             cache.WriteKv(layer, slot_data, n, k_data, v_data, k_dtype);
           },
-          py::arg("layer"), py::arg("slots"), py::arg("k"), py::arg("v"),
+          py::arg("layer").noconvert(), py::arg("slots"), py::arg("k"), py::arg("v"),
           "Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into "
-          "slots ([n] int32); slot -1 is skipped. Every slot is validated before any write.")
+          "slots ([n] int32); slot -1 is skipped. Every slot is validated before any write. k "
+          "and v may be views of the cache's own storage: they are copied before the write.")
       .def(
           "gather_kv",
           [](const PagedKvCache& cache, SeqId seq_id, int32_t layer) {
@@ -322,7 +374,7 @@ void BindCacheManager(py::module_& m) {
             return py::make_tuple(MoveToArray(std::move(k), dtype, shape),
                                   MoveToArray(std::move(v), dtype, shape));
           },
-          py::arg("seq_id"), py::arg("layer"),
+          py::arg("seq_id").noconvert(), py::arg("layer").noconvert(),
           "Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage "
           "dtype, in token order, from whichever tier holds the sequence.")
       .def("reset_prefix_cache", &PagedKvCache::ResetPrefixCache,
@@ -348,17 +400,25 @@ void BindCacheManager(py::module_& m) {
           "'low' | 'high' | 'critical' by the free-block watermarks of the config.")
       .def(
           "set_pressure_callback",
-          [](PagedKvCache& cache, py::object callback) {
-            cache.SetPressureCallback(callback.is_none() ? nullptr
-                                                         : WrapPressureCallback(callback));
+          [](py::handle self, py::object callback) {
+            PagedKvCache& cache = self.cast<PagedKvCache&>();
+            if (!callback.is_none() && !PyCallable_Check(callback.ptr())) {
+              throw py::type_error("callback must be callable or None, got " +
+                                   std::string(py::str(py::type::of(callback).attr("__name__"))));
+            }
+            cache.SetPressureCallback(callback.is_none()
+                                          ? nullptr
+                                          : WrapPressureCallback(self, std::move(callback)));
           },
           py::arg("callback"),
           "callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call "
-          "changes memory_pressure; None removes it. Exceptions it raises are reported as "
-          "unraisable, never propagated.")
+          "changes memory_pressure; None removes it (TypeError for anything else that is not "
+          "callable). Exceptions it raises are reported as unraisable, never propagated. A "
+          "callback that refers to the cache (a bound method of its owner) does not keep it "
+          "alive: the garbage collector sees through it.")
       .def("check_invariants", &PagedKvCache::CheckInvariants,
            py::call_guard<py::gil_scoped_release>())
-      .def("__contains__", &PagedKvCache::Contains, py::arg("seq_id"))
+      .def("__contains__", &PagedKvCache::Contains, py::arg("seq_id").noconvert())
       .def("__len__", &PagedKvCache::NumSequences);
 }
 

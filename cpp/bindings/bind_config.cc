@@ -40,10 +40,10 @@ void BindConfig(py::module_& m) {
                           "Geometry of a paged KV cache (immutable). A block holds block_size "
                           "tokens of K and V for every layer and KV head.")
       .def(py::init([](int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-                       int64_t block_size, int64_t num_blocks, const std::string& dtype,
+                       int64_t block_size, int64_t num_blocks, const py::str& dtype,
                        int64_t num_host_blocks, bool enable_prefix_caching,
                        double high_watermark, double critical_watermark,
-                       const std::string& eviction_policy, bool enable_kv_events,
+                       const py::str& eviction_policy, bool enable_kv_events,
                        int64_t max_prompt_logits) {
              CacheConfig c;
              c.num_layers = ToInt32(num_layers, "num_layers");
@@ -62,12 +62,12 @@ void BindConfig(py::module_& m) {
              c.Validate();
              return c;
            }),
-           py::kw_only(), py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("head_dim"),
-           py::arg("block_size"), py::arg("num_blocks"), py::arg("dtype") = "float32",
-           py::arg("num_host_blocks") = 0, py::arg("enable_prefix_caching") = false,
+           py::kw_only(), py::arg("num_layers").noconvert(), py::arg("num_kv_heads").noconvert(), py::arg("head_dim").noconvert(),
+           py::arg("block_size").noconvert(), py::arg("num_blocks").noconvert(), py::arg("dtype") = "float32",
+           py::arg("num_host_blocks").noconvert() = 0, py::arg("enable_prefix_caching").noconvert() = false,
            py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02,
-           py::arg("eviction_policy") = "lru", py::arg("enable_kv_events") = false,
-           py::arg("max_prompt_logits") = 0)
+           py::arg("eviction_policy") = "lru", py::arg("enable_kv_events").noconvert() = false,
+           py::arg("max_prompt_logits").noconvert() = 0)
       .def_readonly("num_layers", &CacheConfig::num_layers)
       .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
       .def_readonly("head_dim", &CacheConfig::head_dim)

@@ -26,6 +26,8 @@ void BindErrors(py::module_& m) {
       if (p) std::rethrow_exception(p);
     } catch (const UnknownSequence& e) {
       PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
 }

@@ -65,12 +65,12 @@ void BindKvStorage(py::module_& m) {
           "Zero-copy view [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim].")
       .def(
           "key_cache", [](const KvStorage& s, int64_t layer) { return LayerView(s, layer, 0); },
-          py::arg("layer"),
+          py::arg("layer").noconvert(),
           "Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, "
           "head_dim].")
       .def(
           "value_cache", [](const KvStorage& s, int64_t layer) { return LayerView(s, layer, 1); },
-          py::arg("layer"), "Like key_cache, for values.")
+          py::arg("layer").noconvert(), "Like key_cache, for values.")
       .def(
           "write_slot",
           [](KvStorage& s, int32_t block, int32_t layer, int32_t offset, const py::array& k,
@@ -84,7 +84,7 @@ void BindKvStorage(py::module_& m) {
             py::gil_scoped_release release;
             s.WriteSlot(block, layer, offset, k_data, v_data, k_dtype);
           },
-          py::arg("block_id"), py::arg("layer"), py::arg("offset"), py::arg("k"), py::arg("v"),
+          py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(), py::arg("k"), py::arg("v"),
           "Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage "
           "dtype; float32 is rounded to nearest even) under the block's lock.")
       .def(
@@ -101,7 +101,7 @@ void BindKvStorage(py::module_& m) {
             }
             return py::make_tuple(k, v);
           },
-          py::arg("block_id"), py::arg("layer"), py::arg("offset"),
+          py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(),
           "Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.")
       .def("__repr__", [](const KvStorage& s) {
         return "KvStorage(num_blocks=" + std::to_string(s.num_blocks()) + ", dtype='" +

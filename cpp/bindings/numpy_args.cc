@@ -25,8 +25,11 @@ template <typename T>
 py::array_t<T, py::array::c_style> AsIntVector(py::handle obj, const char* name) {
   using Array = py::array_t<T, py::array::c_style>;
   // Fast path (the common case on a scheduler's hot path): already a C-contiguous vector of T.
+  // Copied all the same: the caller validates the values and then uses them without the GIL,
+  // while another Python thread could change the caller's array in between.
   if (Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
-    return py::reinterpret_borrow<Array>(obj);
+    const auto source = py::reinterpret_borrow<Array>(obj);
+    return Array(source.size(), source.data());
   }
   py::array array = py::array::ensure(obj);
   if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
@@ -56,6 +59,19 @@ py::array_t<T, py::array::c_style> AsIntVector(py::handle obj, const char* name)
 
 template Int32Array AsIntVector<int32_t>(py::handle, const char*);
 template Int64Array AsIntVector<int64_t>(py::handle, const char*);
+
+bool OverlapsArena(const py::array& array, const KvStorage& storage) {
+  const auto begin = reinterpret_cast<uintptr_t>(array.data());
+  const auto bytes = static_cast<uintptr_t>(array.nbytes());
+  const auto arena = reinterpret_cast<uintptr_t>(storage.Data());
+  return bytes > 0 && begin < arena + uintptr_t(storage.total_bytes()) && arena < begin + bytes;
+}
+
+std::vector<uint8_t> CopyIfInArena(const py::array& array, const KvStorage& storage) {
+  if (!OverlapsArena(array, storage)) return {};
+  const auto* begin = static_cast<const uint8_t*>(array.data());
+  return std::vector<uint8_t>(begin, begin + array.nbytes());
+}
 
 py::dtype NumpyDTypeOf(DType dtype) {
   switch (dtype) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ferrum_kv/kv_storage.h"
 #include "ferrum_kv/types.h"
 
 namespace ferrum_kv::bindings {
@@ -16,9 +17,10 @@ namespace ferrum_kv::bindings {
 using Int32Array = pybind11::array_t<int32_t, pybind11::array::c_style>;
 using Int64Array = pybind11::array_t<int64_t, pybind11::array::c_style>;
 
-// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a C-contiguous array
-// of T (int32_t or int64_t); no copy when it already is one. Raises ValueError for non-integer
-// dtypes or ndim != 1, IndexError for values outside T's range.
+// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a new C-contiguous
+// array of T (int32_t or int64_t) that nobody else can see: always a private copy, so that what
+// the caller validates is what it uses after releasing the GIL. Raises ValueError for
+// non-integer dtypes or ndim != 1, IndexError for values outside T's range.
 template <typename T>
 pybind11::array_t<T, pybind11::array::c_style> AsIntVector(pybind11::handle obj, const char* name);
 inline Int32Array AsInt32Vector(pybind11::handle obj, const char* name) {
@@ -48,6 +50,12 @@ pybind11::dtype NumpyDTypeOf(DType dtype);
 // float32, or the storage dtype given (float16 / bfloat16 as uint16). Raises ValueError otherwise.
 DType CheckFloatArray(const pybind11::array& array, const char* name,
                       const std::vector<pybind11::ssize_t>& shape, DType storage_dtype);
+
+// Whether the array's bytes share any byte with the storage's arena (a view of it).
+bool OverlapsArena(const pybind11::array& array, const KvStorage& storage);
+// A copy of the array's bytes when they overlap the storage's arena (the caller then reads the
+// copy), else an empty vector.
+std::vector<uint8_t> CopyIfInArena(const pybind11::array& array, const KvStorage& storage);
 
 std::string ShapeString(const pybind11::array& array);
 std::string ShapeString(const std::vector<pybind11::ssize_t>& shape);

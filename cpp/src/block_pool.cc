@@ -91,7 +91,16 @@ void BlockPool::IncRef(const BlockId* ids, int64_t n) {
     FKV_CHECK_ARG(ref_counts_[ids[i]] > 0,
                   "cannot share block " << ids[i] << ": it is free; nothing was changed");
   }
-  for (int64_t i = 0; i < n; ++i) ++ref_counts_[ids[i]];
+  // An id may repeat, so the limit is checked as the counts grow; on overflow the increments
+  // made so far are undone (in reverse).
+  for (int64_t i = 0; i < n; ++i) {
+    if (ref_counts_[ids[i]] == kMaxRefCount) {
+      for (int64_t j = i - 1; j >= 0; --j) --ref_counts_[ids[j]];
+      FKV_THROW(InvalidArgument, "cannot share block " << ids[i] << ": it already has "
+                                     << kMaxRefCount << " references; nothing was changed");
+    }
+    ++ref_counts_[ids[i]];
+  }
 }
 
 int32_t BlockPool::RefCount(BlockId id) const {

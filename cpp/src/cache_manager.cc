@@ -545,6 +545,8 @@ bool PagedKvCache::CanAppend(SeqId seq_id, int64_t num_tokens) const {
   MutexLock lock(&mu_);
   const Sequence& seq = Find(seq_id);
   if (seq.swapped) return false;
+  // More tokens than the whole cache holds never fit (and would overflow the plan's arithmetic).
+  if (num_tokens > int64_t{config_.num_blocks} * config_.block_size) return false;
   return PlanAppend(seq, num_tokens, TailRefCount(seq)).blocks <= AvailableBlocks();
 }
 

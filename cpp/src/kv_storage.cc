@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "available_memory.h"
 #include "ferrum_kv/dtype_convert.h"
 #include "ferrum_kv/support/check.h"
 
@@ -24,8 +25,18 @@ std::shared_ptr<uint8_t> AllocateArena(int64_t bytes) {
   const auto alignment =
       static_cast<size_t>(huge ? KvStorage::kHugePageBytes : KvStorage::kAlignment);
   const size_t rounded = (size_t(bytes) + alignment - 1) / alignment * alignment;
+  // The arena is zero-filled below: past the memory the system has, that would end in the
+  // kernel's out-of-memory killer rather than in an allocation failure.
+  const int64_t available = AvailableMemoryBytes();
+  if (int64_t(rounded) > available) {
+    FKV_THROW(OutOfMemory, "a K/V arena of " << rounded << " bytes (" << (rounded >> 20)
+                               << " MiB) does not fit in the " << available << " bytes ("
+                               << (available >> 20) << " MiB) of memory available");
+  }
   void* memory = std::aligned_alloc(alignment, rounded);
-  if (memory == nullptr) throw std::bad_alloc();
+  if (memory == nullptr) {
+    FKV_THROW(OutOfMemory, "cannot allocate a K/V arena of " << rounded << " bytes");
+  }
 #ifdef MADV_HUGEPAGE
   if (huge) madvise(memory, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
 #endif

@@ -16,6 +16,8 @@ from ferrum_kv._core import (
     PagedKvCache,
     __version__,
     block_hashes,
+    get_num_threads,
+    set_num_threads,
 )
 from ferrum_kv.attention import paged_attention_decode, paged_attention_prefill
 
@@ -31,6 +33,8 @@ __all__ = [
     "PagedKvCache",
     "__version__",
     "block_hashes",
+    "get_num_threads",
     "paged_attention_decode",
     "paged_attention_prefill",
+    "set_num_threads",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'sha256_impl']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'set_num_threads', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -26,7 +26,7 @@ class CacheConfig:
     """
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
-    def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, num_blocks: int, dtype: str = 'float32', num_host_blocks: int = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: int = 0) -> None:
         ...
     def __repr__(self) -> str:
         ...
@@ -89,17 +89,17 @@ class BlockPool:
     """
     Fixed set of block ids [0, num_blocks) with a ref count each. Thread-safe; every call is all-or-nothing. The least recently freed block is reused first.
     """
-    def __init__(self, *, num_blocks: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def __init__(self, *, num_blocks: int) -> None:
         ...
     def __len__(self) -> int:
         ...
     def __repr__(self) -> str:
         ...
-    def allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int32]:
+    def allocate(self, n: int) -> numpy.typing.NDArray[numpy.int32]:
         """
         Allocate n blocks (ref count 1). Returns int32 array of shape (n,). Raises OutOfBlocksError (nothing allocated) when fewer than n are free.
         """
-    def can_allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> bool:
+    def can_allocate(self, n: int) -> bool:
         ...
     def check_invariants(self) -> None:
         """
@@ -113,7 +113,7 @@ class BlockPool:
         """
         Add one reference to each id (all must be allocated; ValueError otherwise, nothing changed).
         """
-    def ref_count(self, block_id: typing.SupportsInt | typing.SupportsIndex) -> int:
+    def ref_count(self, block_id: int) -> int:
         ...
     def stats(self) -> dict:
         """
@@ -140,19 +140,19 @@ class KvStorage:
         """
         Zero-copy view [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim].
         """
-    def key_cache(self, layer: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    def key_cache(self, layer: int) -> numpy.ndarray:
         """
         Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, head_dim].
         """
-    def read_slot(self, block_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def read_slot(self, block_id: int, layer: int, offset: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
         Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.
         """
-    def value_cache(self, layer: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    def value_cache(self, layer: int) -> numpy.ndarray:
         """
         Like key_cache, for values.
         """
-    def write_slot(self, block_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex, k: numpy.ndarray, v: numpy.ndarray) -> None:
+    def write_slot(self, block_id: int, layer: int, offset: int, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
         Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock.
         """
@@ -197,17 +197,17 @@ class PagedKvCache:
     """
     Sequences, block tables, copy-on-write fork, swap to the host tier and batch metadata over one BlockPool + KvStorage. Thread-safe; every call is all-or-nothing.
     """
-    def __contains__(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+    def __contains__(self, seq_id: int) -> bool:
         ...
     def __init__(self, config: CacheConfig) -> None:
         ...
     def __len__(self) -> int:
         ...
-    def add_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any, *, namespace: bytes = b'', priority: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
+    def add_sequence(self, seq_id: int, tokens: typing.Any, *, namespace: bytes = b'', priority: int = 0) -> int:
         """
         Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With prefix caching, reuses the longest run of leading full blocks cached under the same namespace (bytes: tenant, model, adapter) and returns how many tokens that covers (a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: retention priority of the blocks it releases (priority_lru eviction keeps higher ones longer).
         """
-    def add_sequence_with_logits(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any, *, namespace: bytes = b'', priority: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple:
+    def add_sequence_with_logits(self, seq_id: int, tokens: typing.Any, *, namespace: bytes = b'', priority: int = 0) -> tuple:
         """
         add_sequence, and a whole-prompt hit where it can: returns (cached_tokens, logits). If these exact tokens were stored with store_logits in this namespace and their blocks are still cached, the sequence reuses all of them: (len(tokens), the stored logits as a new float32 array); the engine samples from them and skips prefill. Otherwise (what add_sequence returns, None).
         """
@@ -215,19 +215,19 @@ class PagedKvCache:
         """
         One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The tokens before each appended one count as computed (a decode token is sampled from its predecessor's logits): with prefix caching, blocks they filled are published.
         """
-    def append_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> None:
+    def append_tokens(self, seq_id: int, tokens: typing.Any) -> None:
         ...
     def batch_metadata(self, seq_ids: typing.Any) -> BatchMetadata:
         """
         BatchMetadata for resident sequences (new int32 arrays).
         """
-    def block_table(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    def block_table(self, seq_id: int) -> numpy.ndarray:
         """
         The sequence's block ids (int32 copy; host-tier ids while swapped out).
         """
-    def can_allocate(self, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
+    def can_allocate(self, num_tokens: int) -> bool:
         ...
-    def can_append(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
+    def can_append(self, seq_id: int, num_tokens: int) -> bool:
         ...
     def check_invariants(self) -> None:
         ...
@@ -235,19 +235,19 @@ class PagedKvCache:
         """
         Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always empty unless the config has enable_kv_events=True.
         """
-    def fork(self, parent_id: typing.SupportsInt | typing.SupportsIndex, child_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def fork(self, parent_id: int, child_id: int) -> None:
         """
         child shares every block of parent; the first append into a shared, partly filled block copies it first.
         """
-    def free_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def free_sequence(self, seq_id: int) -> None:
         ...
-    def gather_kv(self, seq_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def gather_kv(self, seq_id: int, layer: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
         Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype, in token order, from whichever tier holds the sequence.
         """
-    def is_swapped(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+    def is_swapped(self, seq_id: int) -> bool:
         ...
-    def mark_computed(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def mark_computed(self, seq_id: int, num_tokens: int) -> None:
         """
         The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, full blocks among them become findable by later sequences.
         """
@@ -255,7 +255,7 @@ class PagedKvCache:
         """
         mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is validated before anything changes.
         """
-    def num_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
+    def num_tokens(self, seq_id: int) -> int:
         ...
     def reset_prefix_cache(self) -> None:
         """
@@ -263,9 +263,9 @@ class PagedKvCache:
         """
     def set_pressure_callback(self, callback: typing.Any) -> None:
         """
-        callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call changes memory_pressure; None removes it. Exceptions it raises are reported as unraisable, never propagated.
+        callback(level: str) runs (with the GIL, outside the cache's lock) whenever a call changes memory_pressure; None removes it (TypeError for anything else that is not callable). Exceptions it raises are reported as unraisable, never propagated. A callback that refers to the cache (a bound method of its owner) does not keep it alive: the garbage collector sees through it.
         """
-    def slot_mapping(self, seq_id: typing.SupportsInt | typing.SupportsIndex, start: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    def slot_mapping(self, seq_id: int, start: int, end: int) -> numpy.ndarray:
         """
         int32 slots (block_id * block_size + offset) of token positions [start, end).
         """
@@ -273,25 +273,25 @@ class PagedKvCache:
         """
         Counters as a dict of ints.
         """
-    def store_logits(self, seq_id: typing.SupportsInt | typing.SupportsIndex, logits: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> None:
+    def store_logits(self, seq_id: int, logits: typing.Any) -> None:
         """
         Keep logits (1-D, converted to float32) as what follows the sequence's tokens, with a copy of its partly filled last block, for add_sequence_with_logits. Needs CacheConfig(max_prompt_logits > 0) and every token's K/V written (mark_computed(seq_id, num_tokens)); InvalidStateError otherwise. Storing the same prompt again replaces its logits; beyond max_prompt_logits the least recently used prompt is dropped. OutOfBlocksError if no block is free or reclaimable for the copy.
         """
-    def swap_in(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def swap_in(self, seq_id: int) -> None:
         """
         Copy the sequence back into fresh device blocks (its block ids may change).
         """
-    def swap_out(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def swap_out(self, seq_id: int) -> None:
         """
         Copy the sequence's blocks to the host tier and free its device blocks.
         """
-    def tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    def tokens(self, seq_id: int) -> numpy.ndarray:
         """
         The sequence's token ids (int32 copy).
         """
-    def write_kv(self, layer: typing.SupportsInt | typing.SupportsIndex, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
+    def write_kv(self, layer: int, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into slots ([n] int32); slot -1 is skipped. Every slot is validated before any write.
+        Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into slots ([n] int32); slot -1 is skipped. Every slot is validated before any write. k and v may be views of the cache's own storage: they are copied before the write.
         """
     @property
     def config(self) -> CacheConfig:
@@ -315,15 +315,19 @@ def attention_isas() -> list[str]:
     """
     The attention kernel variants this CPU runs, fastest first ("auto" picks the first).
     """
-def block_hashes(tokens: typing.Any, block_size: typing.SupportsInt | typing.SupportsIndex, namespace: bytes = b'') -> list[bytes]:
+def block_hashes(tokens: typing.Any, block_size: int, namespace: bytes = b'') -> list[bytes]:
     """
     Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): a list of 32-byte digests, one per full block (a partial trailing block is ignored). parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to h_i = SHA-256(parent || its token ids as little-endian uint32), and parent = h_i. ValueError for a negative token, a non-integer array or block_size < 1; TypeError when namespace is not bytes.
     """
-def memory_read_probe(data: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
+def get_num_threads() -> int:
+    """
+    The thread count that num_threads=0 means in the attention kernels and memory_read_probe: the CPUs this process may run on (its affinity mask, at most 1024) unless set_num_threads changed it.
+    """
+def memory_read_probe(data: numpy.ndarray, num_threads: int = 0) -> int:
     """
     Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
     """
-def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0, *, sliding_window: typing.SupportsInt | typing.SupportsIndex | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
+def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention decode over explicit block tables.
     
@@ -342,7 +346,8 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: t
     isa : str
         "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
     num_threads : int
-        0 (default) uses OpenMP's default.
+        In [0, 1024]; 0 (default) uses get_num_threads() (the CPUs this process may run on, unless
+        set_num_threads changed it). Fewer are used when the system cannot start more.
     sliding_window : int, optional
         Attend only to the last sliding_window positions (the query's own included); >= 1.
     soft_cap : float, optional
@@ -354,9 +359,10 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: t
     -------
     np.ndarray, [batch, num_q_heads, head_dim], float32: out.
     
-    The GIL is released during the computation; the caller keeps the blocks read unchanged.
+    Raises ValueError for a bad shape, dtype or value (out overlapping q or the storage's arena
+    included), IndexError for a layer out of range. The GIL is released during the computation; the caller keeps the blocks read unchanged.
     """
-def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: typing.SupportsInt | typing.SupportsIndex, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: typing.SupportsInt | typing.SupportsIndex = 0, *, sliding_window: typing.SupportsInt | typing.SupportsIndex | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
+def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention (chunked) prefill over explicit block tables.
     
@@ -377,6 +383,10 @@ def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: 
     Returns
     -------
     np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.
+    """
+def set_num_threads(num_threads: int) -> None:
+    """
+    Set the thread count that num_threads=0 means, for the whole process (int in [1, 1024]; ValueError otherwise).
     """
 def sha256_impl() -> str:
     """

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+from fractions import Fraction
 from typing import NoReturn, Optional, Sequence
 
 import ferrum_kv as fkv
@@ -39,6 +41,10 @@ _MEMORY_UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
+
+
+# Digits a memory size may have (10**30 bytes is far beyond any machine).
+_MAX_SIZE_DIGITS = 30
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +96,9 @@ def parse_memory(text: str) -> int:
     if unit not in _MEMORY_UNITS:
         raise argparse.ArgumentTypeError(
             f"expected a size like 16GiB, 512MiB, 1.5GB or a byte count, got {text!r}")
-    size = int(float(match.group(1)) * _MEMORY_UNITS[unit])
+    if len(match.group(1)) > _MAX_SIZE_DIGITS:
+        raise argparse.ArgumentTypeError(f"the memory budget is absurdly large: {text!r}")
+    size = int(Fraction(match.group(1)) * _MEMORY_UNITS[unit])  # exact: no float overflow
     if size < 1:
         raise argparse.ArgumentTypeError(f"the memory budget must be at least one byte, got {text!r}")
     return size
@@ -208,6 +216,11 @@ def _demo(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             _fail("--plot needs matplotlib: pip install 'ferrum-kv[plot]'", status=2)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus and args.threads > cpus:
+        print(f"ferrum-kv: warning: --threads {args.threads} is more than the {cpus} CPUs this "
+              "process may use; oversubscribed threads make the demo much slower",
+              file=sys.stderr)
     options = DemoOptions(
         preset=args.preset, sessions=args.sessions, num_blocks=args.num_blocks,
         num_host_blocks=args.num_host_blocks, block_size=args.block_size, dtype=args.dtype,
@@ -310,5 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.handler(args)
     except (ValueError, fkv.Error, OSError) as error:  # a configuration that cannot work
         _fail(str(error))
+    except MemoryError as error:  # a cache larger than the machine
+        _fail(f"out of memory: {error}" if str(error) else "out of memory")
     except KeyboardInterrupt:
         _fail("interrupted", status=130)

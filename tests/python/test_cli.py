@@ -37,12 +37,21 @@ def run_main(argv, capsys):
     # Valid options, impossible configuration: raised by the library, reported in one line.
     (TINY_DEMO[:-3] + ["--blocks", "4", "--no-progress"], 1, "the cache is too small"),
     (TINY_DEMO + ["--block-size", "0"], 2, "--block-size: must be at least 1"),
+    (["plan", "--model", "Llama-3-8B", "--memory", "9" * 400 + "TiB"], 2, "absurdly large"),
+    (["demo", "--blocks", "100000000", "--no-progress"], 1, "out of memory: a K/V arena of"),
 ])
 def test_errors_are_one_line_and_a_non_zero_exit(argv, status, message, capsys):
     code, out, err = run_main(argv, capsys)
     assert code == status
     assert out == ""
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_threads_above_the_cpus_warn(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    code, out, err = run_main(TINY_DEMO + ["--threads", "2"], capsys)
+    assert code == 0 and "requests" in out
+    assert "warning: --threads 2 is more than the 1 CPUs" in err
 
 
 def test_a_library_error_from_a_bad_configuration_is_one_line(capsys):

@@ -44,6 +44,9 @@ class BlockPool {
     int64_t allocation_failures = 0;  // Allocate calls that threw OutOfBlocksError
   };
 
+  // The most references one block can hold.
+  static constexpr int32_t kMaxRefCount = INT32_MAX;
+
   // Throws InvalidArgument unless 1 <= num_blocks <= kMaxBlocks.
   explicit BlockPool(int64_t num_blocks);
   BlockPool(const BlockPool&) = delete;
@@ -55,15 +58,19 @@ class BlockPool {
 
   // Drops one reference from each ids[i] (an id may repeat: each occurrence drops one).
   void Free(const BlockId* ids, int64_t n) FKV_EXCLUDES(mu_);
-  // Adds one reference to each ids[i], which must all be used blocks.
+  // Adds one reference to each ids[i], which must all be used blocks. InvalidArgument (nothing
+  // changed) if a count would pass kMaxRefCount.
   void IncRef(const BlockId* ids, int64_t n) FKV_EXCLUDES(mu_);
 
   // Throws IndexOutOfRange for an id outside [0, num_blocks).
   int32_t RefCount(BlockId id) const FKV_EXCLUDES(mu_);
   // out[i] = RefCount(ids[i]) for i < n, under one lock. Throws IndexOutOfRange as RefCount.
   void RefCounts(const BlockId* ids, int64_t n, int32_t* out) const FKV_EXCLUDES(mu_);
-  // True if n blocks could be allocated now.
-  bool CanAllocate(int64_t n) const { return n >= 0 && n <= num_free_blocks(); }
+  // True if n blocks could be allocated now. InvalidArgument for n < 0 (as Allocate).
+  bool CanAllocate(int64_t n) const {
+    CheckCount(n);
+    return n <= num_free_blocks();
+  }
 
   int64_t num_blocks() const { return num_blocks_; }
   int64_t num_free_blocks() const { return num_free_.load(std::memory_order_relaxed); }

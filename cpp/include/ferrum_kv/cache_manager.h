@@ -111,7 +111,8 @@ class PagedKvCache {
  public:
   using PressureCallback = std::function<void(PressureLevel)>;
 
-  // Throws InvalidArgument on a bad config, std::bad_alloc without the memory.
+  // Throws InvalidArgument on a bad config, OutOfMemory when an arena does not fit in the memory
+  // available.
   explicit PagedKvCache(const CacheConfig& config);
   PagedKvCache(const PagedKvCache&) = delete;
   PagedKvCache& operator=(const PagedKvCache&) = delete;

@@ -7,6 +7,7 @@
 //   InvalidStateError -> ferrum_kv.InvalidStateError (not valid in the current state, e.g. an
 //                        append to a swapped-out sequence)
 //   InvariantError   -> ferrum_kv.InvariantError   (a CheckInvariants() validator failed: a bug)
+//   OutOfMemory      -> MemoryError       (an arena larger than the memory available)
 // Every throwing operation leaves the object's state exactly as it was before the call.
 #pragma once
 
@@ -48,6 +49,11 @@ class InvalidStateError : public Error {
 class InvariantError : public Error {
  public:
   using Error::Error;
+};
+
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 }  // namespace ferrum_kv

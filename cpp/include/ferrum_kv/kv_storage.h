@@ -31,7 +31,8 @@ class KvStorage {
 
   // An arena of num_blocks blocks with the geometry of config (config.num_blocks is ignored, so
   // the host tier can reuse the device geometry). Zero-filled. Throws InvalidArgument on a bad
-  // config, std::bad_alloc when the memory is not there.
+  // config, OutOfMemory when the arena is larger than the memory available (checked before it is
+  // touched; errors.h) or cannot be allocated.
   KvStorage(const CacheConfig& config, int64_t num_blocks);
   explicit KvStorage(const CacheConfig& config) : KvStorage(config, config.num_blocks) {}
   KvStorage(const KvStorage&) = delete;

@@ -39,9 +39,9 @@ struct Sequence {
   BlockHash chain_hash{}; //   names blocks in the events, likewise
 };
 
-// Number of blocks that num_tokens tokens occupy.
+// Number of blocks that num_tokens (>= 0) tokens occupy; exact up to INT64_MAX (no overflow).
 inline int64_t BlocksForTokens(int64_t num_tokens, int32_t block_size) {
-  return (num_tokens + block_size - 1) / block_size;
+  return num_tokens / block_size + (num_tokens % block_size != 0 ? 1 : 0);
 }
 
 }  // namespace ferrum_kv

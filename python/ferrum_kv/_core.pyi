@@ -173,7 +173,7 @@ class KvStorage:
         ...
 class BatchMetadata:
     """
-    Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token).
+    Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token), num_computed [B] (leading tokens whose K/V is written, in [0, context_lens]).
     """
     @property
     def block_tables(self) -> numpy.ndarray:
@@ -191,6 +191,9 @@ class BatchMetadata:
     def last_block_len(self) -> numpy.ndarray:
         ...
     @property
+    def num_computed(self) -> numpy.ndarray:
+        ...
+    @property
     def slot_mapping(self) -> numpy.ndarray:
         ...
 class PagedKvCache:
@@ -198,11 +201,17 @@ class PagedKvCache:
     Sequences, block tables, copy-on-write fork, swap to the host tier and batch metadata over one BlockPool + KvStorage. Thread-safe; every call is all-or-nothing.
     """
     def __contains__(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
-        ...
+        """
+        Whether the cache holds seq_id (resident or swapped out).
+        """
     def __init__(self, config: CacheConfig) -> None:
-        ...
+        """
+        Allocate the device arena (config.num_blocks blocks) and the host arena (config.num_host_blocks, none if 0). Raises ValueError for a bad config, MemoryError without the memory.
+        """
     def __len__(self) -> int:
-        ...
+        """
+        The number of sequences held.
+        """
     def add_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any, *, namespace: bytes = b'', priority: typing.SupportsInt | typing.SupportsIndex = 0) -> int:
         """
         Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With prefix caching, reuses the longest run of leading full blocks cached under the same namespace (bytes: tenant, model, adapter) and returns how many tokens that covers (a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: retention priority of the blocks it releases (priority_lru eviction keeps higher ones longer).
@@ -216,7 +225,9 @@ class PagedKvCache:
         One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The tokens before each appended one count as computed (a decode token is sampled from its predecessor's logits): with prefix caching, blocks they filled are published.
         """
     def append_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex, tokens: typing.Any) -> None:
-        ...
+        """
+        Append tokens (1-D int array, may be empty; ids >= 0) to a resident sequence, taking fresh blocks only when its last block fills; a shared, partly filled last block is copied first (copy-on-write). The new tokens are not computed: write their K/V (slot_mapping) and mark_computed. Raises KeyError for an unknown seq_id, InvalidStateError if it is swapped out, ValueError for a negative token id, OutOfBlocksError when the blocks are short (nothing changes).
+        """
     def batch_metadata(self, seq_ids: typing.Any) -> BatchMetadata:
         """
         BatchMetadata for resident sequences (new int32 arrays).
@@ -225,12 +236,28 @@ class PagedKvCache:
         """
         The sequence's block ids (int32 copy; host-tier ids while swapped out).
         """
+    def cached_prefix_len(self, tokens: typing.Any, *, namespace: bytes = b'') -> int:
+        """
+        How many leading tokens add_sequence(seq_id, tokens, namespace=namespace) would reuse from the prefix cache now (what it would return: a multiple of block_size, < len(tokens); 0 without prefix caching). Read-only: no statistics, no eviction order change. tokens: 1-D int array, >= 1 token. Raises ValueError for an empty prompt or a negative token id.
+        """
+    @typing.overload
     def can_allocate(self, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
-        ...
+        """
+        Whether a sequence of num_tokens tokens, none of them cached, would fit now (free plus evictable blocks). Prefix hits are not discounted: pass the tokens instead to ask about a prompt. Raises ValueError for num_tokens < 0.
+        """
+    @typing.overload
+    def can_allocate(self, tokens: typing.Any, *, namespace: bytes = b'') -> bool:
+        """
+        Whether add_sequence(seq_id, tokens, namespace=namespace) would succeed now: the prompt's prefix hits (cached_prefix_len) need no fresh block. tokens: 1-D int array, >= 1 token. Changes nothing. Raises ValueError for an empty prompt or a negative token id.
+        """
     def can_append(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> bool:
-        ...
+        """
+        Whether append_tokens of num_tokens tokens to seq_id would succeed now (counting a copy-on-write copy of a shared last block); False for a swapped-out sequence. Raises KeyError for an unknown seq_id, ValueError for num_tokens < 0.
+        """
     def check_invariants(self) -> None:
-        ...
+        """
+        Validate every internal invariant (ref counts match the tables, cached and evictable blocks, free + used == total, chain keys); raises InvariantError naming the first one broken. O(blocks + tokens): for tests.
+        """
     def drain_events(self) -> list:
         """
         Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always empty unless the config has enable_kv_events=True.
@@ -239,14 +266,18 @@ class PagedKvCache:
         """
         child shares every block of parent; the first append into a shared, partly filled block copies it first.
         """
-    def free_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
+    def free_sequence(self, seq_id: typing.SupportsInt | typing.SupportsIndex, *, num_computed: typing.SupportsInt | typing.SupportsIndex | None = None) -> None:
+        """
+        Forget seq_id and release its blocks (device or host). With prefix caching, its published blocks stay cached (evictable) for later prompts. num_computed: first mark_computed(seq_id, num_computed), so that a finished request's last full block is published too (decode steps mark every token but the last one; pass how many tokens have K/V written). Raises KeyError for an unknown seq_id, ValueError unless 0 <= num_computed <= num_tokens (nothing changes).
+        """
     def gather_kv(self, seq_id: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
         Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype, in token order, from whichever tier holds the sequence.
         """
     def is_swapped(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> bool:
-        ...
+        """
+        Whether the sequence's blocks are in the host tier (swap_out). Raises KeyError for an unknown seq_id.
+        """
     def mark_computed(self, seq_id: typing.SupportsInt | typing.SupportsIndex, num_tokens: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
         The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, full blocks among them become findable by later sequences.
@@ -255,8 +286,14 @@ class PagedKvCache:
         """
         mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is validated before anything changes.
         """
+    def num_computed(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
+        """
+        How many leading tokens have their K/V written: raised by mark_computed, prefix hits and decode steps (append_batch); in [0, num_tokens]. Attention over the sequence needs it at least at the query tokens' start. Raises KeyError for an unknown seq_id.
+        """
     def num_tokens(self, seq_id: typing.SupportsInt | typing.SupportsIndex) -> int:
-        ...
+        """
+        The sequence's token count (>= 1). Raises KeyError for an unknown seq_id.
+        """
     def reset_prefix_cache(self) -> None:
         """
         Drop every cached block that no sequence holds, and every stored prompt's logits; blocks that sequences hold stay with them but are no longer findable.
@@ -291,11 +328,13 @@ class PagedKvCache:
         """
     def write_kv(self, layer: typing.SupportsInt | typing.SupportsIndex, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into slots ([n] int32); slot -1 is skipped. Every slot is validated before any write.
+        Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage dtype, or the storage dtype itself) into slots ([n] int32, block_id * block_size + offset); slot -1 is skipped. Every slot is validated before any write: IndexError for one out of range, InvalidStateError for one in a block that no sequence or cache entry holds (slots taken before free_sequence or swap_out); ValueError for a shape or dtype mismatch. Takes no lock over the data: the scheduler keeps the blocks from being freed meanwhile.
         """
     @property
     def config(self) -> CacheConfig:
-        ...
+        """
+        The CacheConfig (read-only).
+        """
     @property
     def host_storage(self) -> KvStorage:
         """

@@ -108,13 +108,22 @@ void BindCacheManager(py::module_& m) {
                               "slot_mapping [B] (slot of each sequence's last token), "
                               "num_computed [B] (leading tokens whose K/V is written, in "
                               "[0, context_lens]).")
-      .def_readonly("block_tables", &PyBatchMetadata::block_tables)
-      .def_readonly("context_lens", &PyBatchMetadata::context_lens)
-      .def_readonly("indptr", &PyBatchMetadata::indptr)
-      .def_readonly("indices", &PyBatchMetadata::indices)
-      .def_readonly("last_block_len", &PyBatchMetadata::last_block_len)
-      .def_readonly("slot_mapping", &PyBatchMetadata::slot_mapping)
-      .def_readonly("num_computed", &PyBatchMetadata::num_computed);
+      .def_readonly("block_tables", &PyBatchMetadata::block_tables,
+                    "[B, max_blocks] int32: row i is sequence i's block ids, padded with -1.")
+      .def_readonly("context_lens", &PyBatchMetadata::context_lens,
+                    "[B] int32: tokens of each sequence (>= 1).")
+      .def_readonly("indptr", &PyBatchMetadata::indptr,
+                    "[B + 1] int32: CSR row pointers into indices (indptr[0] = 0).")
+      .def_readonly("indices", &PyBatchMetadata::indices,
+                    "[nnz] int32: block ids, sequence after sequence (nnz = indptr[B]).")
+      .def_readonly("last_block_len", &PyBatchMetadata::last_block_len,
+                    "[B] int32: tokens in each sequence's last block, in (0, block_size].")
+      .def_readonly("slot_mapping", &PyBatchMetadata::slot_mapping,
+                    "[B] int32: slot of each sequence's last token (where a decode step writes "
+                    "its K/V).")
+      .def_readonly("num_computed", &PyBatchMetadata::num_computed,
+                    "[B] int32: leading tokens of each sequence whose K/V is written, in "
+                    "[0, context_lens].");
 
   py::class_<PagedKvCache>(m, "PagedKvCache",
                            "Sequences, block tables, copy-on-write fork, swap to the host tier "

@@ -27,12 +27,16 @@ class CacheConfig:
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
     def __init__(self, *, num_layers: typing.SupportsInt | typing.SupportsIndex, num_kv_heads: typing.SupportsInt | typing.SupportsIndex, head_dim: typing.SupportsInt | typing.SupportsIndex, block_size: typing.SupportsInt | typing.SupportsIndex, num_blocks: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'float32', num_host_blocks: typing.SupportsInt | typing.SupportsIndex = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
-        ...
+        """
+        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16'; num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
+        """
     def __repr__(self) -> str:
         ...
     @property
     def block_size(self) -> int:
-        ...
+        """
+        Tokens per block (int).
+        """
     @property
     def bytes_per_block(self) -> int:
         """
@@ -45,10 +49,14 @@ class CacheConfig:
         """
     @property
     def critical_watermark(self) -> float:
-        ...
+        """
+        memory_pressure is 'critical' below this fraction.
+        """
     @property
     def dtype(self) -> str:
-        ...
+        """
+        Storage dtype: 'float32' | 'float16' | 'bfloat16'.
+        """
     @property
     def enable_kv_events(self) -> bool:
         """
@@ -56,7 +64,9 @@ class CacheConfig:
         """
     @property
     def enable_prefix_caching(self) -> bool:
-        ...
+        """
+        Whether computed full blocks are reused by later prompts.
+        """
     @property
     def eviction_policy(self) -> str:
         """
@@ -64,10 +74,14 @@ class CacheConfig:
         """
     @property
     def head_dim(self) -> int:
-        ...
+        """
+        Elements per head (int).
+        """
     @property
     def high_watermark(self) -> float:
-        ...
+        """
+        memory_pressure is 'high' when fewer than this fraction of blocks are free or evictable.
+        """
     @property
     def max_prompt_logits(self) -> int:
         """
@@ -75,24 +89,36 @@ class CacheConfig:
         """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks of the device tier (int).
+        """
     @property
     def num_host_blocks(self) -> int:
-        ...
+        """
+        Blocks of the host tier (swap_out); 0: none.
+        """
     @property
     def num_kv_heads(self) -> int:
-        ...
+        """
+        K/V heads per layer (int).
+        """
     @property
     def num_layers(self) -> int:
-        ...
+        """
+        Transformer layers (int).
+        """
 class BlockPool:
     """
     Fixed set of block ids [0, num_blocks) with a ref count each. Thread-safe; every call is all-or-nothing. The least recently freed block is reused first.
     """
     def __init__(self, *, num_blocks: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
+        """
+        A pool of num_blocks (>= 1) free blocks; ValueError otherwise.
+        """
     def __len__(self) -> int:
-        ...
+        """
+        num_blocks.
+        """
     def __repr__(self) -> str:
         ...
     def allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int32]:
@@ -100,7 +126,9 @@ class BlockPool:
         Allocate n blocks (ref count 1). Returns int32 array of shape (n,). Raises OutOfBlocksError (nothing allocated) when fewer than n are free.
         """
     def can_allocate(self, n: typing.SupportsInt | typing.SupportsIndex) -> bool:
-        ...
+        """
+        Whether allocate(n) would succeed now (False for n < 0).
+        """
     def check_invariants(self) -> None:
         """
         Raise InvariantError if an internal invariant is broken.
@@ -114,26 +142,36 @@ class BlockPool:
         Add one reference to each id (all must be allocated; ValueError otherwise, nothing changed).
         """
     def ref_count(self, block_id: typing.SupportsInt | typing.SupportsIndex) -> int:
-        ...
+        """
+        The block's ref count (0: free). Raises IndexError for an id outside [0, num_blocks).
+        """
     def stats(self) -> dict:
         """
         Counters over the pool's life, as a dict of ints.
         """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks in the pool.
+        """
     @property
     def num_free_blocks(self) -> int:
-        ...
+        """
+        Blocks with ref count 0.
+        """
     @property
     def num_used_blocks(self) -> int:
-        ...
+        """
+        Blocks with ref count >= 1.
+        """
 class KvStorage:
     """
     K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.
     """
     def __init__(self, config: CacheConfig) -> None:
-        ...
+        """
+        Allocate an arena of config.num_blocks blocks (zeroed). Raises MemoryError without the memory.
+        """
     def __repr__(self) -> str:
         ...
     def array(self) -> numpy.ndarray:
@@ -158,44 +196,68 @@ class KvStorage:
         """
     @property
     def bytes_per_block(self) -> int:
-        ...
+        """
+        Bytes of one block: K and V, all layers.
+        """
     @property
     def config(self) -> CacheConfig:
-        ...
+        """
+        The CacheConfig of its geometry.
+        """
     @property
     def dtype(self) -> str:
-        ...
+        """
+        'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).
+        """
     @property
     def nbytes(self) -> int:
-        ...
+        """
+        Bytes of the whole arena.
+        """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks in the arena.
+        """
 class BatchMetadata:
     """
     Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token), num_computed [B] (leading tokens whose K/V is written, in [0, context_lens]).
     """
     @property
     def block_tables(self) -> numpy.ndarray:
-        ...
+        """
+        [B, max_blocks] int32: row i is sequence i's block ids, padded with -1.
+        """
     @property
     def context_lens(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: tokens of each sequence (>= 1).
+        """
     @property
     def indices(self) -> numpy.ndarray:
-        ...
+        """
+        [nnz] int32: block ids, sequence after sequence (nnz = indptr[B]).
+        """
     @property
     def indptr(self) -> numpy.ndarray:
-        ...
+        """
+        [B + 1] int32: CSR row pointers into indices (indptr[0] = 0).
+        """
     @property
     def last_block_len(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: tokens in each sequence's last block, in (0, block_size].
+        """
     @property
     def num_computed(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: leading tokens of each sequence whose K/V is written, in [0, context_lens].
+        """
     @property
     def slot_mapping(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: slot of each sequence's last token (where a decode step writes its K/V).
+        """
 class PagedKvCache:
     """
     Sequences, block tables, copy-on-write fork, swap to the host tier and batch metadata over one BlockPool + KvStorage. Thread-safe; every call is all-or-nothing.

@@ -109,9 +109,9 @@ void BlockPool::RefCounts(const BlockId* ids, int64_t n, int32_t* out) const {
 
 int64_t BlockPool::FindUnheld(const BlockId* ids, int64_t n) const {
   CheckCount(n);
-  for (int64_t i = 0; i < n; ++i) CheckId(ids[i]);
   MutexLock lock(&mu_);
   for (int64_t i = 0; i < n; ++i) {
+    CheckId(ids[i]);
     if (ref_counts_[ids[i]] == 0) return i;
   }
   return -1;

@@ -833,28 +833,35 @@ BatchMetadata PagedKvCache::BuildBatchMetadata(const SeqId* seq_ids, int64_t n) 
 void PagedKvCache::WriteKv(int32_t layer, const int32_t* slots, int64_t n, const void* k,
                            const void* v, DType src_dtype) {
   // The blocks of the slots, one per run of slots in the same block (a prefill chunk's slots run
-  // through whole blocks, a decode step's are one per sequence); slots out of range are left to
-  // WriteTokens to report.
+  // through whole blocks, a decode step's are one per sequence), checked in batches from a stack
+  // buffer (no allocation). Slots out of range are left to WriteTokens to report.
   const int32_t block_size = config_.block_size;
   const int64_t num_slots = pool_.num_blocks() * block_size;
-  std::vector<BlockId> blocks;
-  blocks.reserve(size_t(n));
-  for (int64_t i = 0; i < n; ++i) {
+  constexpr int64_t kBatch = 64;
+  BlockId blocks[kBatch];
+  int64_t first_slot[kBatch];  // the index of a slot in blocks[j], for the message
+  int64_t count = 0;
+  for (int64_t i = 0; i <= n; ++i) {
+    if (i == n || count == kBatch) {
+      const int64_t unheld = count > 0 ? pool_.FindUnheld(blocks, count) : -1;
+      if (unheld >= 0) {
+        const int64_t at = first_slot[unheld];
+        FKV_THROW(InvalidStateError,
+                  "slots[" << at << "] = " << slots[at] << " is in block " << blocks[unheld]
+                           << ", which no sequence or cache entry holds: slots taken before "
+                              "free_sequence or swap_out are stale (take them again with "
+                              "slot_mapping)");
+      }
+      count = 0;
+      if (i == n) break;
+    }
     if (slots[i] < 0 || slots[i] >= num_slots) continue;
-    const BlockId block = slots[i] / block_size;
-    if (blocks.empty() || blocks.back() != block) blocks.push_back(block);
-  }
-  const int64_t unheld = pool_.FindUnheld(blocks.data(), int64_t(blocks.size()));
-  if (unheld >= 0) {
-    const BlockId block = blocks[size_t(unheld)];
-    const int32_t* slot = std::find_if(slots, slots + n, [&](int32_t s) {
-      return s >= 0 && s < num_slots && s / block_size == block;
-    });
-    FKV_THROW(InvalidStateError,
-              "slots[" << (slot - slots) << "] = " << *slot << " is in block " << block
-                       << ", which no sequence or cache entry holds: slots taken before "
-                          "free_sequence or swap_out are stale (take them again with "
-                          "slot_mapping)");
+    // In the previous slot's block: no division.
+    if (count > 0 && uint32_t(slots[i] - blocks[count - 1] * block_size) < uint32_t(block_size)) {
+      continue;
+    }
+    blocks[count] = slots[i] / block_size;
+    first_slot[count++] = i;
   }
   storage_->WriteTokens(layer, slots, n, k, v, src_dtype);
 }

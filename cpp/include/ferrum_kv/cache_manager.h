@@ -49,11 +49,14 @@
 // UnknownSequence (KeyError) for a seq_id the cache does not hold; InvalidArgument for a seq_id
 // that already exists, empty or negative tokens, bad ranges; InvalidStateError for an operation
 // the sequence's state forbids (append / fork / metadata of a swapped-out sequence, swap_in of a
-// resident one, swap_out without a host tier is OutOfBlocksError).
+// resident one, a WriteKv slot in a block nobody holds; swap_out without a host tier is
+// OutOfBlocksError).
 //
 // Thread safety: thread-safe. One mutex over all metadata, held for O(work of the call); block
-// copies for copy-on-write and swap happen under it. WriteKv takes no lock (the scheduler
-// guarantees no concurrent free of the blocks it writes). The pressure callback runs in the
+// copies for copy-on-write and swap happen under it. WriteKv takes no lock over the data (the
+// scheduler guarantees no concurrent free of the blocks it writes), only the pool's, briefly, to
+// check that the blocks are held. The probes (CachedPrefixLen, CanAllocate, NumComputed) are
+// snapshots: another thread's call may change the answer before the caller acts on it. The pressure callback runs in the
 // calling thread after the mutex is released; with concurrent callers notifications may arrive
 // out of order (each carries the level at the time of its change).
 #pragma once

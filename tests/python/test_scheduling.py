@@ -45,6 +45,15 @@ def test_can_allocate_tokens_admits_a_prompt_its_prefix_hits_make_fit():
     assert not cache.can_allocate(np.arange(100, 105))
 
 
+def test_can_allocate_tells_a_count_from_a_prompt():
+    cache = make_cache(num_blocks=1)
+    assert cache.can_allocate(np.array([9]))  # a 1-token prompt
+    assert cache.can_allocate([1, 2, 3, 4])
+    assert not cache.can_allocate(np.array([1, 2, 3, 4, 5]))
+    assert not cache.can_allocate(5) and not cache.can_allocate(np.int64(5))  # counts
+    assert cache.can_allocate(4)
+
+
 def test_probes_reject_what_add_sequence_rejects():
     cache = make_cache()
     for probe in (cache.cached_prefix_len, cache.can_allocate):

@@ -17,7 +17,8 @@ void BindBlockPool(py::module_& m) {
                         "Fixed set of block ids [0, num_blocks) with a ref count each. "
                         "Thread-safe; every call is all-or-nothing. The least recently freed "
                         "block is reused first.")
-      .def(py::init<int64_t>(), py::kw_only(), py::arg("num_blocks").noconvert())
+      .def(py::init<int64_t>(), py::kw_only(), py::arg("num_blocks").noconvert(),
+           "A pool of num_blocks (>= 1) free blocks; ValueError otherwise.")
       .def(
           "allocate",
           [](BlockPool& pool, int64_t n) {
@@ -60,11 +61,16 @@ void BindBlockPool(py::module_& m) {
           py::arg("ids"),
           "Add one reference to each id (all must be allocated; ValueError otherwise, nothing "
           "changed).")
-      .def("ref_count", &BlockPool::RefCount, py::arg("block_id").noconvert())
-      .def("can_allocate", &BlockPool::CanAllocate, py::arg("n").noconvert())
-      .def_property_readonly("num_blocks", &BlockPool::num_blocks)
-      .def_property_readonly("num_free_blocks", &BlockPool::num_free_blocks)
-      .def_property_readonly("num_used_blocks", &BlockPool::num_used_blocks)
+      .def("ref_count", &BlockPool::RefCount, py::arg("block_id").noconvert(),
+           "The block's ref count (0: free). Raises IndexError for an id outside "
+           "[0, num_blocks).")
+      .def("can_allocate", &BlockPool::CanAllocate, py::arg("n").noconvert(),
+           "Whether allocate(n) would succeed now. Raises ValueError for n < 0.")
+      .def_property_readonly("num_blocks", &BlockPool::num_blocks, "Blocks in the pool.")
+      .def_property_readonly("num_free_blocks", &BlockPool::num_free_blocks,
+                             "Blocks with ref count 0.")
+      .def_property_readonly("num_used_blocks", &BlockPool::num_used_blocks,
+                             "Blocks with ref count >= 1.")
       .def("stats",
            [](const BlockPool& pool) {
              const BlockPool::Stats s = pool.stats();
@@ -81,7 +87,7 @@ void BindBlockPool(py::module_& m) {
       .def("check_invariants", &BlockPool::CheckInvariants,
            py::call_guard<py::gil_scoped_release>(),
            "Raise InvariantError if an internal invariant is broken.")
-      .def("__len__", &BlockPool::num_blocks)
+      .def("__len__", &BlockPool::num_blocks, "num_blocks.")
       .def("__repr__", [](const BlockPool& pool) {
         return "BlockPool(num_blocks=" + std::to_string(pool.num_blocks()) +
                ", num_free_blocks=" + std::to_string(pool.num_free_blocks()) + ")";

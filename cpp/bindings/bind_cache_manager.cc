@@ -1,8 +1,10 @@
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -26,6 +28,7 @@ struct PyBatchMetadata {
   py::array indices;         // [nnz]
   py::array last_block_len;  // [B]
   py::array slot_mapping;    // [B]
+  py::array num_computed;    // [B]
 };
 
 PyBatchMetadata ToPython(BatchMetadata&& m) {
@@ -37,6 +40,7 @@ PyBatchMetadata ToPython(BatchMetadata&& m) {
       MoveToArray(std::move(m.indices), {py::ssize_t(m.indices.size())}),
       MoveToArray(std::move(m.last_block_len), {b}),
       MoveToArray(std::move(m.slot_mapping), {b}),
+      MoveToArray(std::move(m.num_computed), {b}),
   };
 }
 
@@ -139,21 +143,36 @@ void BindCacheManager(py::module_& m) {
                               "Per-step arrays for attention kernels, all int32: block_tables "
                               "[B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], "
                               "indices [nnz], last_block_len [B] (in (0, block_size]), "
-                              "slot_mapping [B] (slot of each sequence's last token).")
-      .def_readonly("block_tables", &PyBatchMetadata::block_tables)
-      .def_readonly("context_lens", &PyBatchMetadata::context_lens)
-      .def_readonly("indptr", &PyBatchMetadata::indptr)
-      .def_readonly("indices", &PyBatchMetadata::indices)
-      .def_readonly("last_block_len", &PyBatchMetadata::last_block_len)
-      .def_readonly("slot_mapping", &PyBatchMetadata::slot_mapping);
+                              "slot_mapping [B] (slot of each sequence's last token), "
+                              "num_computed [B] (leading tokens whose K/V is written, in "
+                              "[0, context_lens]).")
+      .def_readonly("block_tables", &PyBatchMetadata::block_tables,
+                    "[B, max_blocks] int32: row i is sequence i's block ids, padded with -1.")
+      .def_readonly("context_lens", &PyBatchMetadata::context_lens,
+                    "[B] int32: tokens of each sequence (>= 1).")
+      .def_readonly("indptr", &PyBatchMetadata::indptr,
+                    "[B + 1] int32: CSR row pointers into indices (indptr[0] = 0).")
+      .def_readonly("indices", &PyBatchMetadata::indices,
+                    "[nnz] int32: block ids, sequence after sequence (nnz = indptr[B]).")
+      .def_readonly("last_block_len", &PyBatchMetadata::last_block_len,
+                    "[B] int32: tokens in each sequence's last block, in (0, block_size].")
+      .def_readonly("slot_mapping", &PyBatchMetadata::slot_mapping,
+                    "[B] int32: slot of each sequence's last token (where a decode step writes "
+                    "its K/V).")
+      .def_readonly("num_computed", &PyBatchMetadata::num_computed,
+                    "[B] int32: leading tokens of each sequence whose K/V is written, in "
+                    "[0, context_lens].");
 
   py::class_<PagedKvCache>(m, "PagedKvCache",
                            "Sequences, block tables, copy-on-write fork, swap to the host tier "
                            "and batch metadata over one BlockPool + KvStorage. Thread-safe; every "
                            "call is all-or-nothing.",
                            py::custom_type_setup(SetUpGarbageCollection))
-      .def(py::init<const CacheConfig&>(), py::arg("config"))
-      .def_property_readonly("config", &PagedKvCache::config)
+      .def(py::init<const CacheConfig&>(), py::arg("config"),
+           "Allocate the device arena (config.num_blocks blocks) and the host arena "
+           "(config.num_host_blocks, none if 0). Raises ValueError for a bad config, MemoryError "
+           "without the memory.")
+      .def_property_readonly("config", &PagedKvCache::config, "The CacheConfig (read-only).")
       .def_property_readonly("storage", &PagedKvCache::storage, "The device-tier KvStorage.")
       .def_property_readonly("host_storage", &PagedKvCache::host_storage,
                              "The host-tier KvStorage, or None without one.")
@@ -238,7 +257,13 @@ void BindCacheManager(py::module_& m) {
             py::gil_scoped_release release;
             cache.AppendTokens(seq_id, data, n);
           },
-          py::arg("seq_id").noconvert(), py::arg("tokens"))
+          py::arg("seq_id").noconvert(), py::arg("tokens"),
+          "Append tokens (1-D int array, may be empty; ids >= 0) to a resident sequence, taking "
+          "fresh blocks only when its last block fills; a shared, partly filled last block is "
+          "copied first (copy-on-write). The new tokens are not computed: write their K/V "
+          "(slot_mapping) and mark_computed. Raises KeyError for an unknown seq_id, "
+          "InvalidStateError if it is swapped out, ValueError for a negative token id, "
+          "OutOfBlocksError when the blocks are short (nothing changes).")
       .def(
           "append_batch",
           [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle tokens_obj) {
@@ -257,8 +282,56 @@ void BindCacheManager(py::module_& m) {
           "One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The "
           "tokens before each appended one count as computed (a decode token is sampled from "
           "its predecessor's logits): with prefix caching, blocks they filled are published.")
-      .def("can_allocate", &PagedKvCache::CanAllocate, py::arg("num_tokens").noconvert())
-      .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id").noconvert(), py::arg("num_tokens").noconvert())
+      .def("can_allocate", py::overload_cast<int64_t>(&PagedKvCache::CanAllocate, py::const_),
+           py::arg("num_tokens").noconvert(),
+           "Whether a sequence of num_tokens tokens, none of them cached, would fit now (free "
+           "plus evictable blocks). Prefix hits are not discounted: pass the tokens instead to "
+           "ask about a prompt. Raises ValueError for num_tokens < 0.")
+      .def(
+          "can_allocate",
+          [](const PagedKvCache& cache, py::handle tokens_obj, const py::bytes& namespace_id) {
+            // Reached by anything the int overload refused: a float or a string is neither.
+            const bool array_like = (PySequence_Check(tokens_obj.ptr()) &&
+                                     !PyUnicode_Check(tokens_obj.ptr()) &&
+                                     !PyBytes_Check(tokens_obj.ptr())) ||
+                                    py::isinstance<py::array>(tokens_obj);
+            if (!array_like) {
+              throw py::type_error("can_allocate takes an int (a token count) or a 1-D int array "
+                                   "of tokens, got " +
+                                   std::string(py::str(py::type::of(tokens_obj).attr("__name__"))));
+            }
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            std::string ns = namespace_id;
+            py::gil_scoped_release release;
+            return cache.CanAllocate(data, n, ns);
+          },
+          py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          "Whether add_sequence(seq_id, tokens, namespace=namespace) would succeed now: the "
+          "prompt's prefix hits (cached_prefix_len) need no fresh block. tokens: 1-D int array, "
+          ">= 1 token. Changes nothing. Raises ValueError for an empty prompt or a negative "
+          "token id.")
+      .def(
+          "cached_prefix_len",
+          [](const PagedKvCache& cache, py::handle tokens_obj, const py::bytes& namespace_id) {
+            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const int32_t* data = tokens.data();
+            const int64_t n = tokens.size();
+            std::string ns = namespace_id;
+            py::gil_scoped_release release;
+            return cache.CachedPrefixLen(data, n, ns);
+          },
+          py::arg("tokens"), py::kw_only(), py::arg("namespace") = py::bytes(),
+          "How many leading tokens add_sequence(seq_id, tokens, namespace=namespace) would "
+          "reuse from the prefix cache now (what it would return: a multiple of block_size, < "
+          "len(tokens); 0 without prefix caching). Read-only: no statistics, no eviction order "
+          "change. tokens: 1-D int array, >= 1 token. Raises ValueError for an empty prompt or "
+          "a negative token id.")
+      .def("can_append", &PagedKvCache::CanAppend, py::arg("seq_id").noconvert(), py::arg("num_tokens").noconvert(),
+           "Whether append_tokens of num_tokens tokens to seq_id would succeed now (counting a "
+           "copy-on-write copy of a shared last block); False for a swapped-out sequence. "
+           "Raises KeyError for an unknown seq_id, ValueError for num_tokens < 0.")
       .def("mark_computed", &PagedKvCache::MarkComputed, py::arg("seq_id").noconvert(),
            py::arg("num_tokens").noconvert(),
            "The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, "
@@ -284,16 +357,39 @@ void BindCacheManager(py::module_& m) {
            py::call_guard<py::gil_scoped_release>(),
            "child shares every block of parent; the first append into a shared, partly filled "
            "block copies it first.")
-      .def("free_sequence", &PagedKvCache::FreeSequence, py::arg("seq_id").noconvert(),
-           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "free_sequence",
+          [](PagedKvCache& cache, SeqId seq_id, std::optional<int64_t> num_computed) {
+            py::gil_scoped_release release;
+            if (num_computed) {
+              cache.FreeSequence(seq_id, *num_computed);
+            } else {
+              cache.FreeSequence(seq_id);
+            }
+          },
+          py::arg("seq_id").noconvert(), py::kw_only(), py::arg("num_computed").noconvert() = py::none(),
+          "Forget seq_id and release its blocks (device or host). With prefix caching, its "
+          "published blocks stay cached (evictable) for later prompts. num_computed: first "
+          "mark_computed(seq_id, num_computed), so that a finished request's last full block "
+          "is published too (decode steps mark every token but the last one; pass how many "
+          "tokens have K/V written). Raises KeyError for an unknown seq_id, ValueError unless "
+          "0 <= num_computed <= num_tokens (nothing changes).")
       .def("swap_out", &PagedKvCache::SwapOut, py::arg("seq_id").noconvert(),
            py::call_guard<py::gil_scoped_release>(),
            "Copy the sequence's blocks to the host tier and free its device blocks.")
       .def("swap_in", &PagedKvCache::SwapIn, py::arg("seq_id").noconvert(),
            py::call_guard<py::gil_scoped_release>(),
            "Copy the sequence back into fresh device blocks (its block ids may change).")
-      .def("is_swapped", &PagedKvCache::IsSwapped, py::arg("seq_id").noconvert())
-      .def("num_tokens", &PagedKvCache::NumTokens, py::arg("seq_id").noconvert())
+      .def("is_swapped", &PagedKvCache::IsSwapped, py::arg("seq_id").noconvert(),
+           "Whether the sequence's blocks are in the host tier (swap_out). Raises KeyError for "
+           "an unknown seq_id.")
+      .def("num_tokens", &PagedKvCache::NumTokens, py::arg("seq_id").noconvert(),
+           "The sequence's token count (>= 1). Raises KeyError for an unknown seq_id.")
+      .def("num_computed", &PagedKvCache::NumComputed, py::arg("seq_id").noconvert(),
+           "How many leading tokens have their K/V written: raised by mark_computed, prefix "
+           "hits and decode steps (append_batch); in [0, num_tokens]. Attention over the "
+           "sequence needs it at least at the query tokens' start. Raises KeyError for an "
+           "unknown seq_id.")
       .def(
           "tokens",
           [](const PagedKvCache& cache, SeqId seq_id) {
@@ -356,9 +452,14 @@ void BindCacheManager(py::module_& m) {
             cache.WriteKv(layer, slot_data, n, k_data, v_data, k_dtype);
           },
           py::arg("layer").noconvert(), py::arg("slots"), py::arg("k"), py::arg("v"),
-          "Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into "
-          "slots ([n] int32); slot -1 is skipped. Every slot is validated before any write. k "
-          "and v may be views of the cache's own storage: they are copied before the write.")
+          "Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage "
+          "dtype, or the storage dtype itself) into slots ([n] int32, block_id * block_size + "
+          "offset); slot -1 is skipped. Every slot is validated before any write: IndexError "
+          "for one out of range, InvalidStateError for one in a block that no sequence or "
+          "cache entry holds (slots taken before free_sequence or swap_out); ValueError for a "
+          "shape or dtype mismatch. Takes no lock over the data: the scheduler keeps the "
+          "blocks from being freed meanwhile. k and v may be views of the cache's own "
+          "storage: they are copied before the write.")
       .def(
           "gather_kv",
           [](const PagedKvCache& cache, SeqId seq_id, int32_t layer) {
@@ -417,9 +518,13 @@ void BindCacheManager(py::module_& m) {
           "callback that refers to the cache (a bound method of its owner) does not keep it "
           "alive: the garbage collector sees through it.")
       .def("check_invariants", &PagedKvCache::CheckInvariants,
-           py::call_guard<py::gil_scoped_release>())
-      .def("__contains__", &PagedKvCache::Contains, py::arg("seq_id").noconvert())
-      .def("__len__", &PagedKvCache::NumSequences);
+           py::call_guard<py::gil_scoped_release>(),
+           "Validate every internal invariant (ref counts match the tables, cached and "
+           "evictable blocks, free + used == total, chain keys); raises InvariantError naming "
+           "the first one broken. O(blocks + tokens): for tests.")
+      .def("__contains__", &PagedKvCache::Contains, py::arg("seq_id").noconvert(),
+           "Whether the cache holds seq_id (resident or swapped out).")
+      .def("__len__", &PagedKvCache::NumSequences, "The number of sequences held.");
 }
 
 }  // namespace ferrum_kv::bindings

@@ -67,22 +67,36 @@ void BindConfig(py::module_& m) {
            py::arg("num_host_blocks").noconvert() = 0, py::arg("enable_prefix_caching").noconvert() = false,
            py::arg("high_watermark") = 0.10, py::arg("critical_watermark") = 0.02,
            py::arg("eviction_policy") = "lru", py::arg("enable_kv_events").noconvert() = false,
-           py::arg("max_prompt_logits").noconvert() = 0)
-      .def_readonly("num_layers", &CacheConfig::num_layers)
-      .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads)
-      .def_readonly("head_dim", &CacheConfig::head_dim)
-      .def_readonly("block_size", &CacheConfig::block_size)
-      .def_readonly("num_blocks", &CacheConfig::num_blocks)
-      .def_property_readonly("dtype", [](const CacheConfig& c) { return DTypeName(c.dtype); })
-      .def_readonly("num_host_blocks", &CacheConfig::num_host_blocks)
-      .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching)
+           py::arg("max_prompt_logits").noconvert() = 0,
+           "All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), "
+           "num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16'; "
+           "num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; "
+           "watermarks: memory_pressure is 'high' below high_watermark, 'critical' below "
+           "critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= "
+           "1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; "
+           "max_prompt_logits >= 0. Raises ValueError naming a bad value.")
+      .def_readonly("num_layers", &CacheConfig::num_layers, "Transformer layers (int).")
+      .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads, "K/V heads per layer (int).")
+      .def_readonly("head_dim", &CacheConfig::head_dim, "Elements per head (int).")
+      .def_readonly("block_size", &CacheConfig::block_size, "Tokens per block (int).")
+      .def_readonly("num_blocks", &CacheConfig::num_blocks, "Blocks of the device tier (int).")
+      .def_property_readonly(
+          "dtype", [](const CacheConfig& c) { return DTypeName(c.dtype); },
+          "Storage dtype: 'float32' | 'float16' | 'bfloat16'.")
+      .def_readonly("num_host_blocks", &CacheConfig::num_host_blocks,
+                    "Blocks of the host tier (swap_out); 0: none.")
+      .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching,
+                    "Whether computed full blocks are reused by later prompts.")
       .def_readonly("enable_kv_events", &CacheConfig::enable_kv_events,
                     "Whether the cache logs prefix-cache events (PagedKvCache.drain_events).")
       .def_readonly("max_prompt_logits", &CacheConfig::max_prompt_logits,
                     "How many prompts' last-token logits the cache keeps for whole-prompt hits "
                     "(PagedKvCache.store_logits / add_sequence_with_logits); 0: off.")
-      .def_readonly("high_watermark", &CacheConfig::high_watermark)
-      .def_readonly("critical_watermark", &CacheConfig::critical_watermark)
+      .def_readonly("high_watermark", &CacheConfig::high_watermark,
+                    "memory_pressure is 'high' when fewer than this fraction of blocks are free "
+                    "or evictable.")
+      .def_readonly("critical_watermark", &CacheConfig::critical_watermark,
+                    "memory_pressure is 'critical' below this fraction.")
       .def_property_readonly(
           "eviction_policy",
           [](const CacheConfig& c) { return EvictionPolicyName(c.eviction_policy); },

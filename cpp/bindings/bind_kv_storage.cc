@@ -45,12 +45,17 @@ void BindKvStorage(py::module_& m) {
       "K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: "
       "[num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are "
       "zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.")
-      .def(py::init<const CacheConfig&>(), py::arg("config"))
-      .def_property_readonly("config", &KvStorage::config)
-      .def_property_readonly("dtype", [](const KvStorage& s) { return DTypeName(s.dtype()); })
-      .def_property_readonly("num_blocks", &KvStorage::num_blocks)
-      .def_property_readonly("bytes_per_block", &KvStorage::bytes_per_block)
-      .def_property_readonly("nbytes", &KvStorage::total_bytes)
+      .def(py::init<const CacheConfig&>(), py::arg("config"),
+           "Allocate an arena of config.num_blocks blocks (zeroed). Raises MemoryError without "
+           "the memory.")
+      .def_property_readonly("config", &KvStorage::config, "The CacheConfig of its geometry.")
+      .def_property_readonly(
+          "dtype", [](const KvStorage& s) { return DTypeName(s.dtype()); },
+          "'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).")
+      .def_property_readonly("num_blocks", &KvStorage::num_blocks, "Blocks in the arena.")
+      .def_property_readonly("bytes_per_block", &KvStorage::bytes_per_block,
+                             "Bytes of one block: K and V, all layers.")
+      .def_property_readonly("nbytes", &KvStorage::total_bytes, "Bytes of the whole arena.")
       .def(
           "array",
           [](const KvStorage& s) {

@@ -116,6 +116,16 @@ void BlockPool::RefCounts(const BlockId* ids, int64_t n, int32_t* out) const {
   for (int64_t i = 0; i < n; ++i) out[i] = ref_counts_[ids[i]];
 }
 
+int64_t BlockPool::FindUnheld(const BlockId* ids, int64_t n) const {
+  CheckCount(n);
+  MutexLock lock(&mu_);
+  for (int64_t i = 0; i < n; ++i) {
+    CheckId(ids[i]);
+    if (ref_counts_[ids[i]] == 0) return i;
+  }
+  return -1;
+}
+
 BlockPool::Stats BlockPool::stats() const {
   Stats s;
   s.num_blocks = num_blocks_;

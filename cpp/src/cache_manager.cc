@@ -265,11 +265,79 @@ int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens,
   return Add(seq_id, tokens, n, namespace_id, priority, logits);
 }
 
+void PagedKvCache::CheckPrompt(const int32_t* tokens, int64_t n) {
+  FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
+  CheckTokenIds(tokens, 0, n);
+}
+
+int64_t PagedKvCache::FindCachedBlocks(const PrefixKey& root, const int32_t* tokens,
+                                       int64_t max_hit, std::vector<PrefixKey>* keys,
+                                       std::vector<BlockId>* hits) const {
+  const int32_t block_size = config_.block_size;
+  int64_t hit_blocks = 0;
+  int64_t keyed = 0;  // keys computed so far, in *keys
+  int64_t chunk = 1;
+  while (hit_blocks < max_hit) {
+    // Keys only about as far as the hits go (the rest are computed when published, in
+    // batches): in chunks of 1, 2, 4, ... 64 blocks, each chunk's probes prefetched together.
+    if (hit_blocks == keyed) {
+      const int64_t end = std::min(max_hit, keyed + chunk);
+      if (int64_t(keys->size()) < end) keys->resize(size_t(end));
+      keyer_.Chain(keyed == 0 ? root : (*keys)[keyed - 1], tokens + keyed * block_size,
+                   end - keyed, block_size, keys->data() + keyed);
+      for (int64_t i = keyed; i < end; ++i) prefix_->Prefetch((*keys)[i]);
+      keyed = end;
+      chunk = std::min<int64_t>(2 * chunk, 64);
+    }
+    const BlockId block = prefix_->Find((*keys)[hit_blocks]);
+    if (block == kNullBlock) break;
+    hits->push_back(block);
+    ++hit_blocks;
+  }
+  return hit_blocks;
+}
+
+void PagedKvCache::FindPromptHits(const int32_t* tokens, int64_t n,
+                                  const std::string& namespace_id, std::vector<PrefixKey>* keys,
+                                  std::vector<BlockId>* hits) const {
+  if (!prefix_) return;
+  // As Add without stored logits: the last token is always computed.
+  FindCachedBlocks(keyer_.Root(namespace_id), tokens, (n - 1) / config_.block_size, keys, hits);
+}
+
+int64_t PagedKvCache::CountEvictable(const std::vector<BlockId>& blocks) const {
+  return std::count_if(blocks.begin(), blocks.end(), [this](BlockId block)
+                           FKV_NO_THREAD_SAFETY_ANALYSIS {
+                             return prefix_->evictable().Contains(block);
+                           });
+}
+
+int64_t PagedKvCache::CachedPrefixLen(const int32_t* tokens, int64_t n,
+                                      const std::string& namespace_id) const {
+  CheckPrompt(tokens, n);
+  std::vector<PrefixKey> keys;
+  std::vector<BlockId> hits;
+  MutexLock lock(&mu_);
+  FindPromptHits(tokens, n, namespace_id, &keys, &hits);
+  return int64_t(hits.size()) * config_.block_size;
+}
+
+bool PagedKvCache::CanAllocate(const int32_t* tokens, int64_t n,
+                               const std::string& namespace_id) const {
+  CheckPrompt(tokens, n);
+  std::vector<PrefixKey> keys;
+  std::vector<BlockId> hits;
+  MutexLock lock(&mu_);
+  FindPromptHits(tokens, n, namespace_id, &keys, &hits);
+  // Add's test: taking the hits makes the evictable ones unavailable.
+  const int64_t needed = BlocksForTokens(n, config_.block_size) - int64_t(hits.size());
+  return needed <= AvailableBlocks() - (prefix_ ? CountEvictable(hits) : 0);
+}
+
 int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
                           const std::string& namespace_id, int32_t priority,
                           std::vector<float>* logits) {
-  FKV_CHECK_ARG(n >= 1, "a sequence needs at least one token, got " << n);
-  CheckTokenIds(tokens, 0, n);
+  CheckPrompt(tokens, n);
   const int32_t block_size = config_.block_size;
   Sequence seq;
   seq.tokens.assign(tokens, tokens + n);
@@ -289,29 +357,9 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
       // stored: a whole-prompt hit may take every full block.
       const bool whole_possible = logits != nullptr && prompt_logits_ != nullptr;
       const int64_t max_hit = whole_possible ? n / block_size : (n - 1) / block_size;
-      int64_t hit_blocks = 0;
-      int64_t evictable_hits = 0;
-      int64_t keyed = 0;  // keys computed so far, in key_scratch_
-      int64_t chunk = 1;
-      while (hit_blocks < max_hit) {
-        // Keys only about as far as the hits go (the rest are computed when published, in
-        // batches): in chunks of 1, 2, 4, ... 64 blocks, each chunk's probes prefetched together.
-        if (hit_blocks == keyed) {
-          const int64_t end = std::min(max_hit, keyed + chunk);
-          if (int64_t(key_scratch_.size()) < end) key_scratch_.resize(size_t(end));
-          keyer_.Chain(keyed == 0 ? seq.root_key : key_scratch_[keyed - 1],
-                       tokens + keyed * block_size, end - keyed, block_size,
-                       key_scratch_.data() + keyed);
-          for (int64_t i = keyed; i < end; ++i) prefix_->Prefetch(key_scratch_[i]);
-          keyed = end;
-          chunk = std::min<int64_t>(2 * chunk, 64);
-        }
-        const BlockId block = prefix_->Find(key_scratch_[hit_blocks]);
-        if (block == kNullBlock) break;
-        seq.blocks.push_back(block);
-        evictable_hits += prefix_->evictable().Contains(block);
-        ++hit_blocks;
-      }
+      int64_t hit_blocks =
+          FindCachedBlocks(seq.root_key, tokens, max_hit, &key_scratch_, &seq.blocks);
+      int64_t evictable_hits = CountEvictable(seq.blocks);
       const PromptLogits* whole = nullptr;
       if (whole_possible && hit_blocks == n / block_size) {
         whole = prompt_logits_->Find(hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key,
@@ -605,18 +653,29 @@ void PagedKvCache::Fork(SeqId parent, SeqId child) {
 }
 
 void PagedKvCache::FreeSequence(SeqId seq_id) {
+  Mutate([&]() FKV_REQUIRES(mu_) { Release(seq_id); });
+}
+
+void PagedKvCache::FreeSequence(SeqId seq_id, int64_t num_computed) {
   Mutate([&]() FKV_REQUIRES(mu_) {
-    auto it = sequences_.find(seq_id);
-    if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
-    const Sequence& seq = it->second;
-    if (seq.swapped) {
-      host_pool_->Free(seq.blocks.data(), int64_t(seq.blocks.size()));
-      --num_swapped_;
-    } else {
-      ReleaseDeviceBlocks(seq.blocks, seq.priority);
-    }
-    sequences_.erase(it);
+    const QueueGuard queue_guard{this};
+    ApplyComputed(CheckComputedCount(seq_id, num_computed), num_computed);
+    if (prefix_) PublishPending();
+    Release(seq_id);
   });
+}
+
+void PagedKvCache::Release(SeqId seq_id) {
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) FKV_THROW(UnknownSequence, "unknown sequence " << seq_id);
+  const Sequence& seq = it->second;
+  if (seq.swapped) {
+    host_pool_->Free(seq.blocks.data(), int64_t(seq.blocks.size()));
+    --num_swapped_;
+  } else {
+    ReleaseDeviceBlocks(seq.blocks, seq.priority);
+  }
+  sequences_.erase(it);
 }
 
 void PagedKvCache::SwapOut(SeqId seq_id) {
@@ -696,6 +755,11 @@ int64_t PagedKvCache::NumTokens(SeqId seq_id) const {
   return int64_t(Find(seq_id).tokens.size());
 }
 
+int64_t PagedKvCache::NumComputed(SeqId seq_id) const {
+  MutexLock lock(&mu_);
+  return Find(seq_id).num_computed;
+}
+
 std::vector<int32_t> PagedKvCache::Tokens(SeqId seq_id) const {
   MutexLock lock(&mu_);
   return Find(seq_id).tokens;
@@ -749,6 +813,7 @@ BatchMetadata PagedKvCache::BuildBatchMetadata(const SeqId* seq_ids, int64_t n) 
   m.indices.resize(size_t(nnz));
   m.last_block_len.resize(size_t(n));
   m.slot_mapping.resize(size_t(n));
+  m.num_computed.resize(size_t(n));
   m.indptr[0] = 0;
   int32_t* indices = m.indices.data();
   for (int64_t i = 0; i < n; ++i) {
@@ -762,12 +827,44 @@ BatchMetadata PagedKvCache::BuildBatchMetadata(const SeqId* seq_ids, int64_t n) 
     m.indptr[i + 1] = m.indptr[i] + int32_t(num_blocks);
     m.last_block_len[i] = num_tokens - int32_t(num_blocks - 1) * block_size;
     m.slot_mapping[i] = seq.blocks.back() * block_size + (num_tokens - 1) % block_size;
+    m.num_computed[i] = int32_t(seq.num_computed);
   }
   return m;
 }
 
 void PagedKvCache::WriteKv(int32_t layer, const int32_t* slots, int64_t n, const void* k,
                            const void* v, DType src_dtype) {
+  // The blocks of the slots, one per run of slots in the same block (a prefill chunk's slots run
+  // through whole blocks, a decode step's are one per sequence), checked in batches from a stack
+  // buffer (no allocation). Slots out of range are left to WriteTokens to report.
+  const int32_t block_size = config_.block_size;
+  const int64_t num_slots = pool_.num_blocks() * block_size;
+  constexpr int64_t kBatch = 64;
+  BlockId blocks[kBatch];
+  int64_t first_slot[kBatch];  // the index of a slot in blocks[j], for the message
+  int64_t count = 0;
+  for (int64_t i = 0; i <= n; ++i) {
+    if (i == n || count == kBatch) {
+      const int64_t unheld = count > 0 ? pool_.FindUnheld(blocks, count) : -1;
+      if (unheld >= 0) {
+        const int64_t at = first_slot[unheld];
+        FKV_THROW(InvalidStateError,
+                  "slots[" << at << "] = " << slots[at] << " is in block " << blocks[unheld]
+                           << ", which no sequence or cache entry holds: slots taken before "
+                              "free_sequence or swap_out are stale (take them again with "
+                              "slot_mapping)");
+      }
+      count = 0;
+      if (i == n) break;
+    }
+    if (slots[i] < 0 || slots[i] >= num_slots) continue;
+    // In the previous slot's block: no division.
+    if (count > 0 && uint32_t(slots[i] - blocks[count - 1] * block_size) < uint32_t(block_size)) {
+      continue;
+    }
+    blocks[count] = slots[i] / block_size;
+    first_slot[count++] = i;
+  }
   storage_->WriteTokens(layer, slots, n, k, v, src_dtype);
 }
 

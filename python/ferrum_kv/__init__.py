@@ -1,7 +1,12 @@
 """ferrum-kv: a KV-cache manager for LLM inference (block pool, paged KV storage, sequence manager,
 prefix caching, CPU paged attention).
 
-The core is C++ (``ferrum_kv._core``); this package re-exports its public names.
+The core is C++ (``ferrum_kv._core``); this package re-exports its public names: the cache, its
+errors, prefix hashes, and the attention kernels both over a cache (``paged_attention_decode``,
+``paged_attention_prefill``) and over explicit block tables (the ``_tables`` variants, with
+``attention_isas()`` naming the kernel variants this CPU runs). ``_core.memory_read_probe`` is
+left out: it measures the machine's read bandwidth for the benchmarks' GB/s ceiling and is no part
+of serving (``ferrum_kv.benchmarks`` uses it from ``_core``).
 """
 
 from ferrum_kv._core import (
@@ -15,8 +20,11 @@ from ferrum_kv._core import (
     OutOfBlocksError,
     PagedKvCache,
     __version__,
+    attention_isas,
     block_hashes,
     get_num_threads,
+    paged_attention_decode_tables,
+    paged_attention_prefill_tables,
     set_num_threads,
 )
 from ferrum_kv.attention import paged_attention_decode, paged_attention_prefill
@@ -32,9 +40,12 @@ __all__ = [
     "OutOfBlocksError",
     "PagedKvCache",
     "__version__",
+    "attention_isas",
     "block_hashes",
     "get_num_threads",
     "paged_attention_decode",
+    "paged_attention_decode_tables",
     "paged_attention_prefill",
+    "paged_attention_prefill_tables",
     "set_num_threads",
 ]

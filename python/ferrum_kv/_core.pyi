@@ -27,12 +27,16 @@ class CacheConfig:
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
     """
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, num_blocks: int, dtype: str = 'float32', num_host_blocks: int = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: int = 0) -> None:
-        ...
+        """
+        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16'; num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
+        """
     def __repr__(self) -> str:
         ...
     @property
     def block_size(self) -> int:
-        ...
+        """
+        Tokens per block (int).
+        """
     @property
     def bytes_per_block(self) -> int:
         """
@@ -45,10 +49,14 @@ class CacheConfig:
         """
     @property
     def critical_watermark(self) -> float:
-        ...
+        """
+        memory_pressure is 'critical' below this fraction.
+        """
     @property
     def dtype(self) -> str:
-        ...
+        """
+        Storage dtype: 'float32' | 'float16' | 'bfloat16'.
+        """
     @property
     def enable_kv_events(self) -> bool:
         """
@@ -56,7 +64,9 @@ class CacheConfig:
         """
     @property
     def enable_prefix_caching(self) -> bool:
-        ...
+        """
+        Whether computed full blocks are reused by later prompts.
+        """
     @property
     def eviction_policy(self) -> str:
         """
@@ -64,10 +74,14 @@ class CacheConfig:
         """
     @property
     def head_dim(self) -> int:
-        ...
+        """
+        Elements per head (int).
+        """
     @property
     def high_watermark(self) -> float:
-        ...
+        """
+        memory_pressure is 'high' when fewer than this fraction of blocks are free or evictable.
+        """
     @property
     def max_prompt_logits(self) -> int:
         """
@@ -75,24 +89,36 @@ class CacheConfig:
         """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks of the device tier (int).
+        """
     @property
     def num_host_blocks(self) -> int:
-        ...
+        """
+        Blocks of the host tier (swap_out); 0: none.
+        """
     @property
     def num_kv_heads(self) -> int:
-        ...
+        """
+        K/V heads per layer (int).
+        """
     @property
     def num_layers(self) -> int:
-        ...
+        """
+        Transformer layers (int).
+        """
 class BlockPool:
     """
     Fixed set of block ids [0, num_blocks) with a ref count each. Thread-safe; every call is all-or-nothing. The least recently freed block is reused first.
     """
     def __init__(self, *, num_blocks: int) -> None:
-        ...
+        """
+        A pool of num_blocks (>= 1) free blocks; ValueError otherwise.
+        """
     def __len__(self) -> int:
-        ...
+        """
+        num_blocks.
+        """
     def __repr__(self) -> str:
         ...
     def allocate(self, n: int) -> numpy.typing.NDArray[numpy.int32]:
@@ -100,7 +126,9 @@ class BlockPool:
         Allocate n blocks (ref count 1). Returns int32 array of shape (n,). Raises OutOfBlocksError (nothing allocated) when fewer than n are free.
         """
     def can_allocate(self, n: int) -> bool:
-        ...
+        """
+        Whether allocate(n) would succeed now. Raises ValueError for n < 0.
+        """
     def check_invariants(self) -> None:
         """
         Raise InvariantError if an internal invariant is broken.
@@ -114,26 +142,36 @@ class BlockPool:
         Add one reference to each id (all must be allocated; ValueError otherwise, nothing changed).
         """
     def ref_count(self, block_id: int) -> int:
-        ...
+        """
+        The block's ref count (0: free). Raises IndexError for an id outside [0, num_blocks).
+        """
     def stats(self) -> dict:
         """
         Counters over the pool's life, as a dict of ints.
         """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks in the pool.
+        """
     @property
     def num_free_blocks(self) -> int:
-        ...
+        """
+        Blocks with ref count 0.
+        """
     @property
     def num_used_blocks(self) -> int:
-        ...
+        """
+        Blocks with ref count >= 1.
+        """
 class KvStorage:
     """
     K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.
     """
     def __init__(self, config: CacheConfig) -> None:
-        ...
+        """
+        Allocate an arena of config.num_blocks blocks (zeroed). Raises MemoryError without the memory.
+        """
     def __repr__(self) -> str:
         ...
     def array(self) -> numpy.ndarray:
@@ -158,51 +196,84 @@ class KvStorage:
         """
     @property
     def bytes_per_block(self) -> int:
-        ...
+        """
+        Bytes of one block: K and V, all layers.
+        """
     @property
     def config(self) -> CacheConfig:
-        ...
+        """
+        The CacheConfig of its geometry.
+        """
     @property
     def dtype(self) -> str:
-        ...
+        """
+        'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).
+        """
     @property
     def nbytes(self) -> int:
-        ...
+        """
+        Bytes of the whole arena.
+        """
     @property
     def num_blocks(self) -> int:
-        ...
+        """
+        Blocks in the arena.
+        """
 class BatchMetadata:
     """
-    Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token).
+    Per-step arrays for attention kernels, all int32: block_tables [B, max_blocks] (padding -1), context_lens [B], CSR indptr [B+1], indices [nnz], last_block_len [B] (in (0, block_size]), slot_mapping [B] (slot of each sequence's last token), num_computed [B] (leading tokens whose K/V is written, in [0, context_lens]).
     """
     @property
     def block_tables(self) -> numpy.ndarray:
-        ...
+        """
+        [B, max_blocks] int32: row i is sequence i's block ids, padded with -1.
+        """
     @property
     def context_lens(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: tokens of each sequence (>= 1).
+        """
     @property
     def indices(self) -> numpy.ndarray:
-        ...
+        """
+        [nnz] int32: block ids, sequence after sequence (nnz = indptr[B]).
+        """
     @property
     def indptr(self) -> numpy.ndarray:
-        ...
+        """
+        [B + 1] int32: CSR row pointers into indices (indptr[0] = 0).
+        """
     @property
     def last_block_len(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: tokens in each sequence's last block, in (0, block_size].
+        """
+    @property
+    def num_computed(self) -> numpy.ndarray:
+        """
+        [B] int32: leading tokens of each sequence whose K/V is written, in [0, context_lens].
+        """
     @property
     def slot_mapping(self) -> numpy.ndarray:
-        ...
+        """
+        [B] int32: slot of each sequence's last token (where a decode step writes its K/V).
+        """
 class PagedKvCache:
     """
     Sequences, block tables, copy-on-write fork, swap to the host tier and batch metadata over one BlockPool + KvStorage. Thread-safe; every call is all-or-nothing.
     """
     def __contains__(self, seq_id: int) -> bool:
-        ...
+        """
+        Whether the cache holds seq_id (resident or swapped out).
+        """
     def __init__(self, config: CacheConfig) -> None:
-        ...
+        """
+        Allocate the device arena (config.num_blocks blocks) and the host arena (config.num_host_blocks, none if 0). Raises ValueError for a bad config, MemoryError without the memory.
+        """
     def __len__(self) -> int:
-        ...
+        """
+        The number of sequences held.
+        """
     def add_sequence(self, seq_id: int, tokens: typing.Any, *, namespace: bytes = b'', priority: int = 0) -> int:
         """
         Create seq_id holding tokens (1-D int array, >= 1 token) and give it blocks. With prefix caching, reuses the longest run of leading full blocks cached under the same namespace (bytes: tenant, model, adapter) and returns how many tokens that covers (a multiple of block_size, < len(tokens)); 0 without prefix caching. priority: retention priority of the blocks it releases (priority_lru eviction keeps higher ones longer).
@@ -216,7 +287,9 @@ class PagedKvCache:
         One decode step: append tokens[i] to seq_ids[i] (distinct ids). All-or-nothing. The tokens before each appended one count as computed (a decode token is sampled from its predecessor's logits): with prefix caching, blocks they filled are published.
         """
     def append_tokens(self, seq_id: int, tokens: typing.Any) -> None:
-        ...
+        """
+        Append tokens (1-D int array, may be empty; ids >= 0) to a resident sequence, taking fresh blocks only when its last block fills; a shared, partly filled last block is copied first (copy-on-write). The new tokens are not computed: write their K/V (slot_mapping) and mark_computed. Raises KeyError for an unknown seq_id, InvalidStateError if it is swapped out, ValueError for a negative token id, OutOfBlocksError when the blocks are short (nothing changes).
+        """
     def batch_metadata(self, seq_ids: typing.Any) -> BatchMetadata:
         """
         BatchMetadata for resident sequences (new int32 arrays).
@@ -225,12 +298,28 @@ class PagedKvCache:
         """
         The sequence's block ids (int32 copy; host-tier ids while swapped out).
         """
+    def cached_prefix_len(self, tokens: typing.Any, *, namespace: bytes = b'') -> int:
+        """
+        How many leading tokens add_sequence(seq_id, tokens, namespace=namespace) would reuse from the prefix cache now (what it would return: a multiple of block_size, < len(tokens); 0 without prefix caching). Read-only: no statistics, no eviction order change. tokens: 1-D int array, >= 1 token. Raises ValueError for an empty prompt or a negative token id.
+        """
+    @typing.overload
     def can_allocate(self, num_tokens: int) -> bool:
-        ...
+        """
+        Whether a sequence of num_tokens tokens, none of them cached, would fit now (free plus evictable blocks). Prefix hits are not discounted: pass the tokens instead to ask about a prompt. Raises ValueError for num_tokens < 0.
+        """
+    @typing.overload
+    def can_allocate(self, tokens: typing.Any, *, namespace: bytes = b'') -> bool:
+        """
+        Whether add_sequence(seq_id, tokens, namespace=namespace) would succeed now: the prompt's prefix hits (cached_prefix_len) need no fresh block. tokens: 1-D int array, >= 1 token. Changes nothing. Raises ValueError for an empty prompt or a negative token id.
+        """
     def can_append(self, seq_id: int, num_tokens: int) -> bool:
-        ...
+        """
+        Whether append_tokens of num_tokens tokens to seq_id would succeed now (counting a copy-on-write copy of a shared last block); False for a swapped-out sequence. Raises KeyError for an unknown seq_id, ValueError for num_tokens < 0.
+        """
     def check_invariants(self) -> None:
-        ...
+        """
+        Validate every internal invariant (ref counts match the tables, cached and evictable blocks, free + used == total, chain keys); raises InvariantError naming the first one broken. O(blocks + tokens): for tests.
+        """
     def drain_events(self) -> list:
         """
         Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always empty unless the config has enable_kv_events=True.
@@ -239,14 +328,18 @@ class PagedKvCache:
         """
         child shares every block of parent; the first append into a shared, partly filled block copies it first.
         """
-    def free_sequence(self, seq_id: int) -> None:
-        ...
+    def free_sequence(self, seq_id: int, *, num_computed: int | None = None) -> None:
+        """
+        Forget seq_id and release its blocks (device or host). With prefix caching, its published blocks stay cached (evictable) for later prompts. num_computed: first mark_computed(seq_id, num_computed), so that a finished request's last full block is published too (decode steps mark every token but the last one; pass how many tokens have K/V written). Raises KeyError for an unknown seq_id, ValueError unless 0 <= num_computed <= num_tokens (nothing changes).
+        """
     def gather_kv(self, seq_id: int, layer: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
         Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype, in token order, from whichever tier holds the sequence.
         """
     def is_swapped(self, seq_id: int) -> bool:
-        ...
+        """
+        Whether the sequence's blocks are in the host tier (swap_out). Raises KeyError for an unknown seq_id.
+        """
     def mark_computed(self, seq_id: int, num_tokens: int) -> None:
         """
         The K/V of the first num_tokens tokens is written (monotonic). With prefix caching, full blocks among them become findable by later sequences.
@@ -255,8 +348,14 @@ class PagedKvCache:
         """
         mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is validated before anything changes.
         """
+    def num_computed(self, seq_id: int) -> int:
+        """
+        How many leading tokens have their K/V written: raised by mark_computed, prefix hits and decode steps (append_batch); in [0, num_tokens]. Attention over the sequence needs it at least at the query tokens' start. Raises KeyError for an unknown seq_id.
+        """
     def num_tokens(self, seq_id: int) -> int:
-        ...
+        """
+        The sequence's token count (>= 1). Raises KeyError for an unknown seq_id.
+        """
     def reset_prefix_cache(self) -> None:
         """
         Drop every cached block that no sequence holds, and every stored prompt's logits; blocks that sequences hold stay with them but are no longer findable.
@@ -291,11 +390,13 @@ class PagedKvCache:
         """
     def write_kv(self, layer: int, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Scatter K/V ([n, num_kv_heads, head_dim] each; float32 or the storage dtype) into slots ([n] int32); slot -1 is skipped. Every slot is validated before any write. k and v may be views of the cache's own storage: they are copied before the write.
+        Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage dtype, or the storage dtype itself) into slots ([n] int32, block_id * block_size + offset); slot -1 is skipped. Every slot is validated before any write: IndexError for one out of range, InvalidStateError for one in a block that no sequence or cache entry holds (slots taken before free_sequence or swap_out); ValueError for a shape or dtype mismatch. Takes no lock over the data: the scheduler keeps the blocks from being freed meanwhile. k and v may be views of the cache's own storage: they are copied before the write.
         """
     @property
     def config(self) -> CacheConfig:
-        ...
+        """
+        The CacheConfig (read-only).
+        """
     @property
     def host_storage(self) -> KvStorage:
         """

@@ -1,6 +1,10 @@
 """Paged attention over a PagedKvCache: the kernels of ``ferrum_kv._core`` fed with the cache's
 batch metadata (block tables and context lengths of the given sequences).
 
+Both functions check the sequences' computed counts first: every key position a query attends to
+must have its K/V written, either marked computed (``mark_computed``, a prefix hit, a decode
+step) or one of the query tokens this call computes (whose K/V the caller wrote just before).
+
 Thread safety: the kernels read the cache's storage without locks; the caller guarantees that no
 block of these sequences is freed or rewritten during the call (docs/attention.md).
 """
@@ -27,8 +31,14 @@ def paged_attention_decode(
     sliding_window: Optional[int] = None,
     soft_cap: Optional[float] = None,
     alibi_slopes: Optional[np.ndarray] = None,
+    isa: str = "auto",
+    num_threads: int = 0,
 ) -> np.ndarray:
     """One query token per sequence attending to all of that sequence's cached tokens.
+
+    The query is each sequence's last token (position ``num_tokens - 1``), whose K/V the caller
+    wrote at ``batch_metadata(seq_ids).slot_mapping`` before the call; every earlier token must
+    be computed (``num_computed >= num_tokens - 1``).
 
     Parameters
     ----------
@@ -47,15 +57,33 @@ def paged_attention_decode(
         Logit soft cap (> 0): ``logits -> soft_cap * tanh(logits / soft_cap)`` on the scaled logits.
     alibi_slopes : np.ndarray, [num_q_heads], float32, optional
         ALiBi: adds ``alibi_slopes[h] * (key_pos - query_pos)`` to head h's logits (after the cap).
+    isa : str
+        Kernel variant: "auto" (default: the fastest this CPU runs), or one of
+        ``ferrum_kv.attention_isas()`` ("avx512", "avx2", "portable", "reference").
+    num_threads : int
+        Threads for the call; 0 (default) uses the library's default.
 
     Returns
     -------
     np.ndarray, [B, num_q_heads, head_dim], float32
+
+    Raises
+    ------
+    KeyError
+        An unknown seq_id.
+    InvalidStateError
+        A swapped-out sequence, or one whose tokens before the last are not all computed (the
+        message names it).
+    ValueError
+        q or out of the wrong shape or dtype; a bad isa, sliding_window, soft_cap or
+        alibi_slopes.
     """
     metadata = cache.batch_metadata(seq_ids)
+    _check_computed(seq_ids, metadata, metadata.context_lens - 1)
     return _core.paged_attention_decode_tables(
         q, cache.storage, layer, metadata.block_tables, metadata.context_lens, scale=scale, out=out,
-        sliding_window=sliding_window, soft_cap=soft_cap, alibi_slopes=alibi_slopes,
+        isa=isa, num_threads=num_threads, sliding_window=sliding_window, soft_cap=soft_cap,
+        alibi_slopes=alibi_slopes,
     )
 
 
@@ -72,13 +100,17 @@ def paged_attention_prefill(
     sliding_window: Optional[int] = None,
     soft_cap: Optional[float] = None,
     alibi_slopes: Optional[np.ndarray] = None,
+    isa: str = "auto",
+    num_threads: int = 0,
 ) -> np.ndarray:
     """Causal attention for the last ``query_lens[i]`` tokens of each sequence (chunked prefill).
 
     Query row ``j`` of sequence ``i`` is token position ``context_lens[i] - query_lens[i] + j``
     (by default ``context_lens[i] = num_tokens(i)``: the sequence's last tokens) and attends to
     every position up to and including its own, which may sit in cached blocks (a cached prefix
-    or earlier chunks). The K/V of the query tokens must already be written.
+    or earlier chunks). The K/V of the query tokens must already be written; every position
+    before them must be computed (``num_computed >= context_lens[i] - query_lens[i]``: mark each
+    chunk computed before the next one attends over it).
 
     Parameters
     ----------
@@ -93,10 +125,17 @@ def paged_attention_prefill(
         over several steps). Default: ``num_tokens`` of each sequence.
     sliding_window, soft_cap, alibi_slopes : as for paged_attention_decode; the window and the
         ALiBi distances are relative to each query row's own position.
+    isa, num_threads : as for paged_attention_decode
 
     Returns
     -------
     np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32
+
+    Raises
+    ------
+    KeyError, InvalidStateError, ValueError
+        As for paged_attention_decode (InvalidStateError when a position before a sequence's
+        query rows is not computed); ValueError also for context_lens or query_lens out of range.
     """
     metadata = cache.batch_metadata(seq_ids)
     query_lens = _as_int32(query_lens, "query_lens")
@@ -111,11 +150,29 @@ def paged_attention_prefill(
                 f"context_lens must be {metadata.context_lens.shape[0]} values in "
                 f"[1, num_tokens] = [1, {metadata.context_lens.tolist()}], got {context_lens.tolist()}"
             )
+    if query_lens.dtype == np.int32 and query_lens.shape == context_lens.shape:
+        # Rows with query_lens out of range are the kernel's to report (ValueError).
+        valid = (query_lens >= 1) & (query_lens <= context_lens)
+        _check_computed(seq_ids, metadata, np.where(valid, context_lens - query_lens, 0))
     return _core.paged_attention_prefill_tables(
         q, cache.storage, layer, metadata.block_tables, context_lens, query_lens,
-        scale=scale, out=out, sliding_window=sliding_window, soft_cap=soft_cap,
-        alibi_slopes=alibi_slopes,
+        scale=scale, out=out, isa=isa, num_threads=num_threads, sliding_window=sliding_window,
+        soft_cap=soft_cap, alibi_slopes=alibi_slopes,
     )
+
+
+def _check_computed(seq_ids: IntArray, metadata: _core.BatchMetadata, needed: np.ndarray) -> None:
+    """InvalidStateError naming the first sequence i with num_computed < needed[i]: the call would
+    read K/V that was never marked computed and that the call itself does not compute."""
+    short = np.flatnonzero(metadata.num_computed < needed)
+    if short.size:
+        i = int(short[0])
+        raise _core.InvalidStateError(
+            f"sequence {int(np.asarray(seq_ids)[i])} (seq_ids[{i}]) has {metadata.num_computed[i]} "
+            f"computed tokens, but this call attends over its first {int(needed[i])} tokens "
+            f"beside the query tokens: write their K/V and mark_computed(seq_id, {int(needed[i])}) "
+            f"first"
+        )
 
 
 def _as_int32(values: IntArray, name: str) -> np.ndarray:

@@ -208,5 +208,20 @@ TEST(BlockPoolConcurrentTest, StressAllocateFreeAccountsForEveryBlock) {
   EXPECT_EQ(s.allocation_failures, failures.load());
 }
 
+TEST(BlockPoolTest, FindUnheldNamesTheFirstFreeBlock) {
+  BlockPool pool(4);
+  const std::vector<BlockId> ids = pool.Allocate(2);  // 0 and 1; 2 and 3 free
+  const std::vector<BlockId> held = {1, 0, 1};
+  EXPECT_EQ(pool.FindUnheld(held.data(), 3), -1);
+  const std::vector<BlockId> some_free = {0, 3, 2};
+  EXPECT_EQ(pool.FindUnheld(some_free.data(), 3), 1);
+  EXPECT_EQ(pool.FindUnheld(nullptr, 0), -1);
+  const std::vector<BlockId> bad = {0, 4};
+  EXPECT_THROW(pool.FindUnheld(bad.data(), 2), IndexOutOfRange);
+  pool.Free(&ids[0], 1);
+  EXPECT_EQ(pool.FindUnheld(held.data(), 3), 1);
+  pool.CheckInvariants();
+}
+
 }  // namespace
 }  // namespace ferrum_kv

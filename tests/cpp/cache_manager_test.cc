@@ -302,3 +302,208 @@ TEST(PagedKvCachePrefixTest, WholePromptHitsShareTheStoredCopy) {
 
 }  // namespace
 }  // namespace ferrum_kv
+
+namespace ferrum_kv {
+namespace {
+
+CacheConfig CachingConfig(int32_t num_blocks, int32_t num_host_blocks) {
+  CacheConfig config = Config(num_blocks, num_host_blocks);
+  config.enable_prefix_caching = true;
+  return config;
+}
+
+// The admission case prefix caching exists for: 4 blocks, 3 held by a running, computed
+// 12-token prompt; the same prompt plus one token needs only one fresh block.
+TEST(PagedKvCacheAdmissionTest, CanAllocateTokensDiscountsPrefixHits) {
+  PagedKvCache cache(CachingConfig(4, 0));
+  const std::vector<int32_t> prompt = Range(12);
+  cache.AddSequence(1, prompt.data(), 12);
+  cache.MarkComputed(1, 12);
+  cache.CheckInvariants();
+  const std::vector<int32_t> longer = Range(13);
+  const CacheStats before = cache.Stats();
+  EXPECT_FALSE(cache.CanAllocate(13));  // counts every block
+  EXPECT_EQ(cache.CachedPrefixLen(longer.data(), 13), 12);
+  EXPECT_TRUE(cache.CanAllocate(longer.data(), 13));
+  EXPECT_FALSE(cache.CanAllocate(longer.data(), 13, "other tenant"));  // no hit there
+  EXPECT_EQ(cache.CachedPrefixLen(longer.data(), 13, "other tenant"), 0);
+  EXPECT_EQ(cache.Stats().prefix_query_tokens, before.prefix_query_tokens);  // changed nothing
+  EXPECT_EQ(cache.Stats().prefix_hit_tokens, before.prefix_hit_tokens);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.AddSequence(2, longer.data(), 13), 12);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.NumComputed(2), 12);
+  EXPECT_THROW(cache.CanAllocate(longer.data(), 0), InvalidArgument);
+  EXPECT_THROW(cache.CachedPrefixLen(longer.data(), 0), InvalidArgument);
+}
+
+// Random prompts over a small vocabulary against a small cache: CachedPrefixLen predicts what
+// AddSequence returns and CanAllocate(tokens) whether it succeeds, with evictable hits (which
+// stop counting as available once taken) and evictions in play.
+TEST(PagedKvCacheAdmissionTest, ProbesPredictAddSequence) {
+  PagedKvCache cache(CachingConfig(12, 0));
+  std::mt19937 rng(7);
+  std::vector<SeqId> live;
+  int64_t successes = 0, refusals = 0, hits = 0;
+  for (SeqId id = 0; id < 400; ++id) {
+    std::vector<int32_t> tokens(size_t(1 + rng() % 20));
+    const int32_t family = int32_t(rng() % 3);  // shared prefixes: few distinct leading blocks
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = i < 8 ? family * 10 + int32_t(i % 2) : int32_t(rng() % 3);
+    }
+    const int64_t n = int64_t(tokens.size());
+    const int64_t predicted_hit = cache.CachedPrefixLen(tokens.data(), n);
+    const bool fits = cache.CanAllocate(tokens.data(), n);
+    bool added = true;
+    try {
+      EXPECT_EQ(cache.AddSequence(id, tokens.data(), n), predicted_hit);
+    } catch (const OutOfBlocksError&) {
+      added = false;
+    }
+    cache.CheckInvariants();
+    ASSERT_EQ(added, fits) << "sequence " << id;
+    successes += added;
+    refusals += !added;
+    hits += predicted_hit > 0;
+    if (added) {
+      cache.MarkComputed(id, int64_t(rng() % (n + 1)));
+      live.push_back(id);
+      cache.CheckInvariants();
+    }
+    while (!live.empty() && (rng() % 3 == 0 || !added)) {
+      const size_t victim = rng() % live.size();
+      cache.FreeSequence(live[victim]);
+      live.erase(live.begin() + victim);
+      cache.CheckInvariants();
+      added = true;
+    }
+  }
+  EXPECT_GT(successes, 50);  // every outcome occurred
+  EXPECT_GT(refusals, 10);
+  EXPECT_GT(hits, 50);
+}
+
+TEST(PagedKvCacheAdmissionTest, ProbesWithoutPrefixCaching) {
+  PagedKvCache cache(Config(2, 0));
+  const std::vector<int32_t> tokens = Range(9);
+  EXPECT_EQ(cache.CachedPrefixLen(tokens.data(), 9), 0);
+  EXPECT_FALSE(cache.CanAllocate(tokens.data(), 9));  // 3 blocks
+  EXPECT_TRUE(cache.CanAllocate(tokens.data(), 8));
+  cache.CheckInvariants();
+}
+
+TEST(PagedKvCacheComputedTest, NumComputedFollowsMarksHitsAndDecodeSteps) {
+  PagedKvCache cache(CachingConfig(8, 0));
+  const std::vector<int32_t> tokens = Range(10);
+  cache.AddSequence(1, tokens.data(), 10);
+  EXPECT_EQ(cache.NumComputed(1), 0);
+  cache.MarkComputed(1, 4);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.NumComputed(1), 4);
+  const SeqId one = 1;
+  const int32_t token = 3;
+  cache.AppendBatch(&one, &token, 1);  // the 10 tokens before the new one count as computed
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.NumComputed(1), 10);
+  const std::vector<SeqId> ids = {1};
+  const BatchMetadata m = cache.BuildBatchMetadata(ids.data(), 1);
+  EXPECT_EQ(m.num_computed, (std::vector<int32_t>{10}));
+  EXPECT_EQ(m.context_lens, (std::vector<int32_t>{11}));
+  EXPECT_EQ(cache.AddSequence(2, tokens.data(), 10), 8);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.NumComputed(2), 8);
+  EXPECT_THROW(cache.NumComputed(3), UnknownSequence);
+}
+
+// A finished chat turn: decode steps computed all but the last token; the engine wrote that one's
+// K/V too. FreeSequence(seq, n) publishes the block it completes, so the next turn hits it.
+TEST(PagedKvCacheComputedTest, FreeSequenceWithComputedCountKeepsTheLastBlock) {
+  for (const bool mark_last : {false, true}) {
+    PagedKvCache cache(CachingConfig(8, 0));
+    const std::vector<int32_t> turn = Range(6);
+    cache.AddSequence(1, turn.data(), 6);
+    cache.MarkComputed(1, 6);
+    const SeqId one = 1;
+    for (const int32_t token : {6, 7}) cache.AppendBatch(&one, &token, 1);  // 8 tokens
+    EXPECT_EQ(cache.NumComputed(1), 7);
+    if (mark_last) {
+      cache.FreeSequence(1, 8);
+    } else {
+      cache.FreeSequence(1);
+    }
+    cache.CheckInvariants();
+    const std::vector<int32_t> next_turn = Range(11);
+    EXPECT_EQ(cache.AddSequence(2, next_turn.data(), 11), mark_last ? 8 : 4);
+    cache.CheckInvariants();
+  }
+}
+
+TEST(PagedKvCacheComputedTest, FreeSequenceWithComputedCountValidatesFirst) {
+  PagedKvCache cache(CachingConfig(8, 4));
+  const std::vector<int32_t> tokens = Range(8);
+  cache.AddSequence(1, tokens.data(), 8);
+  EXPECT_THROW(cache.FreeSequence(1, 9), InvalidArgument);
+  EXPECT_THROW(cache.FreeSequence(1, -1), InvalidArgument);
+  EXPECT_THROW(cache.FreeSequence(2, 1), UnknownSequence);
+  cache.CheckInvariants();
+  EXPECT_TRUE(cache.Contains(1));
+  cache.SwapOut(1);
+  cache.FreeSequence(1, 8);  // swapped out: nothing to publish, host blocks freed
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cached_blocks, 0);
+  EXPECT_EQ(cache.Stats().free_host_blocks, 4);
+}
+
+// Slots taken before FreeSequence or SwapOut point into blocks nobody holds: WriteKv refuses
+// them before writing anything, while slots of held blocks (and -1) still work.
+TEST(PagedKvCacheWriteTest, WriteKvRejectsSlotsOfFreeBlocks) {
+  PagedKvCache cache(Config(8, 4));
+  const std::vector<int32_t> tokens = Range(6);
+  cache.AddSequence(1, tokens.data(), 6);
+  cache.AddSequence(2, tokens.data(), 6);
+  const std::vector<int32_t> stale_free = cache.SlotMapping(1, 0, 6);
+  const std::vector<int32_t> stale_swapped = cache.SlotMapping(2, 0, 6);
+  FillSequence(cache, 1, 1.0f);
+  FillSequence(cache, 2, 2.0f);
+  cache.FreeSequence(1);
+  cache.SwapOut(2);
+  cache.CheckInvariants();
+  const std::vector<float> k(6 * 6, 9.0f);
+  for (const std::vector<int32_t>* stale : {&stale_free, &stale_swapped}) {
+    EXPECT_THROW(cache.WriteKv(0, stale->data(), 6, k.data(), k.data(), DType::kFloat32),
+                 InvalidStateError);
+  }
+  cache.AddSequence(3, tokens.data(), 2);
+  const std::vector<int32_t> live = cache.SlotMapping(3, 0, 2);
+  // One stale slot among live ones and a skipped one: nothing is written.
+  const std::vector<int32_t> mixed = {live[0], -1, stale_free[5], live[1]};
+  const std::vector<uint8_t> before = Gather(cache, 3, 0);
+  EXPECT_THROW(cache.WriteKv(0, mixed.data(), 4, k.data(), k.data(), DType::kFloat32),
+               InvalidStateError);
+  EXPECT_EQ(Gather(cache, 3, 0), before);
+  const std::vector<int32_t> ok = {live[0], -1, live[1]};
+  cache.WriteKv(0, ok.data(), 3, k.data(), k.data(), DType::kFloat32);
+  EXPECT_NE(Gather(cache, 3, 0), before);
+  const std::vector<int32_t> out_of_range = {8 * 4};
+  EXPECT_THROW(cache.WriteKv(0, out_of_range.data(), 1, k.data(), k.data(), DType::kFloat32),
+               IndexOutOfRange);
+  cache.CheckInvariants();
+}
+
+// A block held only by the prefix index (published, then freed by its sequence) is still held:
+// writes into it are not refused (documented limit of the check).
+TEST(PagedKvCacheWriteTest, WriteKvAcceptsBlocksTheIndexHolds) {
+  PagedKvCache cache(CachingConfig(8, 0));
+  const std::vector<int32_t> tokens = Range(8);
+  cache.AddSequence(1, tokens.data(), 8);
+  const std::vector<int32_t> slots = cache.SlotMapping(1, 0, 8);
+  cache.MarkComputed(1, 8);
+  cache.FreeSequence(1);
+  cache.CheckInvariants();
+  const std::vector<float> k(8 * 6, 1.0f);
+  cache.WriteKv(0, slots.data(), 8, k.data(), k.data(), DType::kFloat32);
+  cache.CheckInvariants();
+}
+
+}  // namespace
+}  // namespace ferrum_kv

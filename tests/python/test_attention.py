@@ -360,6 +360,7 @@ def test_public_wrappers_pass_the_features():
     cache.add_sequence(7, np.arange(13))
     storage = cache.storage
     storage.array()[...] = rng.standard_normal(storage.array().shape, dtype=np.float32)
+    cache.mark_computed(7, 13)
     metadata = cache.batch_metadata([7])
     kwargs = dict(sliding_window=5, soft_cap=4.0, alibi_slopes=alibi_slopes(4))
     q = 3.0 * rng.standard_normal((1, 4, 16), dtype=np.float32)

@@ -105,7 +105,8 @@ def test_chunk_in_the_middle_of_an_allocated_prompt():
     cache.add_sequence(2, rng.integers(0, 1000, 7))
     k = rng.standard_normal((30, HEADS_KV, DIM)).astype(np.float32)
     v = rng.standard_normal((30, HEADS_KV, DIM)).astype(np.float32)
-    cache.write_kv(0, cache.slot_mapping(1, 0, 20), k[:20], v[:20])  # first chunk: tokens 0-19
+    cache.write_kv(0, cache.slot_mapping(1, 0, 20), k[:20], v[:20])  # chunks: tokens 0-7, 8-19
+    cache.mark_computed(1, 8)
     write(cache, 2, 0, rng)
     q = rng.standard_normal((12 + 7, HEADS_KV * GROUP, DIM)).astype(np.float32)
     out = fkv.paged_attention_prefill(q, cache, 0, [1, 2], [12, 7], context_lens=[20, 7])
@@ -124,6 +125,7 @@ def test_bad_arguments_raise():
     rng = np.random.default_rng(2)
     cache = setup("float32", rng)
     cache.add_sequence(1, [1, 2, 3])
+    cache.mark_computed(1, 3)
     q = np.ones((1, HEADS_KV * GROUP, DIM), np.float32)
     with pytest.raises(KeyError):
         fkv.paged_attention_decode(q, cache, 0, [9])

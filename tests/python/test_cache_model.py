@@ -77,6 +77,31 @@ def write_tokens(cache, slots, k, v):
         cache.write_kv(layer, slots, k[layer], v[layer])
 
 
+def device_slots(cache, model, seq_id):
+    """(slots of every token, the model's block of each token) of a resident sequence, else
+    None: taken before a call that releases its device blocks."""
+    seq = model.seqs[seq_id]
+    if seq["swapped"]:
+        return None
+    n = len(seq["tokens"])
+    return cache.slot_mapping(seq_id, 0, n), [seq["blocks"][pos // BLOCK] for pos in range(n)]
+
+
+def check_stale_slots_refused(cache, model, taken):
+    """write_kv into a slot whose block the last call released (no table holds it any more)
+    raises InvalidStateError and writes nothing; returns whether there was such a slot."""
+    if taken is None:
+        return False
+    slots, blocks = taken
+    released = [slot for slot, block in zip(slots, blocks) if block not in model.refs]
+    if not released:
+        return False  # every block is still shared with a fork
+    k = np.ones((1, HEADS, DIM), np.float32)
+    with pytest.raises(fkv.InvalidStateError):
+        cache.write_kv(0, np.array(released[:1], np.int32), k, k)
+    return True
+
+
 def check_all(cache, model):
     cache.check_invariants()
     stats = cache.stats()
@@ -100,7 +125,7 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
     cache = fkv.PagedKvCache(cfg)
     model = Model(num_blocks, num_host_blocks, dtype)
     next_id = itertools.count()
-    counts = dict.fromkeys(["oob", "cow", "swap", "batch"], 0)
+    counts = dict.fromkeys(["oob", "cow", "swap", "batch", "stale"], 0)
 
     def resident():
         return [s for s, q in model.seqs.items() if not q["swapped"]]
@@ -113,6 +138,8 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
             n = int(rng.integers(1, 14))
             tokens = rng.integers(0, 1000, n).tolist()
             k, v, k_stored, v_stored = random_kv(rng, n, dtype)
+            assert cache.can_allocate(tokens) == (-(-n // BLOCK) <= model.free_blocks())
+            assert cache.cached_prefix_len(tokens) == 0  # no prefix caching here
             if -(-n // BLOCK) > model.free_blocks():
                 with pytest.raises(fkv.OutOfBlocksError):
                     cache.add_sequence(seq_id, tokens)
@@ -181,8 +208,10 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
                 model.refs[b] += 1
         elif op == "free" and model.seqs:
             seq_id = int(rng.choice(list(model.seqs)))
+            taken = device_slots(cache, model, seq_id)
             cache.free_sequence(seq_id)
             model.drop(model.seqs.pop(seq_id)["blocks"])
+            counts["stale"] += check_stale_slots_refused(cache, model, taken)
         elif op in ("swap_out", "swap_in"):
             to_host = op == "swap_out"
             candidates = [s for s, q in model.seqs.items() if q["swapped"] != to_host]
@@ -196,11 +225,13 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
                         swap(seq_id)
                     counts["oob"] += 1
                 else:
+                    taken = device_slots(cache, model, seq_id)
                     swap(seq_id)
                     model.drop(seq["blocks"])
                     seq["blocks"] = model.take(len(seq["blocks"]))
                     seq["swapped"] = to_host
                     counts["swap"] += 1
+                    counts["stale"] += check_stale_slots_refused(cache, model, taken)
         check_all(cache, model)
     return counts
 
@@ -209,7 +240,7 @@ def run_random_operations(seed, steps, dtype, num_blocks=24, num_host_blocks=12)
 def test_random_operations_float32(seed):
     counts = run_random_operations(seed, steps=700, dtype="float32")
     # The runs really exercise the interesting paths.
-    assert counts["oob"] > 0 and counts["cow"] > 0 and counts["swap"] > 0 and counts["batch"] > 0
+    assert all(count > 0 for count in counts.values()), counts
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

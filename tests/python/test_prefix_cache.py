@@ -276,14 +276,25 @@ class Model:
     def key(ns, tokens, i):
         return (ns, tuple(tokens[: (i + 1) * BS]))
 
+    def hits(self, tokens, ns):
+        """The cached blocks add would reuse."""
+        hits = []
+        while len(hits) < (len(tokens) - 1) // BS and self.key(ns, tokens, len(hits)) in self.cached:
+            hits.append(self.cached[self.key(ns, tokens, len(hits))])
+        return hits
+
+    def fits(self, tokens, ns):
+        """Whether add would succeed: taken hits stop being evictable."""
+        hits = self.hits(tokens, ns)
+        needed = -(-len(tokens) // BS) - len(hits)
+        return needed <= self.available() - sum(b in self.evictable for b in hits)
+
     def add(self, seq_id, tokens, ns):
         n = len(tokens)
-        hits = []
-        while len(hits) < (n - 1) // BS and self.key(ns, tokens, len(hits)) in self.cached:
-            hits.append(self.cached[self.key(ns, tokens, len(hits))])
-        needed = -(-n // BS) - len(hits)
-        if needed > self.available() - sum(b in self.evictable for b in hits):
+        hits = self.hits(tokens, ns)
+        if not self.fits(tokens, ns):
             raise fkv.OutOfBlocksError
+        needed = -(-n // BS) - len(hits)
         for b in hits:
             self.evictable.pop(b, None)
             self.refs[b] = self.refs.get(b, 0) + 1
@@ -405,6 +416,10 @@ def test_random_operations_against_the_model(seed):
                 tokens = prompts[int(rng.integers(len(prompts)))] + rng.integers(0, 30, int(rng.integers(0, 6))).tolist()
                 ns = [b"", b"x"][int(rng.random() < 0.2)]
             with_logits = rng.random() < 0.5
+            # The read-only probes predict a plain add_sequence (and change nothing: the checks
+            # after every operation compare the whole state with the model's).
+            assert cache.cached_prefix_len(tokens, namespace=ns) == len(model.hits(tokens, ns)) * BS
+            assert cache.can_allocate(tokens, namespace=ns) == model.fits(tokens, ns)
             try:
                 if with_logits:
                     expected, expected_logits, stored_k = model.add_with_logits(seq_id, tokens, ns)
@@ -493,7 +508,12 @@ def test_random_operations_against_the_model(seed):
             seen["decode"] += 1
         elif op == "free" and live:
             seq_id = int(rng.choice(live))
-            cache.free_sequence(seq_id)
+            if rng.random() < 0.5:
+                cache.free_sequence(seq_id)
+            else:  # the end of a request: its K/V written, marked computed as it is freed
+                n = write_uncomputed(seq_id)
+                cache.free_sequence(seq_id, num_computed=n)
+                model.mark_computed(seq_id, n)
             model.free_sequence(seq_id)
             del kdata[seq_id]
         cache.check_invariants()

@@ -8,6 +8,8 @@
 //   last_block_len [B]      tokens in sequence i's last block, in (0, block_size]
 //   slot_mapping   [B]      slot of sequence i's last token (block_id * block_size + offset):
 //                           where a decode step writes the K/V of the token it just appended
+//   num_computed   [B]      leading tokens of sequence i whose K/V is written (mark_computed),
+//                           in [0, context_lens[i]]
 // All arrays are int32. See docs/layout.md.
 #pragma once
 
@@ -25,6 +27,7 @@ struct BatchMetadata {
   std::vector<int32_t> indices;
   std::vector<int32_t> last_block_len;
   std::vector<int32_t> slot_mapping;
+  std::vector<int32_t> num_computed;
 };
 
 }  // namespace ferrum_kv

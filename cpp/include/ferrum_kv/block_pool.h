@@ -66,6 +66,9 @@ class BlockPool {
   int32_t RefCount(BlockId id) const FKV_EXCLUDES(mu_);
   // out[i] = RefCount(ids[i]) for i < n, under one lock. Throws IndexOutOfRange as RefCount.
   void RefCounts(const BlockId* ids, int64_t n, int32_t* out) const FKV_EXCLUDES(mu_);
+  // The first i < n with RefCount(ids[i]) == 0 (a free block), or -1 if every one is in use;
+  // under one lock. Throws IndexOutOfRange as RefCount.
+  int64_t FindUnheld(const BlockId* ids, int64_t n) const FKV_EXCLUDES(mu_);
   // True if n blocks could be allocated now. InvalidArgument for n < 0 (as Allocate).
   bool CanAllocate(int64_t n) const {
     CheckCount(n);

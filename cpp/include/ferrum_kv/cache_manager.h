@@ -49,11 +49,14 @@
 // UnknownSequence (KeyError) for a seq_id the cache does not hold; InvalidArgument for a seq_id
 // that already exists, empty or negative tokens, bad ranges; InvalidStateError for an operation
 // the sequence's state forbids (append / fork / metadata of a swapped-out sequence, swap_in of a
-// resident one, swap_out without a host tier is OutOfBlocksError).
+// resident one, a WriteKv slot in a block nobody holds; swap_out without a host tier is
+// OutOfBlocksError).
 //
 // Thread safety: thread-safe. One mutex over all metadata, held for O(work of the call); block
-// copies for copy-on-write and swap happen under it. WriteKv takes no lock (the scheduler
-// guarantees no concurrent free of the blocks it writes). The pressure callback runs in the
+// copies for copy-on-write and swap happen under it. WriteKv takes no lock over the data (the
+// scheduler guarantees no concurrent free of the blocks it writes), only the pool's, briefly, to
+// check that the blocks are held. The probes (CachedPrefixLen, CanAllocate, NumComputed) are
+// snapshots: another thread's call may change the answer before the caller acts on it. The pressure callback runs in the
 // calling thread after the mutex is released; with concurrent callers notifications may arrive
 // out of order (each carries the level at the time of its change).
 #pragma once
@@ -151,7 +154,19 @@ class PagedKvCache {
   // its sequence's last token, so the tokens before it count as computed (MarkComputed up to the
   // old length: with prefix caching, blocks they filled are published).
   void AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int64_t n) FKV_EXCLUDES(mu_);
+  // Whether a sequence of num_tokens tokens, none of them cached, would fit now (free or
+  // evictable blocks). Throws InvalidArgument for num_tokens < 0.
   bool CanAllocate(int64_t num_tokens) const FKV_EXCLUDES(mu_);
+  // Whether AddSequence(tokens[0..n), namespace_id) would succeed now: its prefix hits
+  // (CachedPrefixLen) need no fresh block, and the evictable ones among them stop counting as
+  // available. Changes nothing. Throws InvalidArgument for n < 1 or negative tokens.
+  bool CanAllocate(const int32_t* tokens, int64_t n, const std::string& namespace_id = "") const
+      FKV_EXCLUDES(mu_);
+  // The number of leading tokens AddSequence(tokens[0..n), namespace_id) would reuse now (its
+  // return value: a multiple of block_size, < n; 0 without prefix caching), changing nothing: no
+  // statistics, no eviction order. Throws InvalidArgument for n < 1 or negative tokens.
+  int64_t CachedPrefixLen(const int32_t* tokens, int64_t n,
+                          const std::string& namespace_id = "") const FKV_EXCLUDES(mu_);
   // False for a swapped-out sequence; UnknownSequence for an unknown one.
   bool CanAppend(SeqId seq_id, int64_t num_tokens) const FKV_EXCLUDES(mu_);
   // Records that the K/V of the first num_tokens tokens is written (monotonic); with prefix
@@ -162,6 +177,12 @@ class PagedKvCache {
       FKV_EXCLUDES(mu_);
   void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
   void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
+  // MarkComputed(seq_id, num_computed), then FreeSequence(seq_id), as one call: with prefix
+  // caching the full blocks among the first num_computed tokens stay cached (a finished
+  // request's last full block is published only so; decode steps mark all but the last token).
+  // Throws UnknownSequence, or InvalidArgument unless 0 <= num_computed <= NumTokens (nothing
+  // changes). A swapped-out sequence publishes nothing (its host blocks are freed).
+  void FreeSequence(SeqId seq_id, int64_t num_computed) FKV_EXCLUDES(mu_);
   // Copies the sequence's blocks to the host tier and frees its device blocks, or back into
   // freshly allocated device blocks (the block table changes).
   void SwapOut(SeqId seq_id) FKV_EXCLUDES(mu_);
@@ -171,6 +192,9 @@ class PagedKvCache {
   bool IsSwapped(SeqId seq_id) const FKV_EXCLUDES(mu_);
   int64_t NumSequences() const FKV_EXCLUDES(mu_);
   int64_t NumTokens(SeqId seq_id) const FKV_EXCLUDES(mu_);
+  // The leading tokens whose K/V is written (MarkComputed, prefix hits, decode steps):
+  // 0 <= NumComputed <= NumTokens. Throws UnknownSequence.
+  int64_t NumComputed(SeqId seq_id) const FKV_EXCLUDES(mu_);
   std::vector<int32_t> Tokens(SeqId seq_id) const FKV_EXCLUDES(mu_);
   std::vector<BlockId> BlockTable(SeqId seq_id) const FKV_EXCLUDES(mu_);
   // Slots of token positions [start, end), 0 <= start <= end <= num_tokens; resident only.
@@ -179,7 +203,12 @@ class PagedKvCache {
   // Metadata for resident sequences seq_ids[0..n) (repeats allowed).
   BatchMetadata BuildBatchMetadata(const SeqId* seq_ids, int64_t n) const FKV_EXCLUDES(mu_);
 
-  // Scatters n tokens' K/V into device slots (KvStorage::WriteTokens).
+  // Scatters n tokens' K/V into device slots (KvStorage::WriteTokens; slot -1 is skipped).
+  // Throws InvalidStateError, before any write, for a slot in a block that no sequence, cached
+  // block or stored prompt holds (ref count 0: a slot taken before FreeSequence or SwapOut that
+  // would write into a block the next allocation hands out). It cannot tell a stale slot in a
+  // block that is still held (for instance published, or already reallocated) from a live one.
+  // Costs one pool lock and one ref-count read per run of slots in the same block.
   void WriteKv(int32_t layer, const int32_t* slots, int64_t n, const void* k, const void* v,
                DType src_dtype);
   // Copies the sequence's K and V of layer, in token order, in the storage dtype, from whichever
@@ -211,6 +240,23 @@ class PagedKvCache {
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
+  // FreeSequence's work: releases seq_id's blocks and forgets it. Throws UnknownSequence.
+  void Release(SeqId seq_id) FKV_REQUIRES(mu_);
+  // Checks tokens[0..n) for AddSequence and friends: n >= 1, no negative id.
+  static void CheckPrompt(const int32_t* tokens, int64_t n);
+  // The prefix lookup of AddSequence: the blocks cached under the chain from root over the first
+  // max_hit full blocks of tokens, as far as they run unbroken, appended to *hits; their keys in
+  // keys[0..] (resized as needed). Returns how many were found.
+  int64_t FindCachedBlocks(const PrefixKey& root, const int32_t* tokens, int64_t max_hit,
+                           std::vector<PrefixKey>* keys, std::vector<BlockId>* hits) const
+      FKV_REQUIRES(mu_);
+  // The blocks AddSequence(tokens[0..n)) without stored logits would reuse, appended to *hits
+  // (none without prefix caching), keys in *keys.
+  void FindPromptHits(const int32_t* tokens, int64_t n, const std::string& namespace_id,
+                      std::vector<PrefixKey>* keys, std::vector<BlockId>* hits) const
+      FKV_REQUIRES(mu_);
+  // How many of blocks are evictable (cached, held by no table).
+  int64_t CountEvictable(const std::vector<BlockId>& blocks) const FKV_REQUIRES(mu_);
   // What appending n tokens takes: whether the partly filled last block must be copied first
   // (copy-on-write: more than one table holds it) and how many fresh blocks in all.
   struct AppendPlan {

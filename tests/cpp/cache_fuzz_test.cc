@@ -20,21 +20,27 @@ namespace {
 TEST(CacheFuzzTest, RandomOperationsMatchTheModel) {
   FuzzRunOptions options;
   options.seed = uint64_t(EnvInt("FKV_FUZZ_SEED", 1));
-  options.ops = EnvInt("FKV_FUZZ_OPS", 20000);
+  options.ops = EnvInt("FKV_FUZZ_OPS", 200000);
   const auto start = std::chrono::steady_clock::now();
   const FuzzCounts counts = RunFuzz(options);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("fuzz: %lld operations, seed %llu, %.1f s; %lld errors (%lld out of blocks), "
-              "%lld prefix-hit tokens, %lld whole-prompt hits\n",
+              "%lld prefix-hit tokens, %lld whole-prompt hits, %lld evictions, %lld "
+              "copy-on-write copies, %lld swap-ins\n",
               (long long)counts.steps, (unsigned long long)options.seed, seconds,
               (long long)counts.errors, (long long)counts.out_of_blocks,
-              (long long)counts.prefix_hit_tokens, (long long)counts.whole_prompt_hits);
+              (long long)counts.prefix_hit_tokens, (long long)counts.whole_prompt_hits,
+              (long long)counts.evictions, (long long)counts.cow_copies,
+              (long long)counts.swap_ins);
   EXPECT_EQ(counts.steps, options.ops);
   // The budget reaches the paths that matter (else the run proves little).
   EXPECT_GT(counts.out_of_blocks, 0);
   EXPECT_GT(counts.prefix_hit_tokens, 0);
   EXPECT_GT(counts.whole_prompt_hits, 0);
+  EXPECT_GT(counts.evictions, 0);
+  EXPECT_GT(counts.cow_copies, 0);
+  EXPECT_GT(counts.swap_ins, 0);
 }
 
 CacheConfig SmallConfig() {

@@ -41,7 +41,7 @@ TEST(FaultInjectionTest, ArmedThreadFailsItsNthAllocationOnce) {
 TEST(FaultInjectionTest, EveryFaultPointOfEveryCallKeepsTheCacheAsItWas) {
   FuzzRunOptions options;
   options.seed = uint64_t(EnvInt("FKV_FUZZ_SEED", 1));
-  options.ops = EnvInt("FKV_FAULT_OPS", 5000);
+  options.ops = EnvInt("FKV_FAULT_OPS", 20000);
   options.ops_per_config = 250;
   options.sweep_faults = true;
   const FuzzCounts counts = RunFuzz(options);

@@ -57,6 +57,9 @@ void FuzzCounts::Add(const FuzzCounts& other) {
   out_of_blocks += other.out_of_blocks;
   prefix_hit_tokens += other.prefix_hit_tokens;
   whole_prompt_hits += other.whole_prompt_hits;
+  evictions += other.evictions;
+  cow_copies += other.cow_copies;
+  swap_ins += other.swap_ins;
   faults_injected += other.faults_injected;
   for (const auto& [operation, violation] : other.violations) {
     auto& mine = violations[operation];
@@ -279,7 +282,7 @@ void CacheFuzzer::AddSequence(bool with_logits) {
   if (int64_t(model_.size()) >= kMaxSequences) return Free();
   std::string ns;
   std::vector<int32_t> prompt;
-  if (!recent_prompts_.empty() && OneIn(3)) {
+  if (!recent_prompts_.empty() && (with_logits ? !OneIn(3) : OneIn(3))) {  // whole-prompt hits
     std::tie(ns, prompt) = recent_prompts_[size_t(Uniform(0, int64_t(recent_prompts_.size()) - 1))];
   } else {
     ns = OneIn(3) ? "tenant" : "";
@@ -663,6 +666,10 @@ FuzzCounts RunFuzz(const FuzzRunOptions& options) {
       ++i;  // the step that failed counts
     }
     total.Add(fuzzer.counts());
+    const CacheStats stats = cache.Stats();
+    total.evictions += stats.evictions;
+    total.cow_copies += stats.cow_copies;
+    total.swap_ins += stats.swap_ins;
     done += i;
   }
   return total;

@@ -40,6 +40,10 @@ struct FuzzCounts {
   int64_t out_of_blocks = 0;   // of which OutOfBlocksError
   int64_t prefix_hit_tokens = 0;
   int64_t whole_prompt_hits = 0;
+  // RunFuzz: from the caches' Stats(), the paths the run went through.
+  int64_t evictions = 0;
+  int64_t cow_copies = 0;
+  int64_t swap_ins = 0;
   int64_t faults_injected = 0;  // sweep_faults: failures injected (each checked)
   // sweep_faults: per operation, the calls swept and the fault points they passed in all.
   std::map<std::string, std::pair<int64_t, int64_t>> fault_sites;

@@ -1,5 +1,5 @@
 // The fault-injection test program's global allocator: every throwing operator new is a fault
-// point (support/fault_injection.h), so that an armed thread's n-th heap allocation throws
+// point (fuzz/fault_injection.h), so that an armed thread's n-th heap allocation throws
 // std::bad_alloc. Disarmed, it is malloc / free (sanitizers still see every block).
 #include <cstdlib>
 #include <new>

@@ -1,4 +1,4 @@
-// Fault injection (support/fault_injection.h, failing_allocator.cc): the random operation driver
+// Fault injection (fuzz/fault_injection.h, failing_allocator.cc): the random operation driver
 // (fuzz/cache_fuzzer.h) runs every PagedKvCache call with the n-th fault point failing, for
 // n = 1, 2, ... until the call passes all of them: every heap allocation, every new block
 // allocation and every block copy the call makes. Each failure must leave the cache exactly as it

@@ -104,7 +104,7 @@ struct CacheStats {
   int64_t prefix_query_tokens = 0;   // prompt tokens looked up by AddSequence
   int64_t prefix_hit_tokens = 0;     // of which served from the prefix cache
   int64_t evictions = 0;             // cached blocks reclaimed for fresh allocations
-  int64_t events_dropped = 0;        // events discarded because nobody drained them
+  int64_t events_dropped = 0;        // events discarded: nobody drained them, or no memory
   int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
   int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
 };

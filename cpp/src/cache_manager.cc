@@ -12,6 +12,26 @@ namespace {
 std::shared_ptr<KvStorage> MaybeStorage(const CacheConfig& config, int64_t num_blocks) {
   return num_blocks > 0 ? std::make_shared<KvStorage>(config, num_blocks) : nullptr;
 }
+
+// Makes room for `extra` more elements (growing geometrically), so that appending them cannot
+// throw: calls reserve before they change anything.
+template <typename T>
+void ReserveFor(std::vector<T>& v, size_t extra) {
+  if (v.capacity() - v.size() < extra) v.reserve(std::max(v.size() + extra, 2 * v.capacity()));
+}
+
+// Runs a cleanup when the scope ends, however it ends.
+template <typename Cleanup>
+class OnExit {
+ public:
+  explicit OnExit(Cleanup cleanup) : cleanup_(std::move(cleanup)) {}
+  OnExit(const OnExit&) = delete;
+  OnExit& operator=(const OnExit&) = delete;
+  ~OnExit() { cleanup_(); }
+
+ private:
+  Cleanup cleanup_;
+};
 }  // namespace
 
 PagedKvCache::PagedKvCache(const CacheConfig& config)
@@ -28,6 +48,8 @@ PagedKvCache::PagedKvCache(const CacheConfig& config)
   }
   if (config_.max_prompt_logits > 0) {
     prompt_logits_ = std::make_unique<PromptLogitsStore>(config_.max_prompt_logits);
+    copies_scratch_.resize(size_t(config_.max_prompt_logits));
+    copy_refs_scratch_.resize(size_t(config_.max_prompt_logits));
   }
   last_pressure_ = PressureLocked();
 }
@@ -76,10 +98,9 @@ int64_t PagedKvCache::AvailableBlocks() const {
 
 int64_t PagedKvCache::ReclaimableCopies() const {
   if (!prompt_logits_) return 0;
-  const std::vector<BlockId> copies = prompt_logits_->TailBlocks();
-  std::vector<int32_t> refs(copies.size());
-  pool_.RefCounts(copies.data(), int64_t(copies.size()), refs.data());
-  return std::count(refs.begin(), refs.end(), 1);  // held by the store alone
+  const int64_t k = prompt_logits_->TailBlocks(copies_scratch_.data());
+  pool_.RefCounts(copies_scratch_.data(), k, copy_refs_scratch_.data());
+  return std::count(copy_refs_scratch_.begin(), copy_refs_scratch_.begin() + k, 1);  // the store's
 }
 
 void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
@@ -89,8 +110,14 @@ void PagedKvCache::ThrowOutOfBlocks(int64_t needed, int64_t available) {
                                                  << " are free or evictable");
 }
 
+void PagedKvCache::PrepareAllocation(int64_t n) {
+  if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
+  block_scratch_.reserve(size_t(n));  // the evicted blocks
+}
+
 void PagedKvCache::AllocateDevice(int64_t n) {
   if (n > AvailableBlocks()) ThrowOutOfBlocks(n, AvailableBlocks());
+  PrepareAllocation(n);  // the last step that may fail
   int64_t missing = n - pool_.num_free_blocks();
   const auto unshared = [this](const PromptLogits& entry) FKV_NO_THREAD_SAFETY_ANALYSIS {
     return pool_.RefCount(entry.tail_block) == 1;
@@ -122,19 +149,18 @@ void PagedKvCache::AllocateDevice(int64_t n) {
     FKV_CHECK_INVARIANT(copy != kNullBlock, "AvailableBlocks counted a copy that is not there");
     pool_.Free(&copy, 1);
   }
-  if (int64_t(scratch_.size()) < n) scratch_.resize(size_t(n));
   pool_.Allocate(n, scratch_.data());
   blocks_allocated_.fetch_add(n, std::memory_order_relaxed);
 }
 
 void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority) {
   const int64_t n = int64_t(blocks.size());
+  if (prefix_) ref_count_scratch_.resize(size_t(n));  // may allocate: before anything changes
   pool_.Free(blocks.data(), n);
   if (!prefix_) return;
   // A cached block left with the index's reference only becomes evictable (it was not: the
   // released table held it); last block first: the end of a prompt is evicted before its
   // beginning.
-  ref_count_scratch_.resize(size_t(n));
   pool_.RefCounts(blocks.data(), n, ref_count_scratch_.data());
   for (int64_t i = n - 1; i >= 0; --i) {
     const BlockId block = blocks[size_t(i)];
@@ -210,6 +236,15 @@ void PagedKvCache::InsertPending() {
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
   publish_blocks_.clear();
   hash_scratch_.clear();
+}
+
+void PagedKvCache::ReservePublication(int64_t jobs, int64_t blocks) {
+  key_jobs_.reserve(size_t(jobs));
+  publishing_.reserve(size_t(jobs));
+  publish_blocks_.reserve(size_t(blocks));
+  if (int64_t(key_scratch_.size()) < blocks) key_scratch_.resize(size_t(blocks));
+  if (prefix_->logs_events()) hash_scratch_.reserve(size_t(blocks));
+  block_scratch_.reserve(size_t(blocks));  // the inserted ones
 }
 
 void PagedKvCache::PublishPending() {
@@ -341,6 +376,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
   const int32_t block_size = config_.block_size;
   Sequence seq;
   seq.tokens.assign(tokens, tokens + n);
+  seq.blocks.reserve(size_t(BlocksForTokens(n, block_size)));  // filled without allocating
   seq.priority = priority;
   if (config_.enable_prefix_caching) {
     seq.root_key = keyer_.Root(namespace_id);
@@ -352,6 +388,12 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
   int64_t reused = 0;  // tokens whose K/V the sequence gets from the cache
   Mutate([&]() FKV_REQUIRES(mu_) {
     FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
+    // The map's node first: once blocks are taken nothing may fail (strong guarantee).
+    const auto slot = sequences_.try_emplace(seq_id).first;
+    bool filled = false;
+    const OnExit erase_unless_filled([&]() FKV_NO_THREAD_SAFETY_ANALYSIS {
+      if (!filled) sequences_.erase(slot);
+    });
     if (prefix_) {
       // The engine computes at least the last token (it needs its logits), unless they are
       // stored: a whole-prompt hit may take every full block.
@@ -371,6 +413,12 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         seq.blocks.pop_back();
         --hit_blocks;
       }
+      seq.chain_hash = seq.root_hash;
+      if (config_.enable_kv_events && hit_blocks > 0) {
+        if (int64_t(hash_scratch_.size()) < hit_blocks) hash_scratch_.resize(size_t(hit_blocks));
+        HashBlocks(seq.root_hash, tokens, hit_blocks, block_size, hash_scratch_.data());
+        seq.chain_hash = hash_scratch_[hit_blocks - 1];
+      }
       if (whole != nullptr) *logits = whole->logits;
       const BlockId tail_copy = whole != nullptr ? whole->tail_block : kNullBlock;
       const int64_t needed =
@@ -379,6 +427,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
       if (needed > AvailableBlocks() - evictable_hits) {
         ThrowOutOfBlocks(needed, AvailableBlocks() - evictable_hits);
       }
+      PrepareAllocation(needed);
       for (BlockId block : seq.blocks) {
         if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
       }
@@ -394,12 +443,6 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
       seq.num_computed = reused;
       seq.blocks_published = hit_blocks;
       seq.chain_key = hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key;
-      seq.chain_hash = seq.root_hash;
-      if (config_.enable_kv_events && hit_blocks > 0) {
-        if (int64_t(hash_scratch_.size()) < hit_blocks) hash_scratch_.resize(size_t(hit_blocks));
-        HashBlocks(seq.root_hash, tokens, hit_blocks, block_size, hash_scratch_.data());
-        seq.chain_hash = hash_scratch_[hit_blocks - 1];
-      }
       prefix_query_tokens_ += n;
       prefix_hit_tokens_ += reused;
     } else {
@@ -407,7 +450,8 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
       AllocateDevice(needed);
       seq.blocks.assign(scratch_.begin(), scratch_.begin() + needed);
     }
-    sequences_.emplace(seq_id, std::move(seq));
+    slot->second = std::move(seq);
+    filled = true;
   });
   return reused;
 }
@@ -442,20 +486,21 @@ void PagedKvCache::StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_
       stored->logits.swap(entry.logits);
       return;
     }
-    if (!entry.tail.empty()) {
-      AllocateDevice(1);
-      entry.tail_block = scratch_[0];
-      storage_->CopyBlock(seq.blocks.back(), entry.tail_block);
+    // The entry first (it may fail: bad_alloc), then the copy's block, which cannot fail once
+    // checked and prepared: nothing is evicted for an entry that is not there.
+    const bool copy_tail = !entry.tail.empty();
+    if (copy_tail) {
+      if (AvailableBlocks() < 1) ThrowOutOfBlocks(1, AvailableBlocks());
+      PrepareAllocation(1);
     }
-    const BlockId copy = entry.tail_block;
-    BlockId dropped;
-    try {
-      dropped = prompt_logits_->Insert(std::move(entry));
-    } catch (...) {  // bad_alloc: give the copy back
-      if (copy != kNullBlock) pool_.Free(&copy, 1);
-      throw;
+    const BlockId dropped = prompt_logits_->Insert(std::move(entry));
+    if (dropped != kNullBlock) pool_.Free(&dropped, 1);  // still as many blocks available
+    if (copy_tail) {
+      AllocateDevice(1);  // skips the new entry: its tail block is not set yet
+      PromptLogits& stored_entry = prompt_logits_->MostRecent();
+      stored_entry.tail_block = scratch_[0];
+      storage_->CopyBlock(seq.blocks.back(), stored_entry.tail_block);
     }
-    if (dropped != kNullBlock) pool_.Free(&dropped, 1);
   });
 }
 
@@ -465,6 +510,8 @@ void PagedKvCache::AppendTokens(SeqId seq_id, const int32_t* tokens, int64_t n) 
   Mutate([&]() FKV_REQUIRES(mu_) {
     Sequence& seq = FindResident(seq_id, "append to");
     const AppendPlan plan = PlanAppend(seq, n, TailRefCount(seq));
+    ReserveFor(seq.tokens, size_t(n));
+    ReserveFor(seq.blocks, size_t(plan.blocks));
     AllocateDevice(plan.blocks);
     int64_t next = 0;
     AppendWithBlocks(seq, tokens, n, plan.copy_tail, scratch_.data(), &next);
@@ -497,9 +544,10 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     int64_t needed = 0;
     if (caching) publishers_.resize(size_t(n));
     int64_t num_publishers = 0;
+    int64_t to_publish = 0;  // blocks
     for (int64_t i = 0; i < n; ++i) {
       BatchEntry& entry = batch_scratch_[size_t(i)];
-      const Sequence& seq = *entry.seq;
+      Sequence& seq = *entry.seq;
       // One division gives both the full blocks and whether the last block is full.
       const uint64_t length = seq.tokens.size();
       const int64_t full_blocks = int64_t(length / uint64_t(block_size));
@@ -508,7 +556,10 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const AppendPlan plan = PlanAppend(seq, 1, holders - CountEarlierTailCopies(seq, holders));
       needed += plan.blocks;
       entry.copy_tail = plan.copy_tail;
+      ReserveFor(seq.tokens, 1);  // nothing may fail once blocks are taken
+      ReserveFor(seq.blocks, size_t(plan.blocks));
       if (!caching) continue;
+      to_publish += full_blocks - seq.blocks_published;
       // A decode token is sampled from the logits of the sequence's last token, so every token
       // before it has its K/V written: full blocks among them not yet offered get published.
       // About one sequence in block_size qualifies, unpredictably: it is listed without a branch
@@ -523,6 +574,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       __builtin_prefetch(publish ? tokens_end - 1 : nothing);
       __builtin_prefetch(publish ? static_cast<const void*>(&seq.chain_key) : nothing, 1);
     }
+    if (caching) ReservePublication(num_publishers, to_publish);
     AllocateDevice(needed);
     if (caching) {
       // Keys before the appends (from the tokens as they are now), inserts after them.
@@ -613,8 +665,17 @@ void PagedKvCache::ApplyComputed(Sequence& seq, int64_t num_tokens) {
 
 void PagedKvCache::MarkComputed(SeqId seq_id, int64_t num_tokens) {
   MutexLock lock(&mu_);
+  MarkComputedLocked(seq_id, num_tokens);
+}
+
+void PagedKvCache::MarkComputedLocked(SeqId seq_id, int64_t num_tokens) {
   const QueueGuard queue_guard{this};
-  ApplyComputed(CheckComputedCount(seq_id, num_tokens), num_tokens);
+  Sequence& seq = CheckComputedCount(seq_id, num_tokens);
+  if (prefix_) {
+    ReservePublication(1, std::max(seq.num_computed, num_tokens) / config_.block_size -
+                              seq.blocks_published);
+  }
+  ApplyComputed(seq, num_tokens);
   if (prefix_) PublishPending();
 }
 
@@ -627,6 +688,15 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   for (int64_t i = 0; i < n; ++i) {
     batch_scratch_.push_back(
         BatchEntry{&CheckComputedCount(seq_ids[i], num_tokens[i]), false});
+  }
+  if (prefix_) {  // (a repeated sequence counted again: an upper bound)
+    int64_t blocks = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Sequence& seq = *batch_scratch_[size_t(i)].seq;
+      blocks += std::max(seq.num_computed, num_tokens[i]) / config_.block_size -
+                seq.blocks_published;
+    }
+    ReservePublication(n, blocks);
   }
   // A sequence may repeat: every count first (the largest wins), then one publication each.
   const uint64_t stamp = ++batch_stamp_;
@@ -646,9 +716,9 @@ void PagedKvCache::Fork(SeqId parent, SeqId child) {
   Mutate([&]() FKV_REQUIRES(mu_) {
     const Sequence& source = FindResident(parent, "fork");
     FKV_CHECK_ARG(sequences_.count(child) == 0, "sequence " << child << " already exists");
-    Sequence copy = source;
-    pool_.IncRef(copy.blocks.data(), int64_t(copy.blocks.size()));
-    sequences_.emplace(child, std::move(copy));
+    // The copy and the map's node (allocations) before the references.
+    const Sequence& added = sequences_.emplace(child, source).first->second;
+    pool_.IncRef(added.blocks.data(), int64_t(added.blocks.size()));
   });
 }
 
@@ -658,9 +728,10 @@ void PagedKvCache::FreeSequence(SeqId seq_id) {
 
 void PagedKvCache::FreeSequence(SeqId seq_id, int64_t num_computed) {
   Mutate([&]() FKV_REQUIRES(mu_) {
-    const QueueGuard queue_guard{this};
-    ApplyComputed(CheckComputedCount(seq_id, num_computed), num_computed);
-    if (prefix_) PublishPending();
+    const Sequence& seq = CheckComputedCount(seq_id, num_computed);
+    // Release's scratch is reserved first: nothing may fail once blocks are published.
+    if (prefix_) ref_count_scratch_.reserve(seq.blocks.size());
+    MarkComputedLocked(seq_id, num_computed);
     Release(seq_id);
   });
 }
@@ -698,7 +769,12 @@ void PagedKvCache::SwapOut(SeqId seq_id) {
     for (int64_t i = 0; i < n; ++i) {
       KvStorage::CopyBlockBetween(*storage_, seq.blocks[i], *host_storage_, host_blocks[i]);
     }
-    ReleaseDeviceBlocks(seq.blocks, seq.priority);
+    try {
+      ReleaseDeviceBlocks(seq.blocks, seq.priority);  // fails (bad_alloc) before it changes
+    } catch (...) {
+      host_pool_->Free(host_blocks.data(), n);
+      throw;
+    }
     seq.blocks = std::move(host_blocks);
     seq.swapped = true;
     ++num_swapped_;
@@ -715,6 +791,7 @@ void PagedKvCache::SwapIn(SeqId seq_id) {
       FKV_THROW(InvalidStateError, "cannot swap in sequence " << seq_id << ": it is resident");
     }
     const int64_t n = int64_t(seq.blocks.size());
+    if (prefix_) ReservePublication(1, seq.num_computed / config_.block_size);
     AllocateDevice(n);
     for (int64_t i = 0; i < n; ++i) {
       KvStorage::CopyBlockBetween(*host_storage_, seq.blocks[i], *storage_, scratch_[i]);
@@ -934,13 +1011,14 @@ PressureLevel PagedKvCache::PressureLocked() const {
 void PagedKvCache::ResetPrefixCache() {
   Mutate([&]() FKV_REQUIRES(mu_) {
     if (!prefix_) return;
+    // The lists first (allocations); the store's Clear allocates before it clears, and nothing
+    // after it can fail.
     const std::vector<BlockId> cached = prefix_->CachedBlocks();
+    const std::vector<BlockId> copies = prompt_logits_ ? prompt_logits_->Clear()
+                                                       : std::vector<BlockId>{};
     prefix_->Clear();
     pool_.Free(cached.data(), int64_t(cached.size()));  // the index's references
-    if (prompt_logits_) {
-      const std::vector<BlockId> copies = prompt_logits_->Clear();
-      pool_.Free(copies.data(), int64_t(copies.size()));
-    }
+    pool_.Free(copies.data(), int64_t(copies.size()));
   });
 }
 

@@ -1,5 +1,6 @@
 #include "ferrum_kv/eviction_policy.h"
 
+#include <algorithm>
 #include <cassert>
 #include <queue>
 #include <tuple>
@@ -44,16 +45,21 @@ class LruPolicy final : public EvictionPolicy {
 
 // A min-heap of (key, block, version) with lazy deletion: Remove only clears the block's flag,
 // and PopVictim skips entries whose block is gone or was re-added since (older version). The heap
-// is rebuilt when stale entries outnumber live ones, so it stays O(size()).
+// is rebuilt (in place) when stale entries outnumber live ones, so it stays O(size()), and when
+// it reaches the capacity reserved at construction, so that no call allocates (nothing throws:
+// the cache manager changes the policy after the point where its calls may fail).
 class HeapPolicy final : public EvictionPolicy {
  public:
   HeapPolicy(int32_t num_blocks, bool by_priority)
       : by_priority_(by_priority),
         contained_(static_cast<size_t>(num_blocks), false),
-        version_(static_cast<size_t>(num_blocks), 0) {}
+        version_(static_cast<size_t>(num_blocks), 0) {
+    heap_.reserve(2 * size_t(num_blocks) + 64);
+  }
 
   void Add(BlockId block, int32_t priority, uint64_t publish_order) override {
     assert(!contained_[block]);
+    if (heap_.size() == heap_.capacity()) Rebuild();  // leaves at most num_blocks - 1 entries
     contained_[block] = true;
     ++size_;
     // Priority LRU: lower priority first, then least recently released (a release counter).
@@ -93,20 +99,29 @@ class HeapPolicy final : public EvictionPolicy {
     bool operator>(const Entry& other) const { return key > other.key; }
   };
 
-  void Rebuild() {
-    std::vector<Entry> live;
-    while (!heap_.empty()) {
-      const Entry e = heap_.top();
-      heap_.pop();
-      if (contained_[e.block] && version_[e.block] == e.version) live.push_back(e);
+  // The heap's container and its capacity (priority_queue keeps them protected).
+  class Heap : public std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> {
+   public:
+    void reserve(size_t n) { c.reserve(n); }
+    size_t capacity() const { return c.capacity(); }
+    // Drops the entries for which stale(entry) holds and restores the heap order; no allocation.
+    template <typename Stale>
+    void Compact(Stale stale) {
+      c.erase(std::remove_if(c.begin(), c.end(), stale), c.end());
+      std::make_heap(c.begin(), c.end(), comp);
     }
-    heap_ = decltype(heap_)(std::greater<Entry>(), std::move(live));
+  };
+
+  void Rebuild() {
+    heap_.Compact([this](const Entry& e) {
+      return !contained_[e.block] || version_[e.block] != e.version;
+    });
   }
 
   const bool by_priority_;
   std::vector<bool> contained_;
   std::vector<uint64_t> version_;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap_;
+  Heap heap_;
   uint64_t release_clock_ = 0;
   int64_t size_ = 0;
 };

@@ -1,5 +1,7 @@
 #include "ferrum_kv/prefix_index.h"
 
+#include <new>
+
 #include <algorithm>
 #include <cassert>
 
@@ -102,7 +104,8 @@ void PrefixIndex::Erase(BlockId block) {
 }
 
 void PrefixIndex::Clear() {
-  for (BlockId block : CachedBlocks()) {
+  for (BlockId block = 0; block < BlockId(publish_order_.size()); ++block) {  // no allocation
+    if (!IsCached(block)) continue;
     if (evictable_->Contains(block)) evictable_->Remove(block);
     publish_order_[block] = 0;
   }
@@ -125,7 +128,11 @@ void PrefixIndex::Log(CacheEvent::Kind kind, const BlockHash& hash, BlockId bloc
     events_.pop_front();
     ++events_dropped_;
   }
-  events_.push_back(CacheEvent{next_event_++, kind, hash, block});
+  try {
+    events_.push_back(CacheEvent{next_event_++, kind, hash, block});
+  } catch (const std::bad_alloc&) {  // dropped and counted like an overflow (a gap in seq_no):
+    ++events_dropped_;               // the cache's calls never fail after they changed the index
+  }
 }
 
 std::vector<CacheEvent> PrefixIndex::DrainEvents() {

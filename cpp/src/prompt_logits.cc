@@ -62,11 +62,17 @@ std::vector<BlockId> PromptLogitsStore::Clear() {
 }
 
 std::vector<BlockId> PromptLogitsStore::TailBlocks() const {
-  std::vector<BlockId> blocks;
-  for (const PromptLogits& entry : entries_) {
-    if (entry.tail_block != kNullBlock) blocks.push_back(entry.tail_block);
-  }
+  std::vector<BlockId> blocks(entries_.size());
+  blocks.resize(size_t(TailBlocks(blocks.data())));
   return blocks;
+}
+
+int64_t PromptLogitsStore::TailBlocks(BlockId* out) const {
+  int64_t k = 0;
+  for (const PromptLogits& entry : entries_) {
+    if (entry.tail_block != kNullBlock) out[k++] = entry.tail_block;
+  }
+  return k;
 }
 
 void PromptLogitsStore::CheckInvariants() const {

@@ -50,7 +50,9 @@
 // that already exists, empty or negative tokens, bad ranges; InvalidStateError for an operation
 // the sequence's state forbids (append / fork / metadata of a swapped-out sequence, swap_in of a
 // resident one, a WriteKv slot in a block nobody holds; swap_out without a host tier is
-// OutOfBlocksError).
+// OutOfBlocksError). A call that fails to allocate memory (std::bad_alloc) also leaves the cache
+// exactly as it was: each call allocates before its first change (tests/cpp/fault_injection
+// sweeps every allocation of every call).
 //
 // Thread safety: thread-safe. One mutex over all metadata, held for O(work of the call); block
 // copies for copy-on-write and swap happen under it. WriteKv takes no lock over the data (the
@@ -105,7 +107,7 @@ struct CacheStats {
   int64_t prefix_query_tokens = 0;   // prompt tokens looked up by AddSequence
   int64_t prefix_hit_tokens = 0;     // of which served from the prefix cache
   int64_t evictions = 0;             // cached blocks reclaimed for fresh allocations
-  int64_t events_dropped = 0;        // events discarded because nobody drained them
+  int64_t events_dropped = 0;        // events discarded: nobody drained them, or no memory
   int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
   int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
 };
@@ -283,6 +285,9 @@ class PagedKvCache {
   // only the store holds (ReclaimableCopies).
   int64_t AvailableBlocks() const FKV_REQUIRES(mu_);
   int64_t ReclaimableCopies() const FKV_REQUIRES(mu_);
+  // Makes room for AllocateDevice(n) (its scratch), so that once n <= AvailableBlocks() is known
+  // it cannot fail: for calls that change something before they allocate.
+  void PrepareAllocation(int64_t n) FKV_REQUIRES(mu_);
   // Allocates n device blocks into scratch_; when the free list is short, drops stored prompts
   // that cannot hit any more, evicts cached blocks, then drops other stored prompts (with
   // unshared copies). Throws OutOfBlocksError (counted, nothing evicted) when
@@ -294,6 +299,9 @@ class PagedKvCache {
       FKV_REQUIRES(mu_);
   // Finds seq_id and checks 0 <= num_tokens <= its token count (for MarkComputed).
   Sequence& CheckComputedCount(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);
+  // MarkComputed under the lock (also the first half of FreeSequence(seq_id, num_computed)):
+  // checks, reserves the publication, then changes state.
+  void MarkComputedLocked(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);
   // Raises seq.num_computed to num_tokens; with prefix caching, queues the computed full blocks
   // of a resident seq that were not yet offered to the index (QueuePublication).
   void ApplyComputed(Sequence& seq, int64_t num_tokens) FKV_REQUIRES(mu_);
@@ -302,6 +310,9 @@ class PagedKvCache {
   // them offered. seq's tokens must not change before KeyPending. Preconditions: resident; not
   // queued since the last KeyPending (its chain key would be stale).
   void QueuePublication(Sequence& seq) FKV_REQUIRES(mu_);
+  // Makes room in the publication queue for `jobs` sequences with `blocks` blocks in all, so that
+  // queueing, keying and inserting them cannot fail: before the call changes anything.
+  void ReservePublication(int64_t jobs, int64_t blocks) FKV_REQUIRES(mu_);
   // Offers the queued blocks to the prefix index in one batch and empties the queue:
   // KeyPending, then InsertPending.
   void PublishPending() FKV_REQUIRES(mu_);
@@ -361,6 +372,10 @@ class PagedKvCache {
   // Null unless config.max_prompt_logits > 0.
   std::unique_ptr<PromptLogitsStore> prompt_logits_ FKV_PT_GUARDED_BY(mu_);
   int64_t prompt_logits_hits_ FKV_GUARDED_BY(mu_) = 0;
+  // ReclaimableCopies: the stored copies and their ref counts (max_prompt_logits entries each,
+  // from construction: it runs after calls changed the cache and must not fail).
+  mutable std::vector<BlockId> copies_scratch_ FKV_GUARDED_BY(mu_);
+  mutable std::vector<int32_t> copy_refs_scratch_ FKV_GUARDED_BY(mu_);
   int64_t prefix_query_tokens_ FKV_GUARDED_BY(mu_) = 0;
   int64_t prefix_hit_tokens_ FKV_GUARDED_BY(mu_) = 0;
   int64_t evictions_ FKV_GUARDED_BY(mu_) = 0;

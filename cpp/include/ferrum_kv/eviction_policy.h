@@ -8,6 +8,8 @@
 //                 among equal priorities. O(log n): a heap.
 //
 // Invariants: Contains(b) for exactly size() blocks; PopVictim returns one of them.
+// Errors: none; nothing allocates after construction (the cache manager relies on it: it changes
+// the policy after the point where its calls may fail).
 // Thread safety: thread-compatible (the cache manager's mutex guards it).
 // Preconditions (Add of a contained block, Remove / PopVictim of a missing one) are asserted.
 #pragma once

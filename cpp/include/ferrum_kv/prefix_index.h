@@ -68,7 +68,7 @@ class PrefixIndex {
                    int64_t n, std::vector<BlockId>* inserted);
   // Makes block unfindable (and not evictable). Precondition: block cached.
   void Erase(BlockId block);
-  // Erases every block; one kAllCleared event.
+  // Erases every block; one kAllCleared event. Does not fail (no allocation).
   void Clear();
   // The cached blocks, in block-id order.
   std::vector<BlockId> CachedBlocks() const;

@@ -59,10 +59,14 @@ class PromptLogitsStore {
     }
     return kNullBlock;
   }
+  // The most recently used entry (the one Insert just added). Precondition: size() > 0.
+  PromptLogits& MostRecent() { return entries_.front(); }
   // Drops every entry and returns their tail blocks.
   std::vector<BlockId> Clear();
   // The tail blocks of all entries (for the manager's reference-count invariant).
   std::vector<BlockId> TailBlocks() const;
+  // The same into out[0..k), k <= size(), without allocating; returns k.
+  int64_t TailBlocks(BlockId* out) const;
 
   int64_t size() const { return int64_t(entries_.size()); }
   int32_t capacity() const { return capacity_; }

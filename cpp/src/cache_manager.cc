@@ -487,20 +487,23 @@ void PagedKvCache::StoreLogits(SeqId seq_id, const float* logits, int64_t vocab_
       return;
     }
     // The entry first (it may fail: bad_alloc), then the copy's block, which cannot fail once
-    // checked and prepared: nothing is evicted for an entry that is not there.
+    // checked and prepared: nothing is evicted for an entry that is not there. The block is
+    // reclaimed as if the entry were not stored yet (it has no tail block, so it is skipped);
+    // only then does the store drop its least recently used entry if it is over capacity.
     const bool copy_tail = !entry.tail.empty();
     if (copy_tail) {
       if (AvailableBlocks() < 1) ThrowOutOfBlocks(1, AvailableBlocks());
       PrepareAllocation(1);
     }
-    const BlockId dropped = prompt_logits_->Insert(std::move(entry));
-    if (dropped != kNullBlock) pool_.Free(&dropped, 1);  // still as many blocks available
+    prompt_logits_->Add(std::move(entry));
     if (copy_tail) {
-      AllocateDevice(1);  // skips the new entry: its tail block is not set yet
+      AllocateDevice(1);
       PromptLogits& stored_entry = prompt_logits_->MostRecent();
       stored_entry.tail_block = scratch_[0];
       storage_->CopyBlock(seq.blocks.back(), stored_entry.tail_block);
     }
+    const BlockId dropped = prompt_logits_->DropOverCapacity();
+    if (dropped != kNullBlock) pool_.Free(&dropped, 1);
   });
 }
 

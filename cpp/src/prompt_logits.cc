@@ -27,7 +27,7 @@ PromptLogits* PromptLogitsStore::Find(const PrefixKey& parent, const int32_t* ta
   return nullptr;
 }
 
-BlockId PromptLogitsStore::Insert(PromptLogits entry) {
+void PromptLogitsStore::Add(PromptLogits entry) {
   assert(Find(entry.parent, entry.tail.data(), int64_t(entry.tail.size())) == nullptr);
   entries_.push_front(std::move(entry));
   try {
@@ -36,6 +36,9 @@ BlockId PromptLogitsStore::Insert(PromptLogits entry) {
     entries_.pop_front();
     throw;
   }
+}
+
+BlockId PromptLogitsStore::DropOverCapacity() {
   if (int64_t(entries_.size()) <= capacity_) return kNullBlock;
   const List::iterator oldest = std::prev(entries_.end());
   const BlockId dropped = oldest->tail_block;

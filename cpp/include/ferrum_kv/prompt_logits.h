@@ -46,7 +46,16 @@ class PromptLogitsStore {
   // Adds entry (precondition: Find(entry.parent, entry.tail) is nullptr) as the most recently
   // used. If that makes more than capacity() entries, drops the least recently used one and
   // returns its tail block (kNullBlock if it had none); else returns kNullBlock.
-  BlockId Insert(PromptLogits entry);
+  BlockId Insert(PromptLogits entry) {
+    Add(std::move(entry));
+    return DropOverCapacity();
+  }
+  // Insert in two steps, for a caller that reclaims blocks in between as if the entry were not
+  // there yet: Add may leave capacity() + 1 entries (strong guarantee: a bad_alloc adds nothing);
+  // DropOverCapacity then drops the least recently used one if there are more than capacity()
+  // and returns its tail block (kNullBlock if none was dropped or it had none).
+  void Add(PromptLogits entry);
+  BlockId DropOverCapacity();
   // Drops the least recently used entry with a tail block for which reclaimable(entry) holds
   // (entries without one hold no block) and returns that block; kNullBlock if there is none.
   template <typename Predicate>

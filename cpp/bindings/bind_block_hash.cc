@@ -19,7 +19,7 @@ void BindBlockHash(py::module_& m) {
       [](py::handle tokens_obj, int64_t block_size, const py::bytes& ns_bytes) {
         FKV_CHECK_ARG(block_size >= 1 && block_size <= INT32_MAX,
                       "block_size must be in [1, 2**31 - 1], got " << block_size);
-        const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+        const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
         const std::string ns = ns_bytes;
         const int64_t num_blocks = tokens.size() / block_size;
         std::vector<BlockHash> hashes(num_blocks);

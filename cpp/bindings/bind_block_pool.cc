@@ -25,7 +25,7 @@ void BindBlockPool(py::module_& m) {
             FKV_CHECK_ARG(n >= 0, "block count must be >= 0, got " << n);
             // n > num_blocks always fails inside Allocate (before it writes to the output), so
             // the array never needs more than num_blocks entries.
-            Int32Array ids(std::min(n, pool.num_blocks()));
+            py::array_t<int32_t> ids(std::min(n, pool.num_blocks()));
             int32_t* out = ids.mutable_data();
             {
               py::gil_scoped_release release;
@@ -39,7 +39,7 @@ void BindBlockPool(py::module_& m) {
       .def(
           "free",
           [](BlockPool& pool, py::handle ids_obj) {
-            const Int32Array ids = AsInt32Vector(ids_obj, "ids");
+            const std::vector<int32_t> ids = AsInt32Vector(ids_obj, "ids");
             const int32_t* data = ids.data();
             const int64_t n = ids.size();
             py::gil_scoped_release release;
@@ -52,7 +52,7 @@ void BindBlockPool(py::module_& m) {
       .def(
           "incref",
           [](BlockPool& pool, py::handle ids_obj) {
-            const Int32Array ids = AsInt32Vector(ids_obj, "ids");
+            const std::vector<int32_t> ids = AsInt32Vector(ids_obj, "ids");
             const int32_t* data = ids.data();
             const int64_t n = ids.size();
             py::gil_scoped_release release;

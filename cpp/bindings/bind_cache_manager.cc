@@ -180,7 +180,7 @@ void BindCacheManager(py::module_& m) {
           "add_sequence",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj, const py::bytes& namespace_id,
              int32_t priority) {
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
             std::string ns = namespace_id;
@@ -199,7 +199,7 @@ void BindCacheManager(py::module_& m) {
           "add_sequence_with_logits",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj, const py::bytes& namespace_id,
              int32_t priority) -> py::tuple {
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
             std::string ns = namespace_id;
@@ -251,7 +251,7 @@ void BindCacheManager(py::module_& m) {
       .def(
           "append_tokens",
           [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj) {
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
             py::gil_scoped_release release;
@@ -267,8 +267,8 @@ void BindCacheManager(py::module_& m) {
       .def(
           "append_batch",
           [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle tokens_obj) {
-            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int64_t> seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             FKV_CHECK_ARG(seq_ids.size() == tokens.size(),
                           "seq_ids and tokens must have the same length, got "
                               << seq_ids.size() << " and " << tokens.size());
@@ -300,7 +300,7 @@ void BindCacheManager(py::module_& m) {
                                    "of tokens, got " +
                                    std::string(py::str(py::type::of(tokens_obj).attr("__name__"))));
             }
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
             std::string ns = namespace_id;
@@ -315,7 +315,7 @@ void BindCacheManager(py::module_& m) {
       .def(
           "cached_prefix_len",
           [](const PagedKvCache& cache, py::handle tokens_obj, const py::bytes& namespace_id) {
-            const Int32Array tokens = AsInt32Vector(tokens_obj, "tokens");
+            const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
             const int32_t* data = tokens.data();
             const int64_t n = tokens.size();
             std::string ns = namespace_id;
@@ -339,8 +339,8 @@ void BindCacheManager(py::module_& m) {
       .def(
           "mark_computed_batch",
           [](PagedKvCache& cache, py::handle seq_ids_obj, py::handle num_tokens_obj) {
-            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
-            const Int64Array num_tokens = AsInt64Vector(num_tokens_obj, "num_tokens");
+            const std::vector<int64_t> seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const std::vector<int64_t> num_tokens = AsInt64Vector(num_tokens_obj, "num_tokens");
             FKV_CHECK_ARG(seq_ids.size() == num_tokens.size(),
                           "seq_ids and num_tokens must have the same length, got "
                               << seq_ids.size() << " and " << num_tokens.size());
@@ -419,7 +419,7 @@ void BindCacheManager(py::module_& m) {
       .def(
           "batch_metadata",
           [](const PagedKvCache& cache, py::handle seq_ids_obj) {
-            const Int64Array seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
+            const std::vector<int64_t> seq_ids = AsInt64Vector(seq_ids_obj, "seq_ids");
             const int64_t* ids = seq_ids.data();
             const int64_t n = seq_ids.size();
             BatchMetadata metadata;
@@ -434,9 +434,10 @@ void BindCacheManager(py::module_& m) {
           "write_kv",
           [](PagedKvCache& cache, int32_t layer, py::handle slots_obj, const py::array& k,
              const py::array& v) {
-            const Int32Array slots = AsInt32Vector(slots_obj, "slots");
+            const std::vector<int32_t> slots = AsInt32Vector(slots_obj, "slots");
             const CacheConfig& c = cache.config();
-            const std::vector<py::ssize_t> shape = {slots.size(), c.num_kv_heads, c.head_dim};
+            const std::vector<py::ssize_t> shape = {py::ssize_t(slots.size()), c.num_kv_heads,
+                                                    c.head_dim};
             const DType k_dtype = CheckFloatArray(k, "k", shape, c.dtype);
             const DType v_dtype = CheckFloatArray(v, "v", shape, c.dtype);
             FKV_CHECK_ARG(k_dtype == v_dtype, "k and v must have the same dtype");

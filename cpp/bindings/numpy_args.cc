@@ -22,28 +22,26 @@ std::string ShapeString(const py::array& array) {
 }
 
 template <typename T>
-py::array_t<T, py::array::c_style> AsIntVector(py::handle obj, const char* name) {
+std::vector<T> AsIntVector(py::handle obj, const char* name) {
   using Array = py::array_t<T, py::array::c_style>;
   // Fast path (the common case on a scheduler's hot path): already a C-contiguous vector of T.
-  // Copied all the same: the caller validates the values and then uses them without the GIL,
-  // while another Python thread could change the caller's array in between.
   if (Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
     const auto source = py::reinterpret_borrow<Array>(obj);
-    return Array(source.size(), source.data());
+    return std::vector<T>(source.data(), source.data() + source.size());
   }
   py::array array = py::array::ensure(obj);
   if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
   const char kind = array.dtype().kind();
   // An empty list arrives as float64: an empty batch is fine whatever its dtype.
-  if (array.ndim() == 1 && array.size() == 0) return Array(0);
+  if (array.ndim() == 1 && array.size() == 0) return {};
   FKV_CHECK_ARG(kind == 'i' || kind == 'u', name << " must have an integer dtype, got "
                                                  << std::string(py::str(array.dtype())));
   FKV_CHECK_ARG(array.ndim() == 1, name << " must be 1-D, got shape " << ShapeString(array));
   const auto wide = array.attr("astype")("int64").cast<py::array_t<int64_t>>();
   const bool is_unsigned = kind == 'u';
   const auto values = wide.unchecked<1>();
-  Array result(values.shape(0));
-  T* out = result.mutable_data();
+  std::vector<T> result(static_cast<size_t>(values.shape(0)));
+  T* out = result.data();
   for (py::ssize_t i = 0; i < values.shape(0); ++i) {
     const int64_t value = values(i);
     // A uint64 above INT64_MAX wraps to a negative int64 in astype: out of range either way.
@@ -57,8 +55,8 @@ py::array_t<T, py::array::c_style> AsIntVector(py::handle obj, const char* name)
   return result;
 }
 
-template Int32Array AsIntVector<int32_t>(py::handle, const char*);
-template Int64Array AsIntVector<int64_t>(py::handle, const char*);
+template std::vector<int32_t> AsIntVector<int32_t>(py::handle, const char*);
+template std::vector<int64_t> AsIntVector<int64_t>(py::handle, const char*);
 
 bool OverlapsArena(const py::array& array, const KvStorage& storage) {
   const auto begin = reinterpret_cast<uintptr_t>(array.data());

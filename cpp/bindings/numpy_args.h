@@ -14,19 +14,16 @@
 
 namespace ferrum_kv::bindings {
 
-using Int32Array = pybind11::array_t<int32_t, pybind11::array::c_style>;
-using Int64Array = pybind11::array_t<int64_t, pybind11::array::c_style>;
-
-// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a new C-contiguous
-// array of T (int32_t or int64_t) that nobody else can see: always a private copy, so that what
-// the caller validates is what it uses after releasing the GIL. Raises ValueError for
-// non-integer dtypes or ndim != 1, IndexError for values outside T's range.
+// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a vector of T
+// (int32_t or int64_t): always a private copy, so that what the caller validates is what it uses
+// after releasing the GIL (another Python thread could change the caller's array). Raises
+// ValueError for non-integer dtypes or ndim != 1, IndexError for values outside T's range.
 template <typename T>
-pybind11::array_t<T, pybind11::array::c_style> AsIntVector(pybind11::handle obj, const char* name);
-inline Int32Array AsInt32Vector(pybind11::handle obj, const char* name) {
+std::vector<T> AsIntVector(pybind11::handle obj, const char* name);
+inline std::vector<int32_t> AsInt32Vector(pybind11::handle obj, const char* name) {
   return AsIntVector<int32_t>(obj, name);
 }
-inline Int64Array AsInt64Vector(pybind11::handle obj, const char* name) {
+inline std::vector<int64_t> AsInt64Vector(pybind11::handle obj, const char* name) {
   return AsIntVector<int64_t>(obj, name);
 }
 

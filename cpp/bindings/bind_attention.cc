@@ -56,6 +56,11 @@ std::vector<T> CopyOf(const py::array& array) {
   return std::vector<T>(data, data + array.size());
 }
 
+std::optional<py::array> Optional(const std::optional<ArrayArgument>& argument, const char* name) {
+  if (!argument) return std::nullopt;
+  return argument->Get(name);
+}
+
 // The optional features (attention.h), checked here with Python's conventions (None = off).
 void SetFeatures(Prepared& prepared, py::ssize_t num_q_heads, std::optional<int64_t> sliding_window,
                  std::optional<double> soft_cap, const std::optional<py::array>& alibi_slopes) {
@@ -186,14 +191,16 @@ np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.)doc";
 void BindAttention(py::module_& m) {
   m.def(
       "paged_attention_decode_tables",
-      [](const py::array& q, const KvStorage& storage, int32_t layer,
-         const py::array& block_tables, const py::array& context_lens,
-         std::optional<double> scale, std::optional<py::array> out, const py::str& isa,
+      [](const ArrayArgument& q_arg, const KvStorage& storage, int32_t layer,
+         const ArrayArgument& block_tables, const ArrayArgument& context_lens,
+         std::optional<double> scale, std::optional<ArrayArgument> out, const py::str& isa,
          int32_t num_threads, std::optional<int64_t> sliding_window,
-         std::optional<double> soft_cap, std::optional<py::array> alibi_slopes) {
-        Prepared p = Prepare(q, storage, block_tables, context_lens, std::nullopt, scale,
-                             std::move(out), isa, num_threads);
-        SetFeatures(p, q.shape(1), sliding_window, soft_cap, alibi_slopes);
+         std::optional<double> soft_cap, std::optional<ArrayArgument> alibi_slopes) {
+        const py::array q = q_arg.Get("q");
+        Prepared p = Prepare(q, storage, block_tables.Get("block_tables"),
+                             context_lens.Get("context_lens"), std::nullopt, scale,
+                             Optional(out, "out"), isa, num_threads);
+        SetFeatures(p, q.shape(1), sliding_window, soft_cap, Optional(alibi_slopes, "alibi_slopes"));
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
         const auto num_q_heads = static_cast<int32_t>(q.shape(1));
@@ -211,15 +218,17 @@ void BindAttention(py::module_& m) {
       py::arg("alibi_slopes") = py::none(), kDecodeDoc);
   m.def(
       "paged_attention_prefill_tables",
-      [](const py::array& q, const KvStorage& storage, int32_t layer,
-         const py::array& block_tables, const py::array& context_lens,
-         const py::array& query_lens, std::optional<double> scale,
-         std::optional<py::array> out, const py::str& isa, int32_t num_threads,
+      [](const ArrayArgument& q_arg, const KvStorage& storage, int32_t layer,
+         const ArrayArgument& block_tables, const ArrayArgument& context_lens,
+         const ArrayArgument& query_lens, std::optional<double> scale,
+         std::optional<ArrayArgument> out, const py::str& isa, int32_t num_threads,
          std::optional<int64_t> sliding_window, std::optional<double> soft_cap,
-         std::optional<py::array> alibi_slopes) {
-        Prepared p = Prepare(q, storage, block_tables, context_lens, query_lens, scale,
-                             std::move(out), isa, num_threads);
-        SetFeatures(p, q.shape(1), sliding_window, soft_cap, alibi_slopes);
+         std::optional<ArrayArgument> alibi_slopes) {
+        const py::array q = q_arg.Get("q");
+        Prepared p = Prepare(q, storage, block_tables.Get("block_tables"),
+                             context_lens.Get("context_lens"), query_lens.Get("query_lens"), scale,
+                             Optional(out, "out"), isa, num_threads);
+        SetFeatures(p, q.shape(1), sliding_window, soft_cap, Optional(alibi_slopes, "alibi_slopes"));
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
         const auto num_q_heads = static_cast<int32_t>(q.shape(1));
@@ -249,7 +258,8 @@ void BindAttention(py::module_& m) {
       "The attention kernel variants this CPU runs, fastest first (\"auto\" picks the first).");
   m.def(
       "memory_read_probe",
-      [](const py::array& data, int32_t num_threads) {
+      [](const ArrayArgument& data_arg, int32_t num_threads) {
+        const py::array data = data_arg.Get("data");
         FKV_CHECK_ARG(data.flags() & py::array::c_style, "data must be C-contiguous");
         const void* pointer = data.data();
         const int64_t bytes = data.nbytes();

@@ -432,8 +432,10 @@ void BindCacheManager(py::module_& m) {
           py::arg("seq_ids"), "BatchMetadata for resident sequences (new int32 arrays).")
       .def(
           "write_kv",
-          [](PagedKvCache& cache, int32_t layer, py::handle slots_obj, const py::array& k,
-             const py::array& v) {
+          [](PagedKvCache& cache, int32_t layer, py::handle slots_obj, const ArrayArgument& k_arg,
+             const ArrayArgument& v_arg) {
+            const py::array k = k_arg.Get("k");
+            const py::array v = v_arg.Get("v");
             const std::vector<int32_t> slots = AsInt32Vector(slots_obj, "slots");
             const CacheConfig& c = cache.config();
             const std::vector<py::ssize_t> shape = {py::ssize_t(slots.size()), c.num_kv_heads,

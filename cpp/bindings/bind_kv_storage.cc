@@ -78,8 +78,10 @@ void BindKvStorage(py::module_& m) {
           py::arg("layer").noconvert(), "Like key_cache, for values.")
       .def(
           "write_slot",
-          [](KvStorage& s, int32_t block, int32_t layer, int32_t offset, const py::array& k,
-             const py::array& v) {
+          [](KvStorage& s, int32_t block, int32_t layer, int32_t offset, const ArrayArgument& k_arg,
+             const ArrayArgument& v_arg) {
+            const py::array k = k_arg.Get("k");
+            const py::array v = v_arg.Get("v");
             const std::vector<py::ssize_t> shape = {s.config().num_kv_heads, s.config().head_dim};
             const DType k_dtype = CheckFloatArray(k, "k", shape, s.dtype());
             const DType v_dtype = CheckFloatArray(v, "v", shape, s.dtype());

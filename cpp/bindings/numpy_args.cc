@@ -71,6 +71,14 @@ std::vector<uint8_t> CopyIfInArena(const py::array& array, const KvStorage& stor
   return std::vector<uint8_t>(begin, begin + array.nbytes());
 }
 
+py::array ArrayArgument::Get(const char* name) const {
+  if (!py::isinstance<py::array>(*this)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(*this).attr("__name__"))));
+  }
+  return py::reinterpret_borrow<py::array>(*this);
+}
+
 py::dtype NumpyDTypeOf(DType dtype) {
   switch (dtype) {
     case DType::kFloat32: return py::dtype::of<float>();
@@ -88,6 +96,10 @@ DType CheckFloatArray(const py::array& array, const char* name,
   } else if (array.dtype().is(NumpyDTypeOf(storage_dtype))) {
     dtype = storage_dtype;
   } else {
+    if (storage_dtype == DType::kFloat32) {
+      FKV_THROW(InvalidArgument, name << " must have dtype float32, got "
+                                      << std::string(py::str(array.dtype())));
+    }
     FKV_THROW(InvalidArgument, name << " must have dtype float32 or "
                                     << std::string(py::str(NumpyDTypeOf(storage_dtype)))
                                     << " (the storage dtype " << DTypeName(storage_dtype)

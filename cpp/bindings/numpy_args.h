@@ -14,6 +14,18 @@
 
 namespace ferrum_kv::bindings {
 
+inline bool AnyObject(PyObject*) { return true; }
+
+// A parameter documented as numpy.ndarray that accepts any object, so that the function can
+// raise a short TypeError naming the parameter (pybind11's own mismatch error lists the repr of
+// every argument, whole arrays included).
+class ArrayArgument : public pybind11::object {
+ public:
+  PYBIND11_OBJECT_DEFAULT(ArrayArgument, pybind11::object, AnyObject)
+  // The argument as an array; TypeError "<name> must be a numpy.ndarray, got <type>" otherwise.
+  pybind11::array Get(const char* name) const;
+};
+
 // Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a vector of T
 // (int32_t or int64_t): always a private copy, so that what the caller validates is what it uses
 // after releasing the GIL (another Python thread could change the caller's array). Raises
@@ -58,3 +70,10 @@ std::string ShapeString(const pybind11::array& array);
 std::string ShapeString(const std::vector<pybind11::ssize_t>& shape);
 
 }  // namespace ferrum_kv::bindings
+
+namespace pybind11::detail {
+template <>
+struct handle_type_name<ferrum_kv::bindings::ArrayArgument> {
+  static constexpr auto name = const_name("numpy.ndarray");
+};
+}  // namespace pybind11::detail

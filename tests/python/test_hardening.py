@@ -398,3 +398,42 @@ def test_arena_larger_than_memory_raises_memory_error_with_sizes():
                              num_blocks=1 << 20)  # 8 TiB of K/V
     with pytest.raises(MemoryError, match="does not fit in the .* bytes .* of memory available"):
         fkv.PagedKvCache(config)
+
+
+# Issue 17, item 5: wrong argument types.
+
+def test_wrong_array_types_raise_a_short_type_error_naming_the_parameter():
+    cache = fkv.PagedKvCache(small_config())
+    cache.add_sequence(1, np.arange(4))
+    slots = cache.slot_mapping(1, 0, 4)
+    good = np.zeros((4, 2, 16), np.float32)
+    q = np.zeros((1, 2, 16), np.float32)
+    tables, lens = np.zeros((1, 1), np.int32), np.ones(1, np.int32)
+    calls = {
+        "k": lambda: cache.write_kv(0, slots, good.tolist(), good),
+        "v": lambda: cache.write_kv(0, slots, good, "v"),
+        "q": lambda: core.paged_attention_decode_tables(q.tolist(), cache.storage, 0, tables, lens),
+        "block_tables": lambda: core.paged_attention_decode_tables(q, cache.storage, 0, [[0]], lens),
+        "out": lambda: core.paged_attention_decode_tables(q, cache.storage, 0, tables, lens,
+                                                          out=[0.0]),
+        "query_lens": lambda: core.paged_attention_prefill_tables(q, cache.storage, 0, tables,
+                                                                  lens, 1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError) as error:
+            call()
+        message = str(error.value)
+        assert message.startswith(f"{name} must be a numpy.ndarray, got "), message
+        assert len(message) < 80 and "Invoked with" not in message
+
+
+def test_dtype_error_names_float32_once_for_float32_storage():
+    cache = fkv.PagedKvCache(small_config())
+    cache.add_sequence(1, np.arange(4))
+    k = np.zeros((4, 2, 16), np.float64)
+    with pytest.raises(ValueError, match=r"^k must have dtype float32, got float64$"):
+        cache.write_kv(0, cache.slot_mapping(1, 0, 4), k, k)
+    bf16 = fkv.PagedKvCache(small_config(dtype="bfloat16"))
+    bf16.add_sequence(1, np.arange(4))
+    with pytest.raises(ValueError, match=r"float32 or uint16 \(the storage dtype bfloat16\)"):
+        bf16.write_kv(0, bf16.slot_mapping(1, 0, 4), k, k)

@@ -332,12 +332,15 @@ int64_t PagedKvCache::FindCachedBlocks(const PrefixKey& root, const int32_t* tok
   return hit_blocks;
 }
 
-void PagedKvCache::FindPromptHits(const int32_t* tokens, int64_t n,
-                                  const std::string& namespace_id, std::vector<PrefixKey>* keys,
-                                  std::vector<BlockId>* hits) const {
-  if (!prefix_) return;
+std::vector<BlockId> PagedKvCache::PromptHits(const int32_t* tokens, int64_t n,
+                                              const std::string& namespace_id) const {
+  std::vector<BlockId> hits;
+  if (!prefix_) return hits;
+  std::vector<PrefixKey> keys;
   // As Add without stored logits: the last token is always computed.
-  FindCachedBlocks(keyer_.Root(namespace_id), tokens, (n - 1) / config_.block_size, keys, hits);
+  FindCachedBlocks(keyer_.Root(namespace_id), tokens, (n - 1) / config_.block_size, &keys,
+                   &hits);
+  return hits;
 }
 
 int64_t PagedKvCache::CountEvictable(const std::vector<BlockId>& blocks) const {
@@ -350,20 +353,15 @@ int64_t PagedKvCache::CountEvictable(const std::vector<BlockId>& blocks) const {
 int64_t PagedKvCache::CachedPrefixLen(const int32_t* tokens, int64_t n,
                                       const std::string& namespace_id) const {
   CheckPrompt(tokens, n);
-  std::vector<PrefixKey> keys;
-  std::vector<BlockId> hits;
   MutexLock lock(&mu_);
-  FindPromptHits(tokens, n, namespace_id, &keys, &hits);
-  return int64_t(hits.size()) * config_.block_size;
+  return int64_t(PromptHits(tokens, n, namespace_id).size()) * config_.block_size;
 }
 
 bool PagedKvCache::CanAllocate(const int32_t* tokens, int64_t n,
                                const std::string& namespace_id) const {
   CheckPrompt(tokens, n);
-  std::vector<PrefixKey> keys;
-  std::vector<BlockId> hits;
   MutexLock lock(&mu_);
-  FindPromptHits(tokens, n, namespace_id, &keys, &hits);
+  const std::vector<BlockId> hits = PromptHits(tokens, n, namespace_id);
   // Add's test: taking the hits makes the evictable ones unavailable.
   const int64_t needed = BlocksForTokens(n, config_.block_size) - int64_t(hits.size());
   return needed <= AvailableBlocks() - (prefix_ ? CountEvictable(hits) : 0);

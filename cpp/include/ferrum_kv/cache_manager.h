@@ -252,11 +252,10 @@ class PagedKvCache {
   int64_t FindCachedBlocks(const PrefixKey& root, const int32_t* tokens, int64_t max_hit,
                            std::vector<PrefixKey>* keys, std::vector<BlockId>* hits) const
       FKV_REQUIRES(mu_);
-  // The blocks AddSequence(tokens[0..n)) without stored logits would reuse, appended to *hits
-  // (none without prefix caching), keys in *keys.
-  void FindPromptHits(const int32_t* tokens, int64_t n, const std::string& namespace_id,
-                      std::vector<PrefixKey>* keys, std::vector<BlockId>* hits) const
-      FKV_REQUIRES(mu_);
+  // The blocks AddSequence(tokens[0..n)) without stored logits would reuse (none without prefix
+  // caching).
+  std::vector<BlockId> PromptHits(const int32_t* tokens, int64_t n,
+                                  const std::string& namespace_id) const FKV_REQUIRES(mu_);
   // How many of blocks are evictable (cached, held by no table).
   int64_t CountEvictable(const std::vector<BlockId>& blocks) const FKV_REQUIRES(mu_);
   // What appending n tokens takes: whether the partly filled last block must be copied first

@@ -447,10 +447,9 @@ void BindCacheManager(py::module_& m) {
             const int64_t n = slots.size();
             // K/V taken from the cache's own arena (a view) could overlap the slots written:
             // they are copied first, so the result is what the arrays held at the call.
-            const std::vector<uint8_t> k_copy = CopyIfInArena(k, *cache.storage());
-            const std::vector<uint8_t> v_copy = CopyIfInArena(v, *cache.storage());
-            const void* k_data = k_copy.empty() ? k.data() : k_copy.data();
-            const void* v_data = v_copy.empty() ? v.data() : v_copy.data();
+            std::vector<uint8_t> k_copy, v_copy;
+            const void* k_data = DataOutsideArena(k, *cache.storage(), &k_copy);
+            const void* v_data = DataOutsideArena(v, *cache.storage(), &v_copy);
             py::gil_scoped_release release;
             cache.WriteKv(layer, slot_data, n, k_data, v_data, k_dtype);
           },

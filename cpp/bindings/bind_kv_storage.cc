@@ -86,14 +86,16 @@ void BindKvStorage(py::module_& m) {
             const DType k_dtype = CheckFloatArray(k, "k", shape, s.dtype());
             const DType v_dtype = CheckFloatArray(v, "v", shape, s.dtype());
             FKV_CHECK_ARG(k_dtype == v_dtype, "k and v must have the same dtype");
-            const void* k_data = k.data();
-            const void* v_data = v.data();
+            std::vector<uint8_t> k_copy, v_copy;  // views of the arena are read before the write
+            const void* k_data = DataOutsideArena(k, s, &k_copy);
+            const void* v_data = DataOutsideArena(v, s, &v_copy);
             py::gil_scoped_release release;
             s.WriteSlot(block, layer, offset, k_data, v_data, k_dtype);
           },
           py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(), py::arg("k"), py::arg("v"),
           "Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage "
-          "dtype; float32 is rounded to nearest even) under the block's lock.")
+          "dtype; float32 is rounded to nearest even) under the block's lock. k and v may be "
+          "views of this storage: they are copied before the write.")
       .def(
           "read_slot",
           [](const KvStorage& s, int32_t block, int32_t layer, int32_t offset) {

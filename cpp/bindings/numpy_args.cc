@@ -65,10 +65,12 @@ bool OverlapsArena(const py::array& array, const KvStorage& storage) {
   return bytes > 0 && begin < arena + uintptr_t(storage.total_bytes()) && arena < begin + bytes;
 }
 
-std::vector<uint8_t> CopyIfInArena(const py::array& array, const KvStorage& storage) {
-  if (!OverlapsArena(array, storage)) return {};
+const void* DataOutsideArena(const py::array& array, const KvStorage& storage,
+                             std::vector<uint8_t>* copy) {
+  if (!OverlapsArena(array, storage)) return array.data();
   const auto* begin = static_cast<const uint8_t*>(array.data());
-  return std::vector<uint8_t>(begin, begin + array.nbytes());
+  copy->assign(begin, begin + array.nbytes());
+  return copy->data();
 }
 
 py::array ArrayArgument::Get(const char* name) const {

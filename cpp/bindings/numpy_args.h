@@ -19,7 +19,7 @@ inline bool AnyObject(PyObject*) { return true; }
 // A parameter documented as numpy.ndarray that accepts any object, so that the function can
 // raise a short TypeError naming the parameter (pybind11's own mismatch error lists the repr of
 // every argument, whole arrays included).
-class ArrayArgument : public pybind11::object {
+class __attribute__((visibility("hidden"))) ArrayArgument : public pybind11::object {
  public:
   PYBIND11_OBJECT_DEFAULT(ArrayArgument, pybind11::object, AnyObject)
   // The argument as an array; TypeError "<name> must be a numpy.ndarray, got <type>" otherwise.
@@ -62,9 +62,10 @@ DType CheckFloatArray(const pybind11::array& array, const char* name,
 
 // Whether the array's bytes share any byte with the storage's arena (a view of it).
 bool OverlapsArena(const pybind11::array& array, const KvStorage& storage);
-// A copy of the array's bytes when they overlap the storage's arena (the caller then reads the
-// copy), else an empty vector.
-std::vector<uint8_t> CopyIfInArena(const pybind11::array& array, const KvStorage& storage);
+// The array's data; or, when it overlaps the storage's arena (a view of it, which a write could
+// change while it is read), a copy of it kept in *copy.
+const void* DataOutsideArena(const pybind11::array& array, const KvStorage& storage,
+                             std::vector<uint8_t>* copy);
 
 std::string ShapeString(const pybind11::array& array);
 std::string ShapeString(const std::vector<pybind11::ssize_t>& shape);

@@ -41,14 +41,28 @@ int64_t CgroupValue(const char* path) {
   return value;
 }
 
+// The cgroup's inactive page cache (memory.stat "inactive_file"), which the kernel reclaims
+// before it fails an allocation; 0 if unreadable.
+int64_t CgroupReclaimable() {
+  std::ifstream stat("/sys/fs/cgroup/memory.stat");
+  std::string key;
+  int64_t value = 0;
+  while (stat >> key >> value) {
+    if (key == "inactive_file") return std::max<int64_t>(value, 0);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int64_t AvailableMemoryBytes() {
   const int64_t system = MemInfoBytes({"MemAvailable", "SwapFree"});
   const int64_t limit = CgroupValue("/sys/fs/cgroup/memory.max");
   const int64_t used = CgroupValue("/sys/fs/cgroup/memory.current");
-  const int64_t cgroup = limit == kUnknown || used == kUnknown ? kUnknown
-                                                               : std::max<int64_t>(limit - used, 0);
+  const int64_t cgroup =
+      limit == kUnknown || used == kUnknown
+          ? kUnknown
+          : std::max<int64_t>(limit - std::max<int64_t>(used - CgroupReclaimable(), 0), 0);
   return std::min(system, cgroup);
 }
 

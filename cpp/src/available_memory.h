@@ -10,8 +10,9 @@
 namespace ferrum_kv {
 
 // The smaller of: MemAvailable + SwapFree (/proc/meminfo) and the cgroup v2 memory limit minus
-// the cgroup's current use (/sys/fs/cgroup/memory.max, memory.current). INT64_MAX where neither
-// can be read (non-Linux systems).
+// the cgroup's current use less its inactive page cache (/sys/fs/cgroup/memory.max,
+// memory.current, memory.stat; the cgroup the process sees at that path, not its parents).
+// INT64_MAX where neither can be read (non-Linux systems).
 int64_t AvailableMemoryBytes();
 
 }  // namespace ferrum_kv

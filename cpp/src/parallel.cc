@@ -21,7 +21,7 @@ namespace {
 // How long a helper (and a caller waiting for its helpers) spins before it sleeps.
 constexpr auto kSpin = std::chrono::microseconds(50);
 
-std::atomic<int32_t> g_default_threads{0};  // 0: not yet read from the affinity mask
+std::atomic<int32_t> g_default_threads{0};  // 0: follow g_cpu_count (no SetDefaultNumThreads)
 std::atomic<bool> g_thread_start_fails{false};
 thread_local bool t_inside_team = false;  // a helper, or a caller inside RunOnThreads
 
@@ -51,16 +51,22 @@ int32_t ReadAffinityCpuCount() {
   return std::clamp<int32_t>(count, 1, kMaxThreads);
 }
 
-// Read once: the CPUs this process may run on, in [1, kMaxThreads].
-int32_t AffinityCpuCount() {
-  static const int32_t count = ReadAffinityCpuCount();
-  return count;
-}
+// The CPUs this process may run on, in [1, kMaxThreads]: read when the library is loaded and
+// again in a child made by fork() (which may be pinned to fewer).
+std::atomic<int32_t> g_cpu_count{ReadAffinityCpuCount()};
+
+int32_t AffinityCpuCount() { return g_cpu_count.load(std::memory_order_relaxed); }
 
 // One calling thread's helpers. Invariants: helpers_[i] runs Loop(i + 1); a job is published by
 // bumping generation_ (under mu_) with body_, active_ (helpers 1..active_ take part) and
-// pending_ = active_; the caller publishes the next job only after pending_ reached 0.
+// pending_ = active_, and wakes only those helpers; the caller publishes the next job only after
+// pending_ reached 0. A helper a job does not need neither wakes nor spins for it.
 class Team {
+  struct Helper {
+    std::condition_variable wake;  // a job for this helper, or stop_
+    std::thread thread;
+  };
+
  public:
   Team() = default;
   Team(const Team&) = delete;
@@ -71,8 +77,8 @@ class Team {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
-    wake_.notify_all();
-    for (std::thread& helper : helpers_) helper.join();
+    for (auto& helper : helpers_) helper->wake.notify_one();
+    for (auto& helper : helpers_) helper->thread.join();
   }
 
   int32_t Run(int32_t num_threads, const std::function<void(int32_t)>& body) {
@@ -85,14 +91,14 @@ class Team {
     {
       std::lock_guard<std::mutex> lock(mu_);
       body_ = &body;
-      active_ = helpers;
+      active_.store(helpers, std::memory_order_relaxed);
       // More threads than CPUs: a spinning thread would hold a CPU that another one needs.
       spin_.store(helpers + 1 <= AffinityCpuCount(), std::memory_order_relaxed);
       error_ = nullptr;
       pending_.store(helpers, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
     }
-    wake_.notify_all();
+    for (int32_t i = 0; i < helpers; ++i) helpers_[size_t(i)]->wake.notify_one();
     std::exception_ptr own_error;
     try {
       body(0);
@@ -116,26 +122,30 @@ class Team {
       if (g_thread_start_fails.load(std::memory_order_relaxed)) return;
       const int32_t index = static_cast<int32_t>(helpers_.size()) + 1;
       const uint64_t seen = generation_.load(std::memory_order_relaxed);
+      auto helper = std::make_unique<Helper>();
+      Helper* const raw = helper.get();
       try {
-        helpers_.emplace_back([this, index, seen] { Loop(index, seen); });
+        helper->thread = std::thread([this, raw, index, seen] { Loop(*raw, index, seen); });
       } catch (const std::system_error&) {
         return;
       }
+      helpers_.push_back(std::move(helper));
     }
   }
 
-  void Loop(int32_t index, uint64_t seen) {
+  void Loop(Helper& self, int32_t index, uint64_t seen) {
     t_inside_team = true;
+    // A job for this helper: published after the last one it ran, and needing it.
+    const auto job_for_me = [&] {
+      return generation_.load(std::memory_order_acquire) != seen &&
+             index <= active_.load(std::memory_order_relaxed);
+    };
     for (;;) {
-      SpinUntil(spin_.load(std::memory_order_relaxed),
-                [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      SpinUntil(spin_.load(std::memory_order_relaxed), job_for_me);
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] {
-        return stop_ || generation_.load(std::memory_order_relaxed) != seen;
-      });
+      self.wake.wait(lock, [&] { return stop_ || job_for_me(); });
       if (stop_) return;
       seen = generation_.load(std::memory_order_relaxed);
-      if (index > active_) continue;  // not needed for this job
       const std::function<void(int32_t)>* body = body_;
       lock.unlock();
       try {
@@ -151,15 +161,14 @@ class Team {
     }
   }
 
-  std::vector<std::thread> helpers_;  // touched only by the owning (calling) thread
+  std::vector<std::unique_ptr<Helper>> helpers_;  // touched only by the owning (calling) thread
   std::mutex mu_;
-  std::condition_variable wake_;  // helpers: a new job or stop_
   std::condition_variable done_;  // the caller: pending_ reached 0
   std::atomic<uint64_t> generation_{0};
   std::atomic<int32_t> pending_{0};
   std::atomic<bool> spin_{true};  // whether the last job's threads fit on the CPUs
   const std::function<void(int32_t)>* body_ = nullptr;  // guarded by mu_
-  int32_t active_ = 0;                                    // guarded by mu_
+  std::atomic<int32_t> active_{0};                        // written under mu_
   std::exception_ptr error_;                              // guarded by mu_
   bool stop_ = false;                                     // guarded by mu_
 };
@@ -169,11 +178,18 @@ thread_local std::unique_ptr<Team> t_team;
 // In a child made by fork(), the forking thread's team refers to helpers that do not exist
 // there: it is dropped without being destroyed (joining them would hang), and a new one starts
 // on first use. Other threads' teams belong to threads that do not exist in the child either.
-void ForgetTeamAfterFork() { (void)t_team.release(); }
+// The child may also run on fewer CPUs.
+void ForgetTeamAfterFork() {
+  (void)t_team.release();
+  g_cpu_count.store(ReadAffinityCpuCount(), std::memory_order_relaxed);
+}
+
+// Registered when the library is loaded (not lazily: a fork during a lazy initialisation on
+// another thread would leave the child waiting for it forever).
+[[maybe_unused]] const bool g_fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, &ForgetTeamAfterFork) == 0;
 
 Team& CurrentTeam() {
-  static const bool registered = pthread_atfork(nullptr, nullptr, &ForgetTeamAfterFork) == 0;
-  (void)registered;
   if (!t_team) t_team = std::make_unique<Team>();
   return *t_team;
 }
@@ -181,14 +197,8 @@ Team& CurrentTeam() {
 }  // namespace
 
 int32_t DefaultNumThreads() {
-  int32_t threads = g_default_threads.load(std::memory_order_relaxed);
-  if (threads == 0) {
-    int32_t expected = 0;
-    g_default_threads.compare_exchange_strong(expected, AffinityCpuCount(),
-                                              std::memory_order_relaxed);
-    threads = g_default_threads.load(std::memory_order_relaxed);
-  }
-  return threads;
+  const int32_t threads = g_default_threads.load(std::memory_order_relaxed);
+  return threads != 0 ? threads : AffinityCpuCount();
 }
 
 void SetDefaultNumThreads(int32_t n) {

@@ -192,7 +192,7 @@ class KvStorage:
         """
     def write_slot(self, block_id: int, layer: int, offset: int, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock.
+        Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock. k and v may be views of this storage: they are copied before the write.
         """
     @property
     def bytes_per_block(self) -> int:

@@ -437,3 +437,17 @@ def test_dtype_error_names_float32_once_for_float32_storage():
     bf16.add_sequence(1, np.arange(4))
     with pytest.raises(ValueError, match=r"float32 or uint16 \(the storage dtype bfloat16\)"):
         bf16.write_kv(0, bf16.slot_mapping(1, 0, 4), k, k)
+
+
+def test_write_slot_from_a_view_of_the_arena_writes_what_the_view_held():
+    storage = core.KvStorage(small_config(num_kv_heads=1))
+    rng = np.random.default_rng(1)
+    storage.array()[...] = rng.standard_normal(storage.array().shape)
+    old_k = storage.key_cache(0)[2, :, 1, :].copy()  # [1, 16]: block 2, offset 1
+    new_k = rng.standard_normal((1, 16)).astype(np.float32)
+    view = storage.key_cache(0)[2, :, 1, :]  # the slot being written, as V
+    assert np.shares_memory(view, storage.array()) and view.flags.c_contiguous
+    storage.write_slot(2, 0, 1, new_k, view)
+    k, v = storage.read_slot(2, 0, 1)
+    np.testing.assert_array_equal(k, new_k)
+    np.testing.assert_array_equal(v, old_k)

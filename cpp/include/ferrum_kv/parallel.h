@@ -25,8 +25,9 @@ namespace ferrum_kv {
 // The largest thread count a call accepts.
 inline constexpr int32_t kMaxThreads = 1024;
 
-// The thread count used when a call asks for 0: initially the number of CPUs this process may
-// run on (its affinity mask), at most kMaxThreads.
+// The thread count used when a call asks for 0: unless SetDefaultNumThreads was called, the
+// number of CPUs this process may run on (its affinity mask, read when the library is loaded and
+// again in a child made by fork()), at most kMaxThreads.
 int32_t DefaultNumThreads();
 
 // Sets DefaultNumThreads() for the whole process; InvalidArgument unless 1 <= n <= kMaxThreads.

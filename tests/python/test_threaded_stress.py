@@ -212,7 +212,9 @@ class Worker:
         if sid is None or len(self.seqs) >= 6:
             return
         child, q = self.new_id(), self.seqs[sid]
-        errors = (fkv.InvalidStateError, fkv.OutOfBlocksError) if q.swapped else fkv.OutOfBlocksError
+        errors = fkv.OutOfBlocksError
+        if q.swapped:
+            errors = (fkv.InvalidStateError, fkv.OutOfBlocksError)
         _, err = self.expect(errors, self.cache.fork, sid, child)
         if err is None:
             assert not q.swapped, "fork of a swapped-out sequence succeeded"
@@ -263,7 +265,8 @@ class Worker:
             assert err is not None
             return
         self.compute(sid)
-        _, err = self.expect(fkv.OutOfBlocksError, self.cache.store_logits, sid, logits_of(q.tokens))
+        logits = logits_of(q.tokens)
+        _, err = self.expect(fkv.OutOfBlocksError, self.cache.store_logits, sid, logits)
         if err is None:
             self.stored.append(tuple(q.tokens))  # shared by every thread (list.append: atomic)
             del self.stored[:-16]

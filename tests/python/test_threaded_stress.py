@@ -6,8 +6,8 @@ that it runs out and evicts). Each thread owns its own sequence ids and keeps a 
 threads share blocks through the prefix cache. The K/V of a position is a function of
 (position, token), small integers: every block that may be shared holds the same values whoever
 wrote them, so a wrong share or a lost swap shows through gather_kv. A thread only writes K/V of
-its own positions not yet computed, so that no block another thread can read is written (the
-scheduler contract: write_kv takes no lock over the data).
+its own positions not yet computed and forks only computed sequences, so that no block another
+thread can read is written (docs/scheduler_contract.md: write_kv takes no lock over the data).
 
 An error is expected only where the API defines it for the call (OutOfBlocksError where blocks
 can run out, InvalidStateError for a swapped-out sequence, KeyError / ValueError for the
@@ -213,6 +213,8 @@ class Worker:
         if sid is None or len(self.seqs) >= 6:
             return
         child, q = self.new_id(), self.seqs[sid]
+        if not q.swapped:  # fork after computing (docs/scheduler_contract.md, rule 3)
+            self.compute(sid)
         errors = fkv.OutOfBlocksError
         if q.swapped:
             errors = (fkv.InvalidStateError, fkv.OutOfBlocksError)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: C++ unit tests (ctest: a Release build, an
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer build of the concurrency
-# tests) and the Python tests (pytest against the package installed with `pip install .[test]`).
+# tests, and the Python threaded stress test against that build's extension: tests/tsan_python.sh)
+# and the Python tests (pytest against the package installed with `pip install .[test]`).
 # It installs what it needs: libgtest-dev through apt-get, and a virtualenv in build/test-venv.
 # Environment: FKV_JOBS (build parallelism, default 2), FKV_SKIP_SANITIZERS=1 (development only).
 set -euo pipefail
@@ -38,6 +39,10 @@ cpp_tests cpp-release "" -DCMAKE_BUILD_TYPE=Release
 if [ "${FKV_SKIP_SANITIZERS:-0}" != 1 ]; then
   cpp_tests cpp-asan "" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFKV_SANITIZE=address,undefined
   cpp_tests cpp-tsan "Concurrent" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFKV_SANITIZE=thread
+  step "Python threads under ThreadSanitizer (tests/tsan_python.sh)"
+  # The extension joins the cpp-tsan build (its core objects are reused); 4 threads, 10 s.
+  "$PY" -m pip install --quiet --disable-pip-version-check numpy pytest pybind11==3.1.0
+  PYTHON="$PY" FKV_TSAN_BUILD=build/cpp-tsan tests/tsan_python.sh
 fi
 
 step "Python package: pip install .[test]"

@@ -13,11 +13,9 @@ second / first.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 
-from ab_common import alternate, run_child
+from ab_common import compare_two, print_ratios
 
 # (name, kind, batch or query tokens, context, threads)
 CASES = [
@@ -68,19 +66,8 @@ print(json.dumps(times))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("builds", nargs=2, help="two folders that each hold a ferrum_kv package")
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
-    results = alternate(args.builds, args.rounds,
-                        lambda folder: run_child(folder, CHILD, json.dumps(CASES)))
-    first, second = results.values()
-    print(f"{'case':<32}{'first µs':>10}{'second µs':>11}  ratio second / first (range)")
-    for k, case in enumerate(CASES):
-        ratios = [y[k] / x[k] for x, y in zip(first, second)]
-        print(f"{case[0]:<32}{statistics.median(r[k] for r in first) * 1e6:>10.1f}"
-              f"{statistics.median(r[k] for r in second) * 1e6:>11.1f}  "
-              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+    first, second = compare_two(__doc__, 10, CHILD, json.dumps(CASES))
+    print_ratios([case[0] for case in CASES], first, second, 1e6, "µs")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ Prints each build's medians (µs) and the median and range of the per-round rati
 
 from __future__ import annotations
 
-import statistics
-import sys
-
-from ab_common import alternate, run_child
+from ab_common import compare_two, print_ratios
 
 CHILD = """
 import time
@@ -35,16 +32,8 @@ print(json.dumps([sorted(meta)[150], sorted(step)[150]]))
 
 
 def main() -> None:
-    before, after = sys.argv[1:3]
-    results = alternate([before, after], 10, lambda folder: run_child(folder, CHILD))
-    first, second = results.values()
-    for folder, rounds in results.items():
-        print(folder, "batch_metadata µs", statistics.median(x[0] for x in rounds) * 1e6,
-              "step µs", statistics.median(x[1] for x in rounds) * 1e6)
-    for k, name in enumerate(("batch_metadata", "step")):
-        ratios = [y[k] / x[k] for x, y in zip(first, second)]
-        print(f"{name}: ratio second / first, median {statistics.median(ratios):.3f}, "
-              f"range {min(ratios):.3f}-{max(ratios):.3f}")
+    first, second = compare_two(__doc__, 10, CHILD)
+    print_ratios(["batch_metadata", "step"], first, second, 1e6, "µs")
 
 
 if __name__ == "__main__":

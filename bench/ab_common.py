@@ -14,8 +14,10 @@ load drifts over minutes, so builds are alternated round by round, each round in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Any, Callable
@@ -52,3 +54,28 @@ def alternate(builds: list[str], rounds: int, run: Callable[[str], Any]) -> dict
             results[folder].append(run(folder))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     return results
+
+
+def compare_two(doc: str, default_rounds: int, body: str, *args: str) -> tuple[list, list]:
+    """The command line of a two-build script (two folders, --rounds): runs body (one JSON list
+    of times per run) alternately against both; returns (first's runs, second's runs)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("builds", nargs=2, help="two folders that each hold a ferrum_kv package")
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    options = parser.parse_args()
+    results = alternate(options.builds, options.rounds,
+                        lambda folder: run_child(folder, body, *args))
+    first, second = results.values()
+    return first, second
+
+
+def print_ratios(labels: list[str], first: list, second: list, scale: float, unit: str) -> None:
+    """Per label k: each build's median of its runs' k-th time (times scale, in unit) and the
+    median and range of the per-round ratios second / first."""
+    width = max(len(label) for label in labels) + 2
+    print(f"{'':<{width}}{'first ' + unit:>12}{'second ' + unit:>12}  second / first (range)")
+    for k, label in enumerate(labels):
+        ratios = [y[k] / x[k] for x, y in zip(first, second)]
+        print(f"{label:<{width}}{statistics.median(r[k] for r in first) * scale:>12.2f}"
+              f"{statistics.median(r[k] for r in second) * scale:>12.2f}  "
+              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")

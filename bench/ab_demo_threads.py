@@ -10,11 +10,9 @@ first.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 
-from ab_common import alternate, run_child
+from ab_common import compare_two, print_ratios
 
 THREADS = ["1", "2"]
 
@@ -32,18 +30,8 @@ print(json.dumps(times))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("builds", nargs=2, help="two folders that each hold a ferrum_kv package")
-    parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
-    results = alternate(args.builds, args.rounds,
-                        lambda folder: run_child(folder, CHILD, json.dumps(THREADS)))
-    first, second = results.values()
-    for k, threads in enumerate(THREADS):
-        ratios = [y[k] / x[k] for x, y in zip(first, second)]
-        print(f"--threads {threads}: first {statistics.median(r[k] for r in first):.2f} s, "
-              f"second {statistics.median(r[k] for r in second):.2f} s, second / first "
-              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+    first, second = compare_two(__doc__, 4, CHILD, json.dumps(THREADS))
+    print_ratios([f"--threads {t}" for t in THREADS], first, second, 1.0, "s")
 
 
 if __name__ == "__main__":

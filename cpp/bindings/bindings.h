@@ -22,11 +22,11 @@ class __attribute__((visibility("hidden"))) InitializedOnlyCaster : public pybin
   bool load(pybind11::handle src, bool convert) {
     if (!pybind11::detail::type_caster_base<T>::load(src, convert)) return false;
     // __init__ registers the instance (so do casts of C++ references); __new__ alone does not.
-    // The part of the instance that is a T (a Python subclass may have several bound bases).
+    // The part of the instance that is a T (a Python subclass may have several bound bases);
+    // T's type record looked up once, not on every call.
+    static pybind11::detail::type_info* const type = pybind11::detail::get_type_info(typeid(T));
     auto* instance = reinterpret_cast<pybind11::detail::instance*>(src.ptr());
-    if (!src.is_none() &&
-        !instance->get_value_and_holder(pybind11::detail::get_type_info(typeid(T)))
-             .instance_registered()) {
+    if (!src.is_none() && !instance->get_value_and_holder(type).instance_registered()) {
       throw pybind11::type_error(std::string(Py_TYPE(src.ptr())->tp_name) +
                                  " object is not initialized (made with __new__ without "
                                  "__init__)");

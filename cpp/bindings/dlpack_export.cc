@@ -59,10 +59,13 @@ bool IsBFloat16Bits(const py::array& array) {
 py::object ExportBFloat16(const py::array& self, const py::object& stream,
                           const py::object& max_version, const py::object& dl_device,
                           const py::object& copy) {
-  if (!IsBFloat16Bits(self)) {
-    return py::module_::import("numpy").attr("ndarray").attr("__dlpack__")(
-        self, py::arg("stream") = stream, py::arg("max_version") = max_version,
-        py::arg("dl_device") = dl_device, py::arg("copy") = copy);
+  if (!IsBFloat16Bits(self)) {  // NumPy's export; the keywords given only (NumPy < 2.1 has few)
+    py::dict keywords;
+    if (!stream.is_none()) keywords["stream"] = stream;
+    if (!max_version.is_none()) keywords["max_version"] = max_version;
+    if (!dl_device.is_none()) keywords["dl_device"] = dl_device;
+    if (!copy.is_none()) keywords["copy"] = copy;
+    return py::module_::import("numpy").attr("ndarray").attr("__dlpack__")(self, **keywords);
   }
   if (!stream.is_none()) throw py::buffer_error("stream must be None for a CPU array");
   if (!dl_device.is_none() &&

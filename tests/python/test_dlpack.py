@@ -158,6 +158,17 @@ def test_import_ferrum_kv_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_tests_without_torch_pass_where_torch_cannot_be_imported():
+    """This file's tests that need no torch, in a subprocess where `import torch` fails."""
+    code = ("import sys; sys.modules['torch'] = None; import pytest; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {__file__!r}, "
+            "'-k', 'not without_torch']))")
+    env = {k: v for k, v in os.environ.items() if k != "FKV_REQUIRE_TORCH"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and " skipped" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_views_keep_being_numpy_arrays_of_the_documented_dtype(dtype):
     storage = core.KvStorage(config(dtype))

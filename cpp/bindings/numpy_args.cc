@@ -26,12 +26,12 @@ std::string ShapeString(const py::array& array) {
 template <typename T>
 std::vector<T> AsIntVector(py::handle obj, const char* name) {
   using Array = py::array_t<T, py::array::c_style>;
+  py::array array = ArrayOf(obj, name);
   // Fast path (the common case on a scheduler's hot path): already a C-contiguous vector of T.
-  if (Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
-    const auto source = py::reinterpret_borrow<Array>(obj);
+  if (array && Array::check_(array) && array.ndim() == 1) {
+    const auto source = py::reinterpret_borrow<Array>(array);
     return std::vector<T>(source.data(), source.data() + source.size());
   }
-  py::array array = ArrayOf(obj, name);
   if (!array) array = py::array::ensure(obj);
   if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
   const char kind = array.dtype().kind();

@@ -10,6 +10,7 @@ FKV_REQUIRE_TORCH=1 (tests/run_all.sh sets it), where a missing torch fails the 
 import ctypes
 import gc
 import os
+import pickle
 import subprocess
 import sys
 
@@ -177,6 +178,10 @@ def test_views_keep_being_numpy_arrays_of_the_documented_dtype(dtype):
         assert view.dtype == VIEW_DTYPES[dtype], name
         assert np.shares_memory(view, storage.array()), name
         assert isinstance(view, core.BFloat16Array) == (dtype == "bfloat16"), name
+        view[...] = random_storage_values(dtype, view.shape, np.random.default_rng(0))
+        for copy in (pickle.loads(pickle.dumps(view)), view.copy()):
+            assert type(copy) is type(view) and not np.shares_memory(copy, view), name
+            np.testing.assert_array_equal(copy, view)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -553,6 +558,9 @@ def test_torch_errors_name_the_argument_and_the_problem():
     q = torch.ones((1, HEADS_KV * GROUP, DIM))
     with pytest.raises(ValueError, match=r"^out must have dtype float32, got bfloat16$"):
         fkv.paged_attention_decode(q, cache, 0, [1], out=q.bfloat16())
+    in_arena = torch.from_dlpack(cache.storage.array()[0, 0, 0].reshape(1, 8, DIM)[:, :4])
+    with pytest.raises(ValueError, match=r"^out must not be a view of the storage's K/V arena"):
+        fkv.paged_attention_decode(q, cache, 0, [1], out=in_arena)
     with pytest.raises(ValueError, match=r"^q must be C-contiguous$"):
         fkv.paged_attention_decode(torch.ones((1, DIM, HEADS_KV * GROUP)).transpose(1, 2),
                                    cache, 0, [1])

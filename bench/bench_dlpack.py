@@ -1,8 +1,9 @@
-"""The per-call cost of torch tensors through DLPack (docs/torch.md), side by side in one run: the
-same call with NumPy arrays, with torch CPU tensors (read through their __dlpack__), and with the
-tensors' own .numpy() views (what a caller can pass for non-bfloat16 tensors); and torch views of
-the arena: torch.from_dlpack against torch.from_numpy. Small calls (one decode token), where the
-per-argument cost shows. Needs torch (the [torch] extra); not part of `ferrum-kv bench`.
+"""The per-call cost of torch tensor arguments (docs/torch.md), side by side in one run: the same
+call with NumPy arrays, with torch CPU tensors (the bindings' torch fast path: Tensor.numpy()), and
+with the tensors wrapped in a plain DLPack producer (the generic path: torch's __dlpack_device__
+and __dlpack__); and torch views of the arena: torch.from_dlpack against torch.from_numpy. Small
+calls (one decode token), where the per-argument cost shows. Needs torch (the [torch] extra); not
+part of `ferrum-kv bench`.
 
     python bench/bench_dlpack.py [--json FILE]
 """
@@ -35,17 +36,27 @@ def cache(dtype: str) -> fkv.PagedKvCache:
     return kv
 
 
-def row(operation: str, numpy_s: float | None, torch_s: float, numpy_view_s: float | None) -> dict:
-    if numpy_s is None:  # no NumPy equivalent
-        return {"operation": operation, "numpy_us": "-", "torch_dlpack_us": f"{torch_s * 1e6:.2f}",
-                "torch_numpy_view_us": "-", "dlpack_overhead_us": "-", "torch/numpy": "-"}
+class Producer:
+    """A DLPack producer that is not a torch.Tensor: forwards to the tensor's own protocol."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        return self.tensor.__dlpack__(**kwargs)
+
+
+def row(operation: str, numpy_s: float, torch_s: float, dlpack_s: float) -> dict:
     return {
         "operation": operation,
         "numpy_us": f"{numpy_s * 1e6:.2f}",
-        "torch_dlpack_us": f"{torch_s * 1e6:.2f}",
-        "torch_numpy_view_us": "-" if numpy_view_s is None else f"{numpy_view_s * 1e6:.2f}",
-        "dlpack_overhead_us": f"{(torch_s - numpy_s) * 1e6:.2f}",
+        "torch_us": f"{torch_s * 1e6:.2f}",
+        "torch_via_dlpack_us": f"{dlpack_s * 1e6:.2f}",
         "torch/numpy": f"{torch_s / numpy_s:.2f}x",
+        "dlpack/numpy": f"{dlpack_s / numpy_s:.2f}x",
     }
 
 
@@ -59,41 +70,41 @@ def run() -> Result:
         k_torch = torch.from_numpy(k).to(getattr(torch, dtype))
         k_np = k if dtype == "float32" else k_torch.view(torch.int16).numpy().view(np.uint16)
         slots_torch = torch.from_numpy(slots)
-        rows.append(row(
-            f"write_kv, 1 token, {dtype} (k, v, slots)",
-            best_time(lambda: kv.write_kv(0, slots, k_np, k_np)),
-            best_time(lambda: kv.write_kv(0, slots_torch, k_torch, k_torch)),
-            best_time(lambda: kv.write_kv(0, slots_torch.numpy(), k_torch.numpy(),
-                                          k_torch.numpy())) if dtype == "float32" else None))
+        k_dl, slots_dl = Producer(k_torch), Producer(slots_torch)
+        rows.append(row(f"write_kv, 1 token, {dtype} (k, v, slots)",
+                        best_time(lambda: kv.write_kv(0, slots, k_np, k_np)),
+                        best_time(lambda: kv.write_kv(0, slots_torch, k_torch, k_torch)),
+                        best_time(lambda: kv.write_kv(0, slots_dl, k_dl, k_dl))))
 
     kv = cache("float32")
     metadata = kv.batch_metadata([1])
     q = rng.standard_normal((1, Q_HEADS, DIM)).astype(np.float32)
     out = np.empty_like(q)
-    tensors = [torch.from_numpy(a) for a in (q, out, metadata.block_tables, metadata.context_lens)]
+    arrays = (q, out, metadata.block_tables, metadata.context_lens)
+    tensors = [torch.from_numpy(a) for a in arrays]
+    producers = [Producer(t) for t in tensors]
 
     def decode(q, out, tables, lens):
         return core.paged_attention_decode_tables(q, kv.storage, 0, tables, lens, out=out,
                                                   num_threads=1)
 
     rows.append(row("decode attention, 1 sequence x 64 tokens (q, out, tables, lens)",
-                    best_time(lambda: decode(q, out, metadata.block_tables, metadata.context_lens)),
-                    best_time(lambda: decode(*tensors)),
-                    best_time(lambda: decode(*(t.numpy() for t in tensors)))))
+                    best_time(lambda: decode(*arrays)), best_time(lambda: decode(*tensors)),
+                    best_time(lambda: decode(*producers))))
 
-    for dtype in ("float32", "bfloat16"):
-        storage = cache(dtype).storage
-        rows.append(row(
-            f"torch view of key_cache(0), {dtype} (from_numpy | from_dlpack)",
-            best_time(lambda: torch.from_numpy(storage.key_cache(0))) if dtype == "float32"
-            else None,
-            best_time(lambda: torch.from_dlpack(storage.key_cache(0))), None))
-    return Result(
-        f"DLPack: per-call cost of torch CPU tensors against NumPy arrays ({KV_HEADS} KV heads, "
-        f"{Q_HEADS} query heads, head_dim {DIM}; torch {torch.__version__}), best of 7", rows,
-        notes=["torch_numpy_view: the same call given t.numpy() (float32/int only: NumPy has no "
-               "bfloat16)",
-               "from_numpy cannot give bfloat16 (it would be torch.uint16): no baseline"])
+    views = {dtype: cache(dtype).storage.key_cache(0) for dtype in ("float32", "bfloat16")}
+    view_rows = [{
+        "view": "key_cache(0)",
+        "from_numpy_float32_us": f"{best_time(lambda: torch.from_numpy(views['float32'])) * 1e6:.2f}",
+        "from_dlpack_float32_us": f"{best_time(lambda: torch.from_dlpack(views['float32'])) * 1e6:.2f}",
+        "from_dlpack_bfloat16_us": f"{best_time(lambda: torch.from_dlpack(views['bfloat16'])) * 1e6:.2f}",
+    }]
+    return [
+        Result(f"Torch tensor arguments against NumPy arrays ({KV_HEADS} KV heads, {Q_HEADS} "
+               f"query heads, head_dim {DIM}; torch {torch.__version__}), best of 7", rows),
+        Result("Torch views of the arena (an existing view; bfloat16 has no from_numpy "
+               "equivalent), best of 7", view_rows),
+    ]
 
 
 def main() -> None:
@@ -103,7 +114,9 @@ def main() -> None:
     if torch is None:
         print("torch is not installed (pip install .[torch]): nothing to measure")
         sys.exit(0)
-    report(run(), args.json)
+    results = run()
+    report(results[0], args.json)
+    results[1].print()
 
 
 if __name__ == "__main__":

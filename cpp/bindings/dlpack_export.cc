@@ -151,7 +151,7 @@ void BindBFloat16Array(py::module_& m) {
 }
 
 py::array AsBFloat16Array(const py::array& bits) {
-  return bits.attr("view")(py::handle(bfloat16_array_type));
+  return bits.attr("view")(py::dtype::of<uint16_t>(), py::handle(bfloat16_array_type));
 }
 
 bool IsBFloat16Array(const py::array& array) {

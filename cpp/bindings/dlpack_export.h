@@ -29,7 +29,8 @@ namespace ferrum_kv::bindings {
 // Creates the class ferrum_kv._core.BFloat16Array in m (once, at module initialisation).
 void BindBFloat16Array(pybind11::module_& m);
 
-// bits (uint16 bfloat16 bits) as a BFloat16Array over the same memory.
+// bits (bfloat16 bits in any 16-bit integer dtype) as a BFloat16Array (uint16) over the same
+// memory.
 pybind11::array AsBFloat16Array(const pybind11::array& bits);
 
 // Whether array is a BFloat16Array of uint16 elements (bfloat16 values).

@@ -29,10 +29,37 @@ std::string DeviceName(int64_t type) {
   return "DLPack device type " + std::to_string(type);
 }
 
+[[noreturn]] void ThrowNotOnCpu(const char* name, const std::string& device) {
+  FKV_THROW(InvalidArgument,
+            name << " must be a CPU tensor, got one on " << device << " (copy it to the CPU first)");
+}
+
 void CheckCpu(int64_t device_type, int64_t device_id, const char* name) {
-  FKV_CHECK_ARG(device_type == dlpack::kCpu,
-                name << " must be a CPU tensor, got one on " << DeviceName(device_type) << ":"
-                     << device_id << " (copy it to the CPU first)");
+  if (device_type != dlpack::kCpu) {
+    ThrowNotOnCpu(name, DeviceName(device_type) + ":" + std::to_string(device_id));
+  }
+}
+
+// The torch module if it is imported (never imports it), else null. Borrowed.
+PyObject* TorchModule() {
+  return PyDict_GetItemString(PyImport_GetModuleDict(), "torch");
+}
+
+// torch.Tensor once torch is imported, else null. The reference is kept for the process.
+PyTypeObject* TorchTensorType() {
+  static PyObject* type = nullptr;  // written once, under the GIL
+  if (type == nullptr) {
+    PyObject* torch = TorchModule();
+    if (torch == nullptr) return nullptr;
+    PyObject* tensor = PyObject_GetAttrString(torch, "Tensor");  // absent while torch imports
+    if (tensor == nullptr || !PyType_Check(tensor)) {
+      PyErr_Clear();
+      Py_XDECREF(tensor);
+      return nullptr;
+    }
+    type = tensor;
+  }
+  return reinterpret_cast<PyTypeObject*>(type);
 }
 
 // A consumed capsule: its tensor, its flags, and the owner whose destruction calls its deleter.
@@ -90,6 +117,22 @@ py::dtype NumpyDTypeOfElements(const dlpack::DataType& type, const char* name, b
 }
 
 }  // namespace
+
+bool IsTorchTensor(py::handle obj) {
+  PyTypeObject* type = TorchTensorType();
+  return type != nullptr && PyObject_TypeCheck(obj.ptr(), type);
+}
+
+py::array ArrayFromTorch(py::handle tensor, const char* name) {
+  if (!tensor.attr("is_cpu").cast<bool>()) {
+    ThrowNotOnCpu(name, std::string(py::str(tensor.attr("device"))));
+  }
+  const py::handle torch = TorchModule();
+  if (tensor.attr("dtype").is(torch.attr("bfloat16"))) {
+    return AsBFloat16Array(tensor.attr("view")(torch.attr("int16")).attr("numpy")());
+  }
+  return tensor.attr("numpy")();
+}
 
 bool IsDLPackProducer(py::handle obj) {
   return !py::isinstance<py::array>(obj) && PyObject_HasAttrString(obj.ptr(), "__dlpack__") &&

@@ -78,6 +78,7 @@ const void* DataOutsideArena(const py::array& array, const KvStorage& storage,
 
 py::array ArrayOf(py::handle obj, const char* name) {
   if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
+  if (IsTorchTensor(obj)) return ArrayFromTorch(obj, name);
   if (IsDLPackProducer(obj)) return ArrayFromDLPack(obj, name);
   return py::reinterpret_steal<py::array>(py::handle());  // null (py::array() is an empty array)
 }

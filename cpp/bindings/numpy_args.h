@@ -19,8 +19,9 @@ namespace ferrum_kv::bindings {
 
 inline bool AnyObject(PyObject*) { return true; }
 
-// obj as a NumPy array without a copy: the ndarray itself, or a DLPack producer's memory
-// (ArrayFromDLPack: ValueError for a non-CPU tensor); a null array for anything else.
+// obj as a NumPy array without a copy: the ndarray itself, or a torch tensor's or another DLPack
+// producer's memory (ArrayFromTorch, ArrayFromDLPack: ValueError for a non-CPU tensor); a null
+// array for anything else.
 pybind11::array ArrayOf(pybind11::handle obj, const char* name);
 
 // A parameter documented as numpy.ndarray that accepts any object, so that the function can

@@ -345,10 +345,21 @@ def to_torch_storage_dtype(values, dtype):
     return tensor, tensor.numpy()
 
 
+def through_dlpack(tensor):
+    """A torch tensor through the generic DLPack path (torch's __dlpack__), not the .numpy()
+    fast path the bindings take for torch.Tensor itself."""
+    return Producer(tensor)
+
+
+def direct(tensor):
+    return tensor
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kv_in_storage_dtype", [False, True])
-def test_torch_inputs_give_the_numpy_results(dtype, kv_in_storage_dtype):
+@pytest.mark.parametrize("wrap", [direct, through_dlpack])
+def test_torch_inputs_give_the_numpy_results(dtype, kv_in_storage_dtype, wrap):
     rng = np.random.default_rng(4)
     lens = [5, 9, 1]
     np_cache, torch_cache = make_pair(dtype, lens, rng)
@@ -362,7 +373,8 @@ def test_torch_inputs_give_the_numpy_results(dtype, kv_in_storage_dtype):
             else:
                 k_t, v_t = torch.from_numpy(k), torch.from_numpy(v)
             np_cache.write_kv(layer, slots, k, v)
-            torch_cache.write_kv(layer, torch.from_numpy(slots).to(torch.int64), k_t, v_t)
+            torch_cache.write_kv(layer, wrap(torch.from_numpy(slots).to(torch.int64)), wrap(k_t),
+                                 wrap(v_t))
     for seq_id, n in enumerate(lens, start=1):
         np_cache.mark_computed(seq_id, n)
         torch_cache.mark_computed(seq_id, n)
@@ -375,28 +387,29 @@ def test_torch_inputs_give_the_numpy_results(dtype, kv_in_storage_dtype):
     q = rng.standard_normal((3, HEADS_KV * GROUP, DIM)).astype(np.float32)
     expected = fkv.paged_attention_decode(q, np_cache, 1, seq_ids)
     out = torch.full((3, HEADS_KV * GROUP, DIM), float("nan"))
-    returned = fkv.paged_attention_decode(torch.from_numpy(q), torch_cache, 1,
-                                          torch.from_numpy(seq_ids), out=out)
-    assert returned is out
+    out_argument = wrap(out)
+    returned = fkv.paged_attention_decode(wrap(torch.from_numpy(q)), torch_cache, 1,
+                                          wrap(torch.from_numpy(seq_ids)), out=out_argument)
+    assert returned is out_argument
     np.testing.assert_array_equal(out.numpy(), expected)
 
     query_lens = np.array([2, 4, 1], np.int32)
     q = rng.standard_normal((7, HEADS_KV * GROUP, DIM)).astype(np.float32)
     expected = fkv.paged_attention_prefill(q, np_cache, 0, seq_ids, query_lens)
     out = torch.full((7, HEADS_KV * GROUP, DIM), float("nan"))
-    returned = fkv.paged_attention_prefill(torch.from_numpy(q), torch_cache, 0,
-                                           torch.tensor(seq_ids), torch.from_numpy(query_lens),
-                                           out=out)
-    assert returned is out
+    out_argument = wrap(out)
+    returned = fkv.paged_attention_prefill(wrap(torch.from_numpy(q)), torch_cache, 0,
+                                           wrap(torch.tensor(seq_ids)),
+                                           wrap(torch.from_numpy(query_lens)), out=out_argument)
+    assert returned is out_argument
     np.testing.assert_array_equal(out.numpy(), expected)
 
     metadata = np_cache.batch_metadata(seq_ids)
-    expected = core.paged_attention_prefill_tables(q, np_cache.storage, 0, metadata.block_tables,
-                                                   metadata.context_lens, query_lens)
     got = core.paged_attention_prefill_tables(
-        torch.from_numpy(q), torch_cache.storage, 0, torch.from_numpy(metadata.block_tables),
-        torch.from_numpy(metadata.context_lens), torch.from_numpy(query_lens),
-        alibi_slopes=torch.linspace(0.1, 0.8, HEADS_KV * GROUP))
+        wrap(torch.from_numpy(q)), torch_cache.storage, 0,
+        wrap(torch.from_numpy(metadata.block_tables)), wrap(torch.from_numpy(metadata.context_lens)),
+        wrap(torch.from_numpy(query_lens)),
+        alibi_slopes=wrap(torch.linspace(0.1, 0.8, HEADS_KV * GROUP)))
     expected = core.paged_attention_prefill_tables(
         q, np_cache.storage, 0, metadata.block_tables, metadata.context_lens, query_lens,
         alibi_slopes=np.linspace(0.1, 0.8, HEADS_KV * GROUP, dtype=np.float32))
@@ -544,8 +557,14 @@ def test_torch_errors_name_the_argument_and_the_problem():
         cache.write_kv(0, slots, good, good[:, :, :8].contiguous())
     with pytest.raises(ValueError, match=r"^k must have dtype float32, got bfloat16$"):
         cache.write_kv(0, slots, good.bfloat16(), good.bfloat16())
-    with pytest.raises(ValueError, match=r"^k has DLPack dtype \(code 5, bits 64, lanes 1\)"):
+    with pytest.raises(ValueError, match=r"^k must have dtype float32, got complex64$"):
         cache.write_kv(0, slots, good.to(torch.complex64), good)
+    with pytest.raises(ValueError, match=r"^k has DLPack dtype \(code 5, bits 64, lanes 1\)"):
+        cache.write_kv(0, slots, Producer(good.to(torch.complex64)), good)
+    with pytest.raises(RuntimeError, match="requires grad"):
+        cache.write_kv(0, slots, good.clone().requires_grad_(), good)
+    with pytest.raises(ValueError, match=r"^k must be a CPU tensor, got one on meta "):
+        cache.write_kv(0, slots, torch.empty((4, HEADS_KV, DIM), device="meta"), good)
     with pytest.raises(ValueError, match=r"^tokens must have an integer dtype, got bfloat16$"):
         cache.append_tokens(1, torch.ones(2, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match=r"^slots must have an integer dtype, got float32$"):

@@ -40,26 +40,35 @@ void CheckCpu(int64_t device_type, int64_t device_id, const char* name) {
   }
 }
 
-// The torch module if it is imported (never imports it), else null. Borrowed.
-PyObject* TorchModule() {
-  return PyDict_GetItemString(PyImport_GetModuleDict(), "torch");
-}
+// What the torch fast path needs from torch, looked up once torch is imported (never importing
+// it); the references are kept for the process.
+struct Torch {
+  PyObject* tensor_type = nullptr;  // torch.Tensor
+  PyObject* bfloat16 = nullptr;     // torch.bfloat16
+  PyObject* int16 = nullptr;        // torch.int16
+};
 
-// torch.Tensor once torch is imported, else null. The reference is kept for the process.
-PyTypeObject* TorchTensorType() {
-  static PyObject* type = nullptr;  // written once, under the GIL
-  if (type == nullptr) {
-    PyObject* torch = TorchModule();
-    if (torch == nullptr) return nullptr;
-    PyObject* tensor = PyObject_GetAttrString(torch, "Tensor");  // absent while torch imports
-    if (tensor == nullptr || !PyType_Check(tensor)) {
+// The Torch objects, or null before torch is imported (or while it is being imported).
+const Torch* TorchObjects() {
+  static Torch torch;  // written once, under the GIL
+  if (torch.tensor_type == nullptr) {
+    PyObject* module = PyDict_GetItemString(PyImport_GetModuleDict(), "torch");  // borrowed
+    if (module == nullptr) return nullptr;
+    Torch found;
+    found.tensor_type = PyObject_GetAttrString(module, "Tensor");
+    found.bfloat16 = PyObject_GetAttrString(module, "bfloat16");
+    found.int16 = PyObject_GetAttrString(module, "int16");
+    if (found.tensor_type == nullptr || found.bfloat16 == nullptr || found.int16 == nullptr ||
+        !PyType_Check(found.tensor_type)) {
       PyErr_Clear();
-      Py_XDECREF(tensor);
+      Py_XDECREF(found.tensor_type);
+      Py_XDECREF(found.bfloat16);
+      Py_XDECREF(found.int16);
       return nullptr;
     }
-    type = tensor;
+    torch = found;
   }
-  return reinterpret_cast<PyTypeObject*>(type);
+  return &torch;
 }
 
 // A consumed capsule: its tensor, its flags, and the owner whose destruction calls its deleter.
@@ -119,17 +128,18 @@ py::dtype NumpyDTypeOfElements(const dlpack::DataType& type, const char* name, b
 }  // namespace
 
 bool IsTorchTensor(py::handle obj) {
-  PyTypeObject* type = TorchTensorType();
-  return type != nullptr && PyObject_TypeCheck(obj.ptr(), type);
+  const Torch* torch = TorchObjects();
+  return torch != nullptr &&
+         PyObject_TypeCheck(obj.ptr(), reinterpret_cast<PyTypeObject*>(torch->tensor_type));
 }
 
 py::array ArrayFromTorch(py::handle tensor, const char* name) {
+  const Torch& torch = *TorchObjects();  // set: tensor is a torch.Tensor
   if (!tensor.attr("is_cpu").cast<bool>()) {
     ThrowNotOnCpu(name, std::string(py::str(tensor.attr("device"))));
   }
-  const py::handle torch = TorchModule();
-  if (tensor.attr("dtype").is(torch.attr("bfloat16"))) {
-    return AsBFloat16Array(tensor.attr("view")(torch.attr("int16")).attr("numpy")());
+  if (tensor.attr("dtype").ptr() == torch.bfloat16) {
+    return AsBFloat16Array(tensor.attr("view")(py::handle(torch.int16)).attr("numpy")());
   }
   return tensor.attr("numpy")();
 }

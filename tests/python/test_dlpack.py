@@ -205,7 +205,7 @@ def test_capsules_of_views_describe_the_arena_with_the_storage_dtype(dtype):
         assert view.__dlpack_device__() == (1, 0)
 
 
-def test_read_only_bfloat16_views_export_the_read_only_flag_and_copies_the_copied_flag():
+def test_read_only_views_export_the_read_only_flag_and_copies_the_copied_flag():
     storage = core.KvStorage(config("bfloat16"))
     view = storage.key_cache(0)
     view.flags.writeable = False
@@ -215,6 +215,10 @@ def test_read_only_bfloat16_views_export_the_read_only_flag_and_copies_the_copie
         view.__dlpack__()  # the legacy capsule cannot say read-only
     _, flags, tensor = capsule_contents(view.__dlpack__(max_version=(1, 0), copy=True))
     assert flags == IS_COPIED and tensor.data != view.ctypes.data
+    # float32 views are plain ndarrays: NumPy's own exporter sets the same flag.
+    float_view = core.KvStorage(config("float32")).key_cache(0)
+    float_view.flags.writeable = False
+    assert capsule_contents(float_view.__dlpack__(max_version=(1, 0)))[1] == READ_ONLY
     # A writeable view: no flag; copy=False is zero-copy.
     writeable = storage.value_cache(1)
     _, flags, tensor = capsule_contents(writeable.__dlpack__(max_version=(1, 0), copy=False))

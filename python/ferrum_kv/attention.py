@@ -167,8 +167,9 @@ def _check_computed(seq_ids: IntArray, metadata: _core.BatchMetadata, needed: np
     short = np.flatnonzero(metadata.num_computed < needed)
     if short.size:
         i = int(short[0])
+        seq_id = int(_as_array(seq_ids, "seq_ids")[i])
         raise _core.InvalidStateError(
-            f"sequence {int(_as_array(seq_ids, 'seq_ids')[i])} (seq_ids[{i}]) has {metadata.num_computed[i]} "
+            f"sequence {seq_id} (seq_ids[{i}]) has {metadata.num_computed[i]} "
             f"computed tokens, but this call attends over its first {int(needed[i])} tokens "
             f"beside the query tokens: write their K/V and mark_computed(seq_id, {int(needed[i])}) "
             f"first"

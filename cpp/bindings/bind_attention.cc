@@ -22,8 +22,9 @@ namespace {
 // Raises ValueError unless array has exactly this dtype and shape and is C-contiguous.
 void CheckArray(const py::array& array, const char* name, const py::dtype& dtype,
                 const std::vector<py::ssize_t>& shape) {
-  FKV_CHECK_ARG(array.dtype().is(dtype), name << " must have dtype " << std::string(py::str(dtype))
-                                              << ", got " << std::string(py::str(array.dtype())));
+  FKV_CHECK_ARG(array.dtype().is(dtype),
+                name << " must have dtype " << std::string(py::str(dtype)) << ", got "
+                     << DTypeString(array));
   const bool same_shape = array.ndim() == py::ssize_t(shape.size()) &&
                           std::equal(shape.begin(), shape.end(), array.shape());
   FKV_CHECK_ARG(same_shape, name << " must have shape " << ShapeString(shape) << ", got "
@@ -138,15 +139,17 @@ constexpr const char* kDecodeDoc = R"doc(Paged-attention decode over explicit bl
 Parameters
 ----------
 q : np.ndarray, [batch, num_q_heads, head_dim], float32, C-contiguous
-    One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads.
+    One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads. Every
+    array argument may also be a CPU DLPack tensor (torch.Tensor, ...), read zero-copy.
 storage : KvStorage
 layer : int
 block_tables : np.ndarray, [batch, max_blocks], int32 (padding -1 past each sequence's blocks)
 context_lens : np.ndarray, [batch], int32, each in [1, max_blocks * block_size]
 scale : float, optional
     Softmax scale; default 1 / sqrt(head_dim).
-out : np.ndarray, optional
-    Like q; written in full and returned. A new array when omitted.
+out : np.ndarray or a CPU DLPack tensor (torch.Tensor), optional
+    Like q, writeable; written in full, in place, and returned (the object given). A new array
+    when omitted.
 isa : str
     "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
 num_threads : int
@@ -209,7 +212,7 @@ void BindAttention(py::module_& m) {
           PagedAttentionDecode(q_data, num_q_heads, storage, layer, p.batch, p.scale, out_data,
                                p.options);
         }
-        return p.out;
+        return out ? *out : ArrayArgument(p.out);  // the caller's out object itself
       },
       py::arg("q"), py::arg("storage"), py::arg("layer").noconvert(), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("scale") = py::none(), py::arg("out") = py::none(),
@@ -238,7 +241,7 @@ void BindAttention(py::module_& m) {
           PagedAttentionPrefill(q_data, num_tokens, num_q_heads, storage, layer, p.batch,
                                 p.scale, out_data, p.options);
         }
-        return p.out;
+        return out ? *out : ArrayArgument(p.out);  // the caller's out object itself
       },
       py::arg("q"), py::arg("storage"), py::arg("layer").noconvert(), py::arg("block_tables"),
       py::arg("context_lens"), py::arg("query_lens"), py::arg("scale") = py::none(),

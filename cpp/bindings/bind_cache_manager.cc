@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "dlpack_export.h"
 #include "ferrum_kv/cache_manager.h"
 #include "ferrum_kv/support/check.h"
 #include "numpy_args.h"
@@ -223,11 +224,13 @@ void BindCacheManager(py::module_& m) {
       .def(
           "store_logits",
           [](PagedKvCache& cache, SeqId seq_id, py::handle logits_obj) {
-            const py::array any = py::array::ensure(logits_obj);
-            if (!any || (any.dtype().kind() != 'f' && any.dtype().kind() != 'i' &&
-                         any.dtype().kind() != 'u')) {
+            py::array any = ArrayOf(logits_obj, "logits");
+            if (!any) any = py::array::ensure(logits_obj);
+            if (!any || IsBFloat16Array(any) ||
+                (any.dtype().kind() != 'f' && any.dtype().kind() != 'i' &&
+                 any.dtype().kind() != 'u')) {
               throw py::type_error("logits must be a 1-D array of real numbers, got " +
-                                   (any ? "dtype " + std::string(py::str(any.dtype()))
+                                   (any ? "dtype " + DTypeString(any)
                                         : std::string(py::str(py::type::of(logits_obj)))));
             }
             const auto logits =
@@ -474,8 +477,8 @@ void BindCacheManager(py::module_& m) {
             const CacheConfig& c = cache.config();
             const std::vector<py::ssize_t> shape = {num_tokens, c.num_kv_heads, c.head_dim};
             const py::dtype dtype = NumpyDTypeOf(c.dtype);
-            return py::make_tuple(MoveToArray(std::move(k), dtype, shape),
-                                  MoveToArray(std::move(v), dtype, shape));
+            return py::make_tuple(StorageArray(MoveToArray(std::move(k), dtype, shape), c.dtype),
+                                  StorageArray(MoveToArray(std::move(v), dtype, shape), c.dtype));
           },
           py::arg("seq_id").noconvert(), py::arg("layer").noconvert(),
           "Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage "

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "bindings.h"
+#include "dlpack_export.h"
 #include "ferrum_kv/kv_storage.h"
 #include "ferrum_kv/support/check.h"
 #include "numpy_args.h"
@@ -15,7 +16,8 @@ namespace ferrum_kv::bindings {
 namespace {
 
 // A NumPy view into the arena whose base object owns a reference to the arena, so the view stays
-// valid after the KvStorage is gone.
+// valid after the KvStorage is gone; exportable zero-copy through DLPack (bfloat16 as bfloat16:
+// StorageArray).
 py::array ArenaView(const KvStorage& storage, std::vector<py::ssize_t> shape,
                     std::vector<py::ssize_t> element_strides, int64_t element_offset) {
   const int64_t element_size = DTypeSize(storage.dtype());
@@ -23,8 +25,10 @@ py::array ArenaView(const KvStorage& storage, std::vector<py::ssize_t> shape,
   for (py::ssize_t stride : element_strides) byte_strides.push_back(stride * element_size);
   auto* owner = new std::shared_ptr<uint8_t>(storage.Arena());
   py::capsule base(owner, [](void* p) { delete static_cast<std::shared_ptr<uint8_t>*>(p); });
-  return py::array(NumpyDTypeOf(storage.dtype()), std::move(shape), std::move(byte_strides),
-                   storage.Data() + element_offset * element_size, base);
+  return StorageArray(py::array(NumpyDTypeOf(storage.dtype()), std::move(shape),
+                                std::move(byte_strides),
+                                storage.Data() + element_offset * element_size, base),
+                      storage.dtype());
 }
 
 py::array LayerView(const KvStorage& s, int64_t layer, int kv) {
@@ -44,14 +48,16 @@ void BindKvStorage(py::module_& m) {
       m, "KvStorage",
       "K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: "
       "[num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are "
-      "zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.")
+      "zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits (a "
+      "BFloat16Array: torch.from_dlpack gives torch.bfloat16).")
       .def(py::init<const CacheConfig&>(), py::arg("config"),
            "Allocate an arena of config.num_blocks blocks (zeroed). Raises MemoryError without "
            "the memory.")
       .def_property_readonly("config", &KvStorage::config, "The CacheConfig of its geometry.")
       .def_property_readonly(
           "dtype", [](const KvStorage& s) { return DTypeName(s.dtype()); },
-          "'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).")
+          "'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits in a "
+          "BFloat16Array).")
       .def_property_readonly("num_blocks", &KvStorage::num_blocks, "Blocks in the arena.")
       .def_property_readonly("bytes_per_block", &KvStorage::bytes_per_block,
                              "Bytes of one block: K and V, all layers.")
@@ -108,7 +114,7 @@ void BindKvStorage(py::module_& m) {
               py::gil_scoped_release release;
               s.ReadSlot(block, layer, offset, k_data, v_data);
             }
-            return py::make_tuple(k, v);
+            return py::make_tuple(StorageArray(k, s.dtype()), StorageArray(v, s.dtype()));
           },
           py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(),
           "Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.")

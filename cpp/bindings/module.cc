@@ -1,4 +1,5 @@
 #include "bindings.h"
+#include "dlpack_export.h"
 
 #ifndef FKV_VERSION
 #define FKV_VERSION "0.0.0+unknown"
@@ -8,6 +9,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "ferrum-kv C++ core: block pool, paged KV storage, cache manager, kernels, prefix hashes.";
   m.attr("__version__") = FKV_VERSION;
   ferrum_kv::bindings::BindErrors(m);
+  ferrum_kv::bindings::BindBFloat16Array(m);
   ferrum_kv::bindings::BindConfig(m);
   ferrum_kv::bindings::BindBlockPool(m);
   ferrum_kv::bindings::BindKvStorage(m);

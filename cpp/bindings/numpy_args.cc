@@ -3,6 +3,8 @@
 #include <limits>
 #include <sstream>
 
+#include "dlpack_export.h"
+#include "dlpack_import.h"
 #include "ferrum_kv/support/check.h"
 
 namespace py = pybind11;
@@ -24,18 +26,19 @@ std::string ShapeString(const py::array& array) {
 template <typename T>
 std::vector<T> AsIntVector(py::handle obj, const char* name) {
   using Array = py::array_t<T, py::array::c_style>;
+  py::array array = ArrayOf(obj, name);
   // Fast path (the common case on a scheduler's hot path): already a C-contiguous vector of T.
-  if (Array::check_(obj) && py::reinterpret_borrow<py::array>(obj).ndim() == 1) {
-    const auto source = py::reinterpret_borrow<Array>(obj);
+  if (array && Array::check_(array) && array.ndim() == 1) {
+    const auto source = py::reinterpret_borrow<Array>(array);
     return std::vector<T>(source.data(), source.data() + source.size());
   }
-  py::array array = py::array::ensure(obj);
+  if (!array) array = py::array::ensure(obj);
   if (!array) FKV_THROW(InvalidArgument, name << " must be a 1-D integer array");
   const char kind = array.dtype().kind();
   // An empty list arrives as float64: an empty batch is fine whatever its dtype.
   if (array.ndim() == 1 && array.size() == 0) return {};
-  FKV_CHECK_ARG(kind == 'i' || kind == 'u', name << " must have an integer dtype, got "
-                                                 << std::string(py::str(array.dtype())));
+  FKV_CHECK_ARG((kind == 'i' || kind == 'u') && !IsBFloat16Array(array),
+                name << " must have an integer dtype, got " << DTypeString(array));
   FKV_CHECK_ARG(array.ndim() == 1, name << " must be 1-D, got shape " << ShapeString(array));
   const auto wide = array.attr("astype")("int64").cast<py::array_t<int64_t>>();
   const bool is_unsigned = kind == 'u';
@@ -73,12 +76,20 @@ const void* DataOutsideArena(const py::array& array, const KvStorage& storage,
   return copy->data();
 }
 
+py::array ArrayOf(py::handle obj, const char* name) {
+  if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
+  if (IsTorchTensor(obj)) return ArrayFromTorch(obj, name);
+  if (IsDLPackProducer(obj)) return ArrayFromDLPack(obj, name);
+  return py::reinterpret_steal<py::array>(py::handle());  // null (py::array() is an empty array)
+}
+
 py::array ArrayArgument::Get(const char* name) const {
-  if (!py::isinstance<py::array>(*this)) {
+  py::array array = ArrayOf(*this, name);
+  if (!array) {
     throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
                          std::string(py::str(py::type::of(*this).attr("__name__"))));
   }
-  return py::reinterpret_borrow<py::array>(*this);
+  return array;
 }
 
 py::dtype NumpyDTypeOf(DType dtype) {
@@ -88,6 +99,10 @@ py::dtype NumpyDTypeOf(DType dtype) {
     case DType::kBFloat16: return py::dtype::of<uint16_t>();
   }
   return py::dtype::of<float>();
+}
+
+std::string DTypeString(const py::array& array) {
+  return IsBFloat16Array(array) ? "bfloat16" : std::string(py::str(array.dtype()));
 }
 
 DType CheckFloatArray(const py::array& array, const char* name,
@@ -100,12 +115,12 @@ DType CheckFloatArray(const py::array& array, const char* name,
   } else {
     if (storage_dtype == DType::kFloat32) {
       FKV_THROW(InvalidArgument, name << " must have dtype float32, got "
-                                      << std::string(py::str(array.dtype())));
+                                      << DTypeString(array));
     }
     FKV_THROW(InvalidArgument, name << " must have dtype float32 or "
                                     << std::string(py::str(NumpyDTypeOf(storage_dtype)))
                                     << " (the storage dtype " << DTypeName(storage_dtype)
-                                    << "), got " << std::string(py::str(array.dtype())));
+                                    << "), got " << DTypeString(array));
   }
   const bool same_shape =
       array.ndim() == py::ssize_t(shape.size()) &&

@@ -1,6 +1,9 @@
-// Validation of NumPy arguments at the boundary: every check raises ValueError (wrong ndim,
-// shape, dtype or layout) or IndexError (an id outside int32) naming the expected and the actual
-// value, before any state changes or the GIL is released.
+// Validation of array arguments at the boundary: every check raises ValueError (wrong ndim,
+// shape, dtype, layout or device) or IndexError (an id outside int32) naming the expected and the
+// actual value, before any state changes or the GIL is released. Array arguments are NumPy arrays
+// or DLPack producers (torch CPU tensors, ...), the latter taken zero-copy as NumPy arrays over
+// their memory (dlpack_import.h) here, once for every binding: ArrayArgument, AsIntVector and
+// ArrayOf are the only ways in.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -16,20 +19,28 @@ namespace ferrum_kv::bindings {
 
 inline bool AnyObject(PyObject*) { return true; }
 
+// obj as a NumPy array without a copy: the ndarray itself, or a torch tensor's or another DLPack
+// producer's memory (ArrayFromTorch, ArrayFromDLPack: ValueError for a non-CPU tensor); a null
+// array for anything else.
+pybind11::array ArrayOf(pybind11::handle obj, const char* name);
+
 // A parameter documented as numpy.ndarray that accepts any object, so that the function can
 // raise a short TypeError naming the parameter (pybind11's own mismatch error lists the repr of
 // every argument, whole arrays included).
 class __attribute__((visibility("hidden"))) ArrayArgument : public pybind11::object {
  public:
   PYBIND11_OBJECT_DEFAULT(ArrayArgument, pybind11::object, AnyObject)
-  // The argument as an array; TypeError "<name> must be a numpy.ndarray, got <type>" otherwise.
+  // The argument as an array (ArrayOf: an ndarray or a DLPack producer, zero-copy); TypeError
+  // "<name> must be a numpy.ndarray, got <type>" otherwise.
   pybind11::array Get(const char* name) const;
 };
 
-// Any 1-D integer array-like (list, tuple, ndarray of any integer dtype) as a vector of T
+// Any 1-D integer array-like (list, tuple, ndarray or DLPack tensor of any integer dtype) as a
+// vector of T
 // (int32_t or int64_t): always a private copy, so that what the caller validates is what it uses
 // after releasing the GIL (another Python thread could change the caller's array). Raises
-// ValueError for non-integer dtypes or ndim != 1, IndexError for values outside T's range.
+// ValueError for non-integer dtypes (bfloat16 included) or ndim != 1, IndexError for values
+// outside T's range.
 template <typename T>
 std::vector<T> AsIntVector(pybind11::handle obj, const char* name);
 inline std::vector<int32_t> AsInt32Vector(pybind11::handle obj, const char* name) {
@@ -52,11 +63,17 @@ pybind11::array MoveToArray(std::vector<T>&& data, std::vector<pybind11::ssize_t
   return MoveToArray(std::move(data), pybind11::dtype::of<T>(), std::move(shape));
 }
 
-// The NumPy dtype of views of a storage dtype (bfloat16 is exposed as its uint16 bits).
+// The NumPy dtype of views of a storage dtype (bfloat16 is exposed as its uint16 bits, in a
+// BFloat16Array: StorageArray in dlpack_export.h).
 pybind11::dtype NumpyDTypeOf(DType dtype);
 
+// The name of an array's element type for messages: "bfloat16" for a BFloat16Array (a torch
+// bfloat16 tensor, a bfloat16 view), else NumPy's name ("float32", "uint16", ...).
+std::string DTypeString(const pybind11::array& array);
+
 // Checks that array is C-contiguous with exactly this shape and returns its element type:
-// float32, or the storage dtype given (float16 / bfloat16 as uint16). Raises ValueError otherwise.
+// float32, or the storage dtype given (float16; bfloat16 as uint16 bits, a BFloat16Array or
+// plain uint16). Raises ValueError otherwise.
 DType CheckFloatArray(const pybind11::array& array, const char* name,
                       const std::vector<pybind11::ssize_t>& shape, DType storage_dtype);
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'set_num_threads', 'sha256_impl']
+__all__: list[str] = ['BFloat16Array', 'BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'set_num_threads', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -22,6 +22,19 @@ class InvariantError(Error):
     """
     An internal invariant is broken (a bug in ferrum-kv).
     """
+class BFloat16Array(numpy.ndarray):
+    """
+    A numpy.ndarray of uint16 bfloat16 bits (how ferrum-kv shows bfloat16 storage and copies of it to NumPy) whose __dlpack__ exports it as DLPack bfloat16: torch.from_dlpack(a) is a torch.bfloat16 tensor over the same memory. Otherwise an ordinary ndarray.
+    """
+    __slots__: typing.ClassVar[tuple] = tuple()
+    def __dlpack__(self: numpy.ndarray, *, stream: typing.Any = None, max_version: typing.Any = None, dl_device: typing.Any = None, copy: typing.Any = None) -> typing.Any:
+        """
+        Export as a DLPack capsule of bfloat16 elements (zero-copy unless copy=True): a versioned one (read-only flag where the array is not writeable) when max_version >= (1, 0), the legacy one otherwise.
+        """
+    def __dlpack_device__(self: numpy.ndarray) -> tuple[int, int]:
+        """
+        (1, 0): DLPack's CPU device.
+        """
 class CacheConfig:
     """
     Geometry of a paged KV cache (immutable). A block holds block_size tokens of K and V for every layer and KV head.
@@ -166,7 +179,7 @@ class BlockPool:
         """
 class KvStorage:
     """
-    K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.
+    K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits (a BFloat16Array: torch.from_dlpack gives torch.bfloat16).
     """
     def __init__(self, config: CacheConfig) -> None:
         """
@@ -207,7 +220,7 @@ class KvStorage:
     @property
     def dtype(self) -> str:
         """
-        'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).
+        'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits in a BFloat16Array).
         """
     @property
     def nbytes(self) -> int:
@@ -435,15 +448,17 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: i
     Parameters
     ----------
     q : np.ndarray, [batch, num_q_heads, head_dim], float32, C-contiguous
-        One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads.
+        One query token per sequence; num_q_heads a multiple of the storage's num_kv_heads. Every
+        array argument may also be a CPU DLPack tensor (torch.Tensor, ...), read zero-copy.
     storage : KvStorage
     layer : int
     block_tables : np.ndarray, [batch, max_blocks], int32 (padding -1 past each sequence's blocks)
     context_lens : np.ndarray, [batch], int32, each in [1, max_blocks * block_size]
     scale : float, optional
         Softmax scale; default 1 / sqrt(head_dim).
-    out : np.ndarray, optional
-        Like q; written in full and returned. A new array when omitted.
+    out : np.ndarray or a CPU DLPack tensor (torch.Tensor), optional
+        Like q, writeable; written in full, in place, and returned (the object given). A new array
+        when omitted.
     isa : str
         "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
     num_threads : int

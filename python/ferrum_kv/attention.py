@@ -17,7 +17,7 @@ import numpy as np
 
 from ferrum_kv import _core
 
-IntArray = Union[np.ndarray, Sequence[int]]
+IntArray = Union[np.ndarray, Sequence[int]]  # or a CPU DLPack tensor (torch.Tensor, ...)
 
 
 def paged_attention_decode(
@@ -167,18 +167,31 @@ def _check_computed(seq_ids: IntArray, metadata: _core.BatchMetadata, needed: np
     short = np.flatnonzero(metadata.num_computed < needed)
     if short.size:
         i = int(short[0])
+        seq_id = int(_as_array(seq_ids, "seq_ids")[i])
         raise _core.InvalidStateError(
-            f"sequence {int(np.asarray(seq_ids)[i])} (seq_ids[{i}]) has {metadata.num_computed[i]} "
+            f"sequence {seq_id} (seq_ids[{i}]) has {metadata.num_computed[i]} "
             f"computed tokens, but this call attends over its first {int(needed[i])} tokens "
             f"beside the query tokens: write their K/V and mark_computed(seq_id, {int(needed[i])}) "
             f"first"
         )
 
 
+def _as_array(values: IntArray, name: str) -> np.ndarray:
+    """values as a NumPy array; a DLPack producer (a torch tensor, ...) zero-copy, refused with
+    ValueError unless it is on the CPU (as the core refuses it)."""
+    if hasattr(values, "__dlpack__") and not isinstance(values, np.ndarray):
+        device_type, device_id = values.__dlpack_device__()
+        if int(device_type) != 1:  # kDLCPU
+            raise ValueError(f"{name} must be a CPU tensor, got one on DLPack device "
+                             f"({int(device_type)}, {device_id})")
+        return np.from_dlpack(values)
+    return np.asarray(values)
+
+
 def _as_int32(values: IntArray, name: str) -> np.ndarray:
     """A C-contiguous int32 copy of an integer array (other dtypes pass through for the core's
     validation to name); ValueError when a value leaves the int32 range."""
-    values = np.asarray(values)
+    values = _as_array(values, name)
     if values.dtype.kind in "iu" and values.dtype != np.int32:
         if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
             raise ValueError(f"{name} out of the int32 range: {values}")

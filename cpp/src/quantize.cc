@@ -59,8 +59,11 @@ int64_t FindUnquantizableRow(DType dtype, const void* src, DType src_dtype, int6
                              int64_t head_dim, AttentionIsa isa) {
   CheckJob(dtype, src_dtype);
   const kernels::QuantizeJob job{dtype, src, src_dtype, rows, head_dim, nullptr, 0, nullptr, 0};
-  Resolve(isa);  // SIMD variants: next commit
-  return kernels::FindUnquantizableRowPortable(job);
+  switch (Resolve(isa)) {
+    case AttentionIsa::kAvx512: return kernels::FindUnquantizableRowAvx512(job);
+    case AttentionIsa::kAvx2: return kernels::FindUnquantizableRowAvx2(job);
+    default: return kernels::FindUnquantizableRowPortable(job);
+  }
 }
 
 void QuantizeRows(DType dtype, const void* src, DType src_dtype, int64_t rows, int64_t head_dim,
@@ -69,8 +72,11 @@ void QuantizeRows(DType dtype, const void* src, DType src_dtype, int64_t rows, i
   CheckJob(dtype, src_dtype);
   const kernels::QuantizeJob job{dtype,  src,          src_dtype, rows,         head_dim,
                                  codes,  codes_stride, params,    params_stride};
-  Resolve(isa);  // SIMD variants: next commit
-  kernels::QuantizeRowsPortable(job);
+  switch (Resolve(isa)) {
+    case AttentionIsa::kAvx512: return kernels::QuantizeRowsAvx512(job);
+    case AttentionIsa::kAvx2: return kernels::QuantizeRowsAvx2(job);
+    default: return kernels::QuantizeRowsPortable(job);
+  }
 }
 
 void DequantizeRows(DType dtype, const uint8_t* codes, int64_t codes_stride,

@@ -12,7 +12,9 @@
 // (docs/layout.md has the byte layout with a worked example). Definitions, in float32 arithmetic
 // with round-to-nearest-even (no fused multiply-add anywhere):
 //
-//   int8     lo = min(row), hi = max(row); scale = (hi - lo) / 255; offset = lo;
+//   int8     lo = min(row), hi = max(row); scale = (hi - lo) / 255 + 0; offset = lo + 0
+//            (adding +0 turns a -0 into +0, so the parameters do not depend on which zero a
+//            min/max over mixed-sign zeros returns);
 //            code = scale == 0 ? 0 : clamp(rint((x - offset) / scale), 0, 255);
 //            x_hat = offset + float(code) * scale            (two roundings: product, then sum)
 //            params = (scale, offset)
@@ -26,10 +28,15 @@
 //            params = (scale)
 //   fp8_e5m2 OCP E5M2 (bias 15, 2 mantissa bits, largest finite 57344, subnormals down to
 //            2^-16, S.11111.00 = inf, S.11111.xx (xx != 0) = NaN), likewise with 57344.
+//            In both, -0 (with scale != 0) quantizes to the code 0x80 (reads back as -0).
 //
 // A constant row reads back exactly (int: scale 0, codes 0, x_hat = offset; fp8: an all-zero row
 // has scale 0 and codes 0). Input must be finite, and for int8/int4 max - min must not overflow
-// float32 (|values| up to about 1.7e38); RowQuantizable checks a row.
+// float32 (|values| up to about 1.7e38); RowQuantizable checks a row. Each element is then kept
+// within half a code step (int: scale / 2; fp8: half the FP8 spacing at x / scale, times scale)
+// plus float32 rounding, as long as the scale is a normal float32; rows so small that it is
+// subnormal (an fp8_e5m2 absmax below about 7e-34, an int8 range below about 3e-36) keep fewer
+// bits, within their own magnitude.
 // The NumPy oracle ferrum_kv.reference.quantize / dequantize implements these definitions
 // independently; the SIMD write paths (cpp/src/kernels/quantize_*.cc) are bit-identical to the
 // scalar functions here.
@@ -59,8 +66,12 @@ inline constexpr int64_t RoundUp(int64_t value, int64_t multiple) {
 
 // ---- Scalar building blocks (the SIMD kernels port these operation by operation) ----------
 
-// Asymmetric integer quantization with codes in [0, levels].
-inline float AsymmetricScale(float lo, float hi, float levels) { return (hi - lo) / levels; }
+// Asymmetric integer quantization with codes in [0, levels]. "+ 0.0f" makes a zero +0 (see the
+// definitions above); it is never optimised away (not an identity for -0).
+inline float AsymmetricScale(float lo, float hi, float levels) {
+  return (hi - lo) / levels + 0.0f;
+}
+inline float AsymmetricOffset(float lo) { return lo + 0.0f; }
 inline uint32_t AsymmetricCode(float x, float offset, float scale, float levels) {
   if (scale == 0.0f) return 0;
   const float q = std::nearbyint((x - offset) / scale);  // >= 0: x >= offset
@@ -150,9 +161,10 @@ void QuantizeAsymmetricGroup(const float* x, int64_t n, float levels, float* par
     hi = std::max(hi, x[i]);
   }
   const float scale = AsymmetricScale(lo, hi, levels);
-  for (int64_t i = 0; i < n; ++i) codes[i] = Code(AsymmetricCode(x[i], lo, scale, levels));
+  const float offset = AsymmetricOffset(lo);
+  for (int64_t i = 0; i < n; ++i) codes[i] = Code(AsymmetricCode(x[i], offset, scale, levels));
   params[0] = scale;
-  params[1] = lo;
+  params[1] = offset;
 }
 }  // namespace kv_format_internal
 

@@ -1,6 +1,11 @@
 // The AVX-512 (F, BW, VL, DQ) variant of the quantize kernels (quantize_impl.h): 16 lanes.
 #include <immintrin.h>
 
+// GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
+// (_mm512_undefined_ps and the like) as (maybe-)uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include "kernels/quantize_impl.h"
 
 namespace ferrum_kv::kernels {

@@ -185,7 +185,7 @@ def dequantize(codes: np.ndarray, params: np.ndarray, dtype: str, head_dim: int)
         out = fp8_values(name).astype(np.float32)[c] * p[:, :1]
     else:
         if name == "int4":
-            c = np.stack([c & 0xF, c >> 4], axis=2).reshape(len(c), -1)[:, :head_dim]
+            c = np.stack([c & 0xF, c >> 4], axis=2).reshape(len(c), 2 * c.shape[1])[:, :head_dim]
             group = np.arange(head_dim) // INT4_GROUP
             scale, offset = p[:, 2 * group], p[:, 2 * group + 1]
         else:

@@ -101,7 +101,8 @@ def _asymmetric(rows: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, 
     """(codes, scale, offset) of float32 rows [n, m] with codes in [0, levels]."""
     lo = rows.min(axis=1)
     hi = rows.max(axis=1)
-    span = hi - lo
+    with np.errstate(over="ignore"):
+        span = hi - lo
     if not np.all(np.isfinite(span)):
         raise ValueError("a row's range (max - min) overflows float32: cannot quantize")
     zero = np.float32(0)

@@ -282,3 +282,28 @@ def test_attention_output_within_the_quantization_budget(dtype):
     assert err <= BUDGET[dtype], err
     # The budget is not loose: float16 storage is much closer, so the metric sees quantization.
     assert quantization_budget("float16") < err / 4
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED + ["fp8"])
+def test_the_demo_reference_reads_what_the_cache_returns(dtype):
+    # `ferrum-kv demo --dtype ... --verify` compares the paged run with ContiguousAttention,
+    # which must see the values gather_kv returns (the kernels' float64 reference). The whole
+    # demo needs the quantized attention kernels; this checks the reference's side.
+    from ferrum_kv.demo.reference import ContiguousAttention
+
+    heads, kv_heads, d, n = 4, 2, 24, 9
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((n, heads, d)).astype(np.float32)
+    k = rows_with_outliers(rng, n * kv_heads, d).reshape(n, kv_heads, d)
+    v = rng.standard_normal((n, kv_heads, d)).astype(np.float32)
+    out = ContiguousAttention(1, kv_heads, d, n, dtype)(0, q, k, v)
+    cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=kv_heads, head_dim=d, block_size=4,
+                          num_blocks=4, dtype=dtype)
+    cache = fkv.PagedKvCache(cfg)
+    cache.add_sequence(0, np.arange(n))
+    cache.write_kv(0, cache.slot_mapping(0, 0, n), k, v)
+    kq, vq = (x.astype(np.float64) for x in cache.gather_kv(0, 0))
+    assert not np.array_equal(kq, k)  # quantization changed the keys
+    for t in range(n):  # causal: token t sees keys 0..t
+        expected = attention64(q[t].astype(np.float64), kq[: t + 1], vq[: t + 1])
+        np.testing.assert_allclose(out[t], expected, rtol=1e-5, atol=1e-6)

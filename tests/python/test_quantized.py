@@ -307,3 +307,20 @@ def test_the_demo_reference_reads_what_the_cache_returns(dtype):
     for t in range(n):  # causal: token t sees keys 0..t
         expected = attention64(q[t].astype(np.float64), kq[: t + 1], vq[: t + 1])
         np.testing.assert_allclose(out[t], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, region", [("int8", 2048 + 16 * 8), ("fp8_e4m3", 2048 + 16 * 4),
+                                           ("fp8", 2048 + 16 * 4), ("fp8_e5m2", 2048 + 16 * 4),
+                                           ("int4", 1024 + 16 * 4 * 8)])
+def test_config_reports_the_real_block_sizes(dtype, region):
+    # head_dim 128, 16 tokens: codes, then per row 8 B (int8), 4 B (fp8), 4 groups x 8 B (int4).
+    cfg = fkv.CacheConfig(num_layers=2, num_kv_heads=8, head_dim=128, block_size=16,
+                          num_blocks=4, dtype=dtype)
+    assert cfg.dtype == ("fp8_e4m3" if dtype == "fp8" else dtype)
+    assert cfg.bytes_per_block == 2 * 2 * 8 * region
+    assert cfg.bytes_per_token == cfg.bytes_per_block / 16
+    assert fkv.KvStorage(cfg).nbytes == 4 * cfg.bytes_per_block
+    # Padding: head_dim 17 int8 rows, 3 tokens: 51 code bytes -> 64, then 3 x 8 B -> 96.
+    odd = fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=17, block_size=3, num_blocks=1,
+                          dtype="int8")
+    assert odd.bytes_per_block == 2 * 96 and odd.bytes_per_token == 64.0

@@ -110,7 +110,8 @@ inline uint8_t EncodeFp8(float value, const Fp8Spec& spec) {
     const float magic = BitsToFloat(uint32_t(127 + 1 - spec.exponent_bias + int32_t(drop)) << 23);
     code = FloatBits(BitsToFloat(magnitude) + magic) - FloatBits(magic);
   } else {
-    const uint32_t rounded = (magnitude + ((1u << (drop - 1)) - 1) + ((magnitude >> drop) & 1u)) >> drop;
+    const uint32_t odd = (magnitude >> drop) & 1u;
+    const uint32_t rounded = (magnitude + ((1u << (drop - 1)) - 1) + odd) >> drop;
     code = rounded - (uint32_t(127 - spec.exponent_bias) << spec.mantissa_bits);
     code = std::min(code, spec.max_code);
   }

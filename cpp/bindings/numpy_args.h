@@ -73,7 +73,7 @@ std::string DTypeString(const pybind11::array& array);
 
 // Checks that array is C-contiguous with exactly this shape and returns its element type:
 // float32, or the storage dtype given (float16; bfloat16 as uint16 bits, a BFloat16Array or
-// plain uint16). Raises ValueError otherwise.
+// plain uint16); for a quantized storage dtype float32 or float16. Raises ValueError otherwise.
 DType CheckFloatArray(const pybind11::array& array, const char* name,
                       const std::vector<pybind11::ssize_t>& shape, DType storage_dtype);
 

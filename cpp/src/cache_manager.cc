@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 
 #include "ferrum_kv/support/check.h"
 
@@ -34,14 +35,22 @@ class OnExit {
 };
 }  // namespace
 
-PagedKvCache::PagedKvCache(const CacheConfig& config)
+PagedKvCache::PagedKvCache(const CacheConfig& config) : PagedKvCache(config, 0) {}
+
+PagedKvCache::PagedKvCache(const CacheConfig& config, int64_t tier_queue_blocks)
     : config_((config.Validate(), config)),
       storage_(std::make_shared<KvStorage>(config_)),
       host_storage_(MaybeStorage(config_, config_.num_host_blocks)),
       pool_(config_.num_blocks),
       host_pool_(config_.num_host_blocks > 0 ? std::make_unique<BlockPool>(config_.num_host_blocks)
-                                             : nullptr) {
+                                             : nullptr),
+      hash_blocks_(config_.enable_kv_events || tier_queue_blocks > 0) {
+  FKV_CHECK_ARG(tier_queue_blocks >= 0,
+                "tier_queue_blocks must be >= 0, got " << tier_queue_blocks);
+  FKV_CHECK_ARG(tier_queue_blocks == 0 || config_.enable_prefix_caching,
+                "storage tiers need CacheConfig(enable_prefix_caching=True)");
   MutexLock lock(&mu_);
+  if (tier_queue_blocks > 0) export_ = std::make_unique<BlockExportQueue>(tier_queue_blocks);
   if (config_.enable_prefix_caching) {
     prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy,
                                             config_.enable_kv_events);
@@ -198,7 +207,7 @@ void PagedKvCache::QueuePublication(Sequence& seq) {
   // follows the rest).
   __builtin_prefetch(tokens);
   __builtin_prefetch(tokens + block_size - 1);
-  if (prefix_->logs_events()) {
+  if (hash_blocks_) {
     hash_scratch_.resize(size_t(offset + end - first));
     HashBlocks(seq.chain_hash, tokens, end - first, block_size, hash_scratch_.data() + offset);
     seq.chain_hash = hash_scratch_.back();
@@ -234,6 +243,15 @@ void PagedKvCache::InsertPending() {
                        prefix_->logs_events() ? hash_scratch_.data() : nullptr,
                        int64_t(publish_blocks_.size()), &block_scratch_);
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
+  if (export_ && !suppress_export_) {
+    // The inserted blocks are a subsequence of the queued ones, in order: their hashes are found
+    // walking both.
+    size_t q = 0;
+    for (const BlockId block : block_scratch_) {
+      while (publish_blocks_[q] != block) ++q;
+      if (export_->Offer(block, hash_scratch_[q])) pool_.IncRef(&block, 1);  // the pin
+    }
+  }
   publish_blocks_.clear();
   hash_scratch_.clear();
 }
@@ -243,7 +261,7 @@ void PagedKvCache::ReservePublication(int64_t jobs, int64_t blocks) {
   publishing_.reserve(size_t(jobs));
   publish_blocks_.reserve(size_t(blocks));
   if (int64_t(key_scratch_.size()) < blocks) key_scratch_.resize(size_t(blocks));
-  if (prefix_->logs_events()) hash_scratch_.reserve(size_t(blocks));
+  if (hash_blocks_) hash_scratch_.reserve(size_t(blocks));
   block_scratch_.reserve(size_t(blocks));  // the inserted ones
 }
 
@@ -289,7 +307,18 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
 
 int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
                                   const std::string& namespace_id, int32_t priority) {
-  return Add(seq_id, tokens, n, namespace_id, priority, nullptr);
+  return Add(seq_id, tokens, n, namespace_id, priority, nullptr, nullptr);
+}
+
+int64_t PagedKvCache::AddSequenceImporting(SeqId seq_id, const int32_t* tokens, int64_t n,
+                                           const std::string& namespace_id, int32_t priority,
+                                           std::vector<float>* logits, BlockImport* import) {
+  FKV_CHECK_ARG(import != nullptr && import->num_blocks >= 0 && import->first_block >= 0 &&
+                    (import->num_blocks == 0 || import->payloads != nullptr),
+                "bad block import");
+  import->imported = 0;
+  if (logits != nullptr) logits->clear();
+  return Add(seq_id, tokens, n, namespace_id, priority, logits, import);
 }
 
 int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
@@ -297,7 +326,7 @@ int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens,
                                             std::vector<float>* logits) {
   FKV_CHECK_ARG(logits != nullptr, "logits must not be null");
   logits->clear();
-  return Add(seq_id, tokens, n, namespace_id, priority, logits);
+  return Add(seq_id, tokens, n, namespace_id, priority, logits, nullptr);
 }
 
 void PagedKvCache::CheckPrompt(const int32_t* tokens, int64_t n) {
@@ -369,7 +398,7 @@ bool PagedKvCache::CanAllocate(const int32_t* tokens, int64_t n,
 
 int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
                           const std::string& namespace_id, int32_t priority,
-                          std::vector<float>* logits) {
+                          std::vector<float>* logits, BlockImport* import) {
   CheckPrompt(tokens, n);
   const int32_t block_size = config_.block_size;
   Sequence seq;
@@ -378,13 +407,14 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
   seq.priority = priority;
   if (config_.enable_prefix_caching) {
     seq.root_key = keyer_.Root(namespace_id);
-    if (config_.enable_kv_events) {
+    if (hash_blocks_) {
       seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
                                namespace_id.size());
     }
   }
   int64_t reused = 0;  // tokens whose K/V the sequence gets from the cache
   Mutate([&]() FKV_REQUIRES(mu_) {
+    const QueueGuard queue_guard{this};
     FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
     // The map's node first: once blocks are taken nothing may fail (strong guarantee).
     const auto slot = sequences_.try_emplace(seq_id).first;
@@ -412,7 +442,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         --hit_blocks;
       }
       seq.chain_hash = seq.root_hash;
-      if (config_.enable_kv_events && hit_blocks > 0) {
+      if (hash_blocks_ && hit_blocks > 0) {
         if (int64_t(hash_scratch_.size()) < hit_blocks) hash_scratch_.resize(size_t(hit_blocks));
         HashBlocks(seq.root_hash, tokens, hit_blocks, block_size, hash_scratch_.data());
         seq.chain_hash = hash_scratch_[hit_blocks - 1];
@@ -426,6 +456,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         ThrowOutOfBlocks(needed, AvailableBlocks() - evictable_hits);
       }
       PrepareAllocation(needed);
+      if (import != nullptr) ReservePublication(1, import->num_blocks);
       for (BlockId block : seq.blocks) {
         if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
       }
@@ -436,13 +467,28 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         pool_.IncRef(&tail_copy, 1);
         seq.blocks.push_back(tail_copy);
       }
-      reused = whole != nullptr ? n : hit_blocks * block_size;
+      const int64_t imported =
+          import != nullptr && whole == nullptr ? CopyImport(seq, hit_blocks, n, *import) : 0;
+      reused = whole != nullptr ? n : (hit_blocks + imported) * block_size;
       prompt_logits_hits_ += whole != nullptr;
       seq.num_computed = reused;
       seq.blocks_published = hit_blocks;
       seq.chain_key = hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key;
       prefix_query_tokens_ += n;
       prefix_hit_tokens_ += reused;
+      if (imported > 0) {
+        // Publish the imported blocks (reserved above: this cannot fail), without offering them
+        // back to the tiers they came from.
+        slot->second = std::move(seq);
+        filled = true;
+        suppress_export_ = true;
+        QueuePublication(slot->second);
+        PublishPending();
+        suppress_export_ = false;
+        tier_blocks_imported_ += imported;
+        import->imported = imported;
+        return;
+      }
     } else {
       const int64_t needed = BlocksForTokens(n, block_size);
       AllocateDevice(needed);
@@ -585,7 +631,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const auto one_block = [&](const Sequence& seq) FKV_NO_THREAD_SAFETY_ANALYSIS {
         return (seq.blocks_published + 2) * block_size > int64_t(seq.tokens.size());
       };
-      if (!prefix_->logs_events() &&
+      if (!hash_blocks_ &&
           std::all_of(publishers_.data(), publishers_.data() + num_publishers,
                       [&](const Sequence* seq) { return one_block(*seq); })) {
         const size_t count = size_t(num_publishers);
@@ -622,6 +668,22 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     }
     if (caching) InsertPending();
   });
+}
+
+int64_t PagedKvCache::CopyImport(Sequence& seq, int64_t hit_blocks, int64_t n,
+                                 const BlockImport& import) {
+  // Only where the import continues the device hits without a gap, and never the block of the
+  // last token (the engine computes it).
+  if (import.first_block > hit_blocks) return 0;
+  const int64_t end =
+      std::min(import.first_block + import.num_blocks, (n - 1) / config_.block_size);
+  const int64_t count = std::max<int64_t>(0, end - hit_blocks);
+  const uint8_t* const* payload = import.payloads + (hit_blocks - import.first_block);
+  const size_t bytes = size_t(storage_->bytes_per_block());
+  for (int64_t i = 0; i < count; ++i) {
+    std::memcpy(storage_->BlockData(seq.blocks[size_t(hit_blocks + i)]), payload[i], bytes);
+  }
+  return count;
 }
 
 int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq, int32_t tail_holders) {
@@ -986,6 +1048,12 @@ CacheStats PagedKvCache::Stats() const {
     s.evictions = evictions_;
     s.prompt_logits = prompt_logits_ ? prompt_logits_->size() : 0;
     s.prompt_logits_hits = prompt_logits_hits_;
+    s.tier_blocks_imported = tier_blocks_imported_;
+    if (export_) {
+      s.tier_writes_queued = export_->offered();
+      s.tier_writes_skipped = export_->skipped();
+      s.tier_write_queue = export_->pending() + export_->in_flight();
+    }
   }
   s.blocks_allocated = blocks_allocated_.load(std::memory_order_relaxed);
   s.allocation_failures = allocation_failures_.load(std::memory_order_relaxed);
@@ -1023,6 +1091,29 @@ void PagedKvCache::ResetPrefixCache() {
   });
 }
 
+int64_t PagedKvCache::TakeExports(int64_t max, BlockId* blocks, BlockHash* hashes) {
+  FKV_CHECK_ARG(max >= 0, "max must be >= 0, got " << max);
+  MutexLock lock(&mu_);
+  return export_ ? export_->Take(max, blocks, hashes) : 0;
+}
+
+void PagedKvCache::FinishExports(const BlockId* blocks, int64_t n) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!export_ || n == 0) return;
+    export_->Finish(blocks, n);
+    pool_.Free(blocks, n);  // the pins
+    // A cached block left with the index's reference only becomes evictable (the pin kept it
+    // from becoming so when its last table released it).
+    for (int64_t i = 0; i < n; ++i) {
+      const BlockId block = blocks[i];
+      if (pool_.RefCount(block) == 1 && prefix_->IsCached(block) &&
+          !prefix_->evictable().Contains(block)) {
+        prefix_->evictable().Add(block, 0, prefix_->PublishOrder(block));
+      }
+    }
+  });
+}
+
 std::vector<CacheEvent> PagedKvCache::DrainEvents() {
   MutexLock lock(&mu_);
   return prefix_ ? prefix_->DrainEvents() : std::vector<CacheEvent>{};
@@ -1047,7 +1138,7 @@ void PagedKvCache::CheckChains(SeqId seq_id, const Sequence& seq) const {
   FKV_CHECK_INVARIANT(key == seq.chain_key, "sequence " << seq_id << ": chain key after "
                                                          << n << " published blocks differs "
                                                          << "from its tokens'");
-  if (!config_.enable_kv_events) return;
+  if (!hash_blocks_) return;
   BlockHash hash = seq.root_hash;
   if (n > 0) {
     std::vector<BlockHash> hashes(static_cast<size_t>(n));
@@ -1099,18 +1190,24 @@ void PagedKvCache::CheckInvariants() const {
   }
   FKV_CHECK_INVARIANT(key_jobs_.empty() && publishing_.empty() && publish_blocks_.empty(),
                       "the publication queue is not empty between calls");
+  std::vector<int32_t> pins(device_refs.size(), 0);  // tier write queue entries
+  if (export_) {
+    export_->CheckInvariants();
+    export_->CountPins(&pins);
+  }
   int64_t cached = 0, evictable = 0;
   for (BlockId b = 0; b < BlockId(device_refs.size()); ++b) {
     const bool is_cached = prefix_ && prefix_->IsCached(b);
-    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + (is_cached ? 1 : 0),
+    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + pins[b] + (is_cached ? 1 : 0),
                         "device block " << b << " ref_count " << pool_.RefCount(b) << ", held by "
-                                        << device_refs[b] << " tables and stored prompts, cached "
-                                        << is_cached);
+                                        << device_refs[b] << " tables and stored prompts, "
+                                        << pins[b] << " tier writes, cached " << is_cached);
     if (!prefix_) continue;
     const bool is_evictable = prefix_->evictable().Contains(b);
-    FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0),
+    FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0 && pins[b] == 0),
                         "block " << b << " evictable " << is_evictable << ", cached "
-                                 << is_cached << ", held by " << device_refs[b] << " tables");
+                                 << is_cached << ", held by " << device_refs[b] << " tables, "
+                                 << pins[b] << " tier writes");
     cached += is_cached;
     evictable += is_evictable;
   }

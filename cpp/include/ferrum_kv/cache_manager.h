@@ -30,6 +30,14 @@
 // cached (they cannot hit), after all evictable blocks otherwise. Such copies count as
 // available.
 //
+// Storage tiers (docs/tiers.md): a cache built with a tier write queue (tier_queue_blocks > 0,
+// prefix caching required) hashes every block with the public SHA-256 chain and offers each
+// block it publishes to a BlockExportQueue, which pins it (one more pool reference) until the
+// tier writer has copied its bytes out (TakeExports / FinishExports); a full queue skips the
+// write (counted). AddSequenceImporting copies K/V loaded from a tier into the blocks after the
+// device hits, publishes them (not offered back to the tiers) and counts them as hits. The tier
+// logic itself (codec, clients) lives outside the manager.
+//
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
 // shared: nothing is ever written into them.
@@ -38,7 +46,8 @@
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
 //                                                    + 1 if b is in the prefix index
 //                                                    + 1 if b is a stored prompt's tail copy
-//   b is evictable <=> b is in the prefix index and no table holds it
+//                                                    + 1 per tier write queue entry of b (pins)
+//   b is evictable <=> b is in the prefix index, no table holds it and it is not pinned
 //   a stored prompt's tail copy is not in the prefix index
 //   the prefix index maps KeyOf(b) back to b for every cached b (PrefixIndex::CheckInvariants)
 //   free + used == total in each pool (BlockPool::CheckInvariants)
@@ -73,6 +82,7 @@
 #include <vector>
 
 #include "ferrum_kv/batch_metadata.h"
+#include "ferrum_kv/block_export.h"
 #include "ferrum_kv/block_pool.h"
 #include "ferrum_kv/cache_event.h"
 #include "ferrum_kv/config.h"
@@ -110,6 +120,20 @@ struct CacheStats {
   int64_t events_dropped = 0;        // events discarded: nobody drained them, or no memory
   int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
   int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
+  int64_t tier_blocks_imported = 0;  // blocks AddSequenceImporting copied in from a tier
+  int64_t tier_writes_queued = 0;    // published blocks queued for the tiers (pinned)
+  int64_t tier_writes_skipped = 0;   // published blocks not queued: the tier write queue was full
+  int64_t tier_write_queue = 0;      // blocks queued or being copied out now
+};
+
+// K/V of a prompt's full blocks loaded from a storage tier, for AddSequenceImporting.
+struct BlockImport {
+  int64_t first_block = 0;  // the index (in the prompt) of the block payloads[0] holds
+  int64_t num_blocks = 0;
+  // num_blocks pointers to bytes_per_block bytes each, in the storage layout of a block; they
+  // must stay valid and unchanged during the call.
+  const uint8_t* const* payloads = nullptr;
+  int64_t imported = 0;  // out: how many the sequence took
 };
 
 class PagedKvCache {
@@ -119,6 +143,9 @@ class PagedKvCache {
   // Throws InvalidArgument on a bad config, OutOfMemory when an arena does not fit in the memory
   // available.
   explicit PagedKvCache(const CacheConfig& config);
+  // With tier_queue_blocks > 0, a tier write queue of that capacity (see "Storage tiers"); it
+  // needs config.enable_prefix_caching (InvalidArgument otherwise, as for a negative capacity).
+  PagedKvCache(const CacheConfig& config, int64_t tier_queue_blocks);
   PagedKvCache(const PagedKvCache&) = delete;
   PagedKvCache& operator=(const PagedKvCache&) = delete;
 
@@ -142,6 +169,16 @@ class PagedKvCache {
   int64_t AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
                                 const std::string& namespace_id, int32_t priority,
                                 std::vector<float>* logits) FKV_EXCLUDES(mu_);
+  // AddSequence (logits null) or AddSequenceWithLogits, with K/V of the blocks after the device
+  // hits taken from import: where the device lookup stops at block h and import->first_block <=
+  // h, the blocks h .. min(first_block + num_blocks, (n - 1) / block_size) - 1 are filled with
+  // their payloads (copied under the lock), published, and count as computed hits; their number
+  // goes to import->imported (0 for a whole-prompt hit). Without prefix caching the import is
+  // ignored. Errors as AddSequence's; nothing is copied on failure.
+  int64_t AddSequenceImporting(SeqId seq_id, const int32_t* tokens, int64_t n,
+                               const std::string& namespace_id, int32_t priority,
+                               std::vector<float>* logits, BlockImport* import)
+      FKV_EXCLUDES(mu_);
   // Keeps logits[0..vocab_size) as what follows seq_id's tokens, for AddSequenceWithLogits; with
   // a copy of its partly filled last block (one fresh block; none if it ends at a block edge).
   // The same prompt again replaces its logits. Needs config.max_prompt_logits > 0 and every token
@@ -226,6 +263,14 @@ class PagedKvCache {
   // The events logged since the last call, oldest first (empty without config.enable_kv_events).
   std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
 
+  // The tier writer's side of the tier write queue (0 / no-op without one): moves up to max of
+  // the oldest queued blocks in flight, their ids to blocks[] and public chain hashes to
+  // hashes[]; the caller copies their bytes (storage()->BlockData) out and must then call
+  // FinishExports on them, which unpins them (a cached block held by nothing else becomes
+  // evictable).
+  int64_t TakeExports(int64_t max, BlockId* blocks, BlockHash* hashes) FKV_EXCLUDES(mu_);
+  void FinishExports(const BlockId* blocks, int64_t n) FKV_EXCLUDES(mu_);
+
   CacheStats Stats() const FKV_EXCLUDES(mu_);
   // From the fraction of device blocks that are free or evictable.
   PressureLevel MemoryPressure() const FKV_EXCLUDES(mu_);
@@ -238,7 +283,12 @@ class PagedKvCache {
  private:
   // AddSequence (logits == nullptr) or AddSequenceWithLogits.
   int64_t Add(SeqId seq_id, const int32_t* tokens, int64_t n, const std::string& namespace_id,
-              int32_t priority, std::vector<float>* logits) FKV_EXCLUDES(mu_);
+              int32_t priority, std::vector<float>* logits, BlockImport* import)
+      FKV_EXCLUDES(mu_);
+  // Copies import's payloads for blocks [hit_blocks, ...) into seq's fresh blocks as Add permits;
+  // returns how many.
+  int64_t CopyImport(Sequence& seq, int64_t hit_blocks, int64_t n, const BlockImport& import)
+      FKV_REQUIRES(mu_);
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
@@ -365,6 +415,13 @@ class PagedKvCache {
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
   std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
+
+  // Null without a tier write queue. suppress_export_: blocks published now came from a tier.
+  std::unique_ptr<BlockExportQueue> export_ FKV_PT_GUARDED_BY(mu_);
+  bool suppress_export_ FKV_GUARDED_BY(mu_) = false;
+  int64_t tier_blocks_imported_ FKV_GUARDED_BY(mu_) = 0;
+  // Sequences keep public chain hashes: with KV events or a tier write queue.
+  const bool hash_blocks_;
 
   const PrefixKeyer keyer_;  // immutable: used outside the mutex
   std::unique_ptr<PrefixIndex> prefix_ FKV_PT_GUARDED_BY(mu_);  // null without prefix caching

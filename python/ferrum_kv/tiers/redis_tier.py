@@ -7,16 +7,19 @@ from urllib.parse import urlsplit
 
 from ferrum_kv.tiers.base import Tier, check_secret
 
-# Keys per MGET and bytes per pipeline of SETs: bounded requests, one round trip per batch.
-_MGET_KEYS = 64
+# Keys per read round trip and bytes per pipeline of SETs. Reads go in round trips of a few
+# values (about 8 MiB for Llama-3-8B blocks): one reply of hundreds of MiB (a whole prompt in one
+# pipeline) measured slower than a plain GET loop with redis-py, on loopback, with and without
+# hiredis; four values per round trip were close to it (BENCHMARKS.md).
+_READ_KEYS = 4
 _PIPELINE_BYTES = 64 << 20
 
 
 class RedisTier(Tier):
     """Tier values as Redis strings, one per block, under their keys (docs/tiers.md).
 
-    Probes are one pipelined round trip of EXISTS, reads one round trip of MGETs (a pipeline of
-    GETs on a cluster, which redis-py splits by node), writes pipelined SETs. Eviction is left to
+    Probes are one pipelined round trip of EXISTS; reads are MGETs of 4 keys, one round trip each
+    (on a cluster, pipelines of 4 GETs, which redis-py splits by node); writes pipelined SETs. Eviction is left to
     the server (``maxmemory`` and its policy, e.g. ``allkeys-lru``): a value it evicted is a miss.
 
     The client connects on first use, not in the constructor, so a cache can be built while the
@@ -99,16 +102,17 @@ class RedisTier(Tier):
         return [bool(n) for n in self._execute(pipe)]
 
     def get_many(self, keys: Sequence[str]) -> list:
-        if not keys:
-            return []
-        pipe = self._pipeline()
-        if self.cluster:
-            for key in keys:
-                pipe.get(key)
-            return list(self._execute(pipe))
-        for i in range(0, len(keys), _MGET_KEYS):
-            pipe.mget(keys[i:i + _MGET_KEYS])
-        return [value for chunk in self._execute(pipe) for value in chunk]
+        values = []
+        for i in range(0, len(keys), _READ_KEYS):
+            pipe = self._pipeline()
+            if self.cluster:
+                for key in keys[i:i + _READ_KEYS]:
+                    pipe.get(key)
+                values.extend(self._execute(pipe))
+            else:
+                pipe.mget(keys[i:i + _READ_KEYS])
+                values.extend(self._execute(pipe)[0])
+        return values
 
     def put_many(self, items: Sequence[Tuple[str, memoryview]]) -> int:
         pipe, size = self._pipeline(), 0

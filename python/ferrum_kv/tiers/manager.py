@@ -30,8 +30,9 @@ FORMAT_VERSION = 1
 KEY_PREFIX = f"fkv{FORMAT_VERSION}"
 # Bytes of values copied out per writer batch (at least one block).
 _BATCH_BYTES = 64 << 20
-# Promotions waiting for the writer thread: at most this many blocks (more are dropped, counted).
-_PROMOTION_QUEUE_BLOCKS = 256
+# Promotions waiting for the writer thread: at most this many bytes of values (more are dropped,
+# counted in promotions_dropped).
+_PROMOTION_QUEUE_BYTES = 256 << 20
 
 _log = logging.getLogger("ferrum_kv.tiers")
 
@@ -135,6 +136,7 @@ class TierManager:
         self._batch = max(1, _BATCH_BYTES // self._slots[0].codec.value_bytes)
         self._drain_lock = threading.Lock()  # one writer at a time (thread or flush)
         self._promotions = collections.deque()  # (slot index, block hash, value from a slower tier)
+        self._promotion_bytes = 0
         self._promotions_lock = threading.Lock()
         self.promotions_dropped = 0
         self._stop = threading.Event()
@@ -191,6 +193,7 @@ class TierManager:
         with self._promotions_lock:
             pending = list(self._promotions)
             self._promotions.clear()
+            self._promotion_bytes = 0
         for index, block_hash, value in pending:
             slot = self._slots[index]
             payload = value[_core.TierCodec.header_bytes:]
@@ -284,10 +287,11 @@ class TierManager:
     def _queue_promotions(self, source: int, block_hash: bytes, value: bytes) -> None:
         with self._promotions_lock:
             for index in range(source):
-                if len(self._promotions) >= _PROMOTION_QUEUE_BLOCKS:
+                if self._promotion_bytes + len(value) > _PROMOTION_QUEUE_BYTES:
                     self.promotions_dropped += 1
                     continue
                 self._promotions.append((index, block_hash, value))
+                self._promotion_bytes += len(value)
         self._wake.set()
 
     # Inspection ---------------------------------------------------------------------------------

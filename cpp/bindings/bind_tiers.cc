@@ -159,10 +159,9 @@ void BindTiers(py::module_& m) {
       "For ferrum_kv.tiers: copies out up to max_blocks blocks of the tier write queue, sealed "
       "with codec, and unpins them: (hashes uint8 [k, 32], values uint8 [k, value_bytes]).");
   cache.def(
-      "_add_sequence_from_tiers",
-      [](PagedKvCache& cache, SeqId seq_id, py::handle tokens_obj, const py::bytes& namespace_id,
-         int32_t priority, bool with_logits, int64_t first_block, const py::list& values,
-         const py::list& codecs) -> py::tuple {
+      "_import_from_tiers",
+      [](PagedKvCache& cache, py::handle tokens_obj, const py::bytes& namespace_id,
+         int64_t first_block, const py::list& values, const py::list& codecs) -> py::tuple {
         const std::vector<int32_t> tokens = AsInt32Vector(tokens_obj, "tokens");
         const std::string ns = namespace_id;
         const int64_t k = int64_t(py::len(values));
@@ -182,9 +181,7 @@ void BindTiers(py::module_& m) {
                         "codecs[" << i << "] is not for this cache's bytes_per_block");
         }
         std::vector<TierValueStatus> statuses;
-        std::vector<float> logits;
-        int64_t reused;
-        BlockImport import;
+        int64_t imported;
         {
           py::gil_scoped_release release;
           // The leading run of values that open as the blocks the tokens name.
@@ -200,28 +197,22 @@ void BindTiers(py::module_& m) {
             if (statuses.back() != TierValueStatus::kOk) break;
             payloads.push_back(data[size_t(i)].first + kTierHeaderBytes);
           }
+          BlockImport import;
           import.first_block = first_block;
           import.num_blocks = int64_t(payloads.size());
           import.payloads = payloads.data();
-          reused = cache.AddSequenceImporting(seq_id, tokens.data(), int64_t(tokens.size()), ns,
-                                              priority, with_logits ? &logits : nullptr, &import);
+          imported = cache.ImportBlocks(tokens.data(), int64_t(tokens.size()), ns, import);
         }
         py::list names;
         for (TierValueStatus s : statuses) names.append(TierValueStatusName(s));
-        py::object logits_out = py::none();
-        if (!logits.empty()) {
-          const py::ssize_t vocab = py::ssize_t(logits.size());
-          logits_out = MoveToArray(std::move(logits), {vocab});
-        }
-        return py::make_tuple(reused, logits_out, import.imported, names);
+        return py::make_tuple(imported, names);
       },
-      py::arg("seq_id").noconvert(), py::arg("tokens"), py::arg("namespace"), py::arg("priority"),
-      py::arg("with_logits"), py::arg("first_block"), py::arg("values"), py::arg("codecs"),
-      "For ferrum_kv.tiers: add_sequence (or add_sequence_with_logits) with values[i] (bytes, "
-      "opened with codecs[i]) as the K/V of block first_block + i. Values are checked in order "
-      "up to the first that fails; the leading good run is imported where the device hits end. "
-      "Returns (reused_tokens, logits or None, imported_blocks, statuses of the checked "
-      "values).");
+      py::arg("tokens"), py::arg("namespace"), py::arg("first_block"), py::arg("values"),
+      py::arg("codecs"),
+      "For ferrum_kv.tiers: values[i] (bytes, opened with codecs[i]) as the K/V of full block "
+      "first_block + i of tokens. Values are checked in order up to the first that fails; the "
+      "good leading run is published where the device lookup stops (ImportBlocks), for "
+      "add_sequence to find. Returns (blocks published, statuses of the checked values).");
 }
 
 }  // namespace ferrum_kv::bindings

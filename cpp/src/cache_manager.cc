@@ -243,7 +243,7 @@ void PagedKvCache::InsertPending() {
                        prefix_->logs_events() ? hash_scratch_.data() : nullptr,
                        int64_t(publish_blocks_.size()), &block_scratch_);
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
-  if (export_ && !suppress_export_) {
+  if (export_) {
     // The inserted blocks are a subsequence of the queued ones, in order: their hashes are found
     // walking both.
     size_t q = 0;
@@ -307,18 +307,7 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
 
 int64_t PagedKvCache::AddSequence(SeqId seq_id, const int32_t* tokens, int64_t n,
                                   const std::string& namespace_id, int32_t priority) {
-  return Add(seq_id, tokens, n, namespace_id, priority, nullptr, nullptr);
-}
-
-int64_t PagedKvCache::AddSequenceImporting(SeqId seq_id, const int32_t* tokens, int64_t n,
-                                           const std::string& namespace_id, int32_t priority,
-                                           std::vector<float>* logits, BlockImport* import) {
-  FKV_CHECK_ARG(import != nullptr && import->num_blocks >= 0 && import->first_block >= 0 &&
-                    (import->num_blocks == 0 || import->payloads != nullptr),
-                "bad block import");
-  import->imported = 0;
-  if (logits != nullptr) logits->clear();
-  return Add(seq_id, tokens, n, namespace_id, priority, logits, import);
+  return Add(seq_id, tokens, n, namespace_id, priority, nullptr);
 }
 
 int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
@@ -326,7 +315,7 @@ int64_t PagedKvCache::AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens,
                                             std::vector<float>* logits) {
   FKV_CHECK_ARG(logits != nullptr, "logits must not be null");
   logits->clear();
-  return Add(seq_id, tokens, n, namespace_id, priority, logits, nullptr);
+  return Add(seq_id, tokens, n, namespace_id, priority, logits);
 }
 
 void PagedKvCache::CheckPrompt(const int32_t* tokens, int64_t n) {
@@ -398,7 +387,7 @@ bool PagedKvCache::CanAllocate(const int32_t* tokens, int64_t n,
 
 int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
                           const std::string& namespace_id, int32_t priority,
-                          std::vector<float>* logits, BlockImport* import) {
+                          std::vector<float>* logits) {
   CheckPrompt(tokens, n);
   const int32_t block_size = config_.block_size;
   Sequence seq;
@@ -414,7 +403,6 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
   }
   int64_t reused = 0;  // tokens whose K/V the sequence gets from the cache
   Mutate([&]() FKV_REQUIRES(mu_) {
-    const QueueGuard queue_guard{this};
     FKV_CHECK_ARG(sequences_.count(seq_id) == 0, "sequence " << seq_id << " already exists");
     // The map's node first: once blocks are taken nothing may fail (strong guarantee).
     const auto slot = sequences_.try_emplace(seq_id).first;
@@ -456,7 +444,6 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         ThrowOutOfBlocks(needed, AvailableBlocks() - evictable_hits);
       }
       PrepareAllocation(needed);
-      if (import != nullptr) ReservePublication(1, import->num_blocks);
       for (BlockId block : seq.blocks) {
         if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
       }
@@ -467,28 +454,13 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         pool_.IncRef(&tail_copy, 1);
         seq.blocks.push_back(tail_copy);
       }
-      const int64_t imported =
-          import != nullptr && whole == nullptr ? CopyImport(seq, hit_blocks, n, *import) : 0;
-      reused = whole != nullptr ? n : (hit_blocks + imported) * block_size;
+      reused = whole != nullptr ? n : hit_blocks * block_size;
       prompt_logits_hits_ += whole != nullptr;
       seq.num_computed = reused;
       seq.blocks_published = hit_blocks;
       seq.chain_key = hit_blocks > 0 ? key_scratch_[hit_blocks - 1] : seq.root_key;
       prefix_query_tokens_ += n;
       prefix_hit_tokens_ += reused;
-      if (imported > 0) {
-        // Publish the imported blocks (reserved above: this cannot fail), without offering them
-        // back to the tiers they came from.
-        slot->second = std::move(seq);
-        filled = true;
-        suppress_export_ = true;
-        QueuePublication(slot->second);
-        PublishPending();
-        suppress_export_ = false;
-        tier_blocks_imported_ += imported;
-        import->imported = imported;
-        return;
-      }
     } else {
       const int64_t needed = BlocksForTokens(n, block_size);
       AllocateDevice(needed);
@@ -668,22 +640,6 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
     }
     if (caching) InsertPending();
   });
-}
-
-int64_t PagedKvCache::CopyImport(Sequence& seq, int64_t hit_blocks, int64_t n,
-                                 const BlockImport& import) {
-  // Only where the import continues the device hits without a gap, and never the block of the
-  // last token (the engine computes it).
-  if (import.first_block > hit_blocks) return 0;
-  const int64_t end =
-      std::min(import.first_block + import.num_blocks, (n - 1) / config_.block_size);
-  const int64_t count = std::max<int64_t>(0, end - hit_blocks);
-  const uint8_t* const* payload = import.payloads + (hit_blocks - import.first_block);
-  const size_t bytes = size_t(storage_->bytes_per_block());
-  for (int64_t i = 0; i < count; ++i) {
-    std::memcpy(storage_->BlockData(seq.blocks[size_t(hit_blocks + i)]), payload[i], bytes);
-  }
-  return count;
 }
 
 int32_t PagedKvCache::CountEarlierTailCopies(const Sequence& seq, int32_t tail_holders) {
@@ -1089,6 +1045,70 @@ void PagedKvCache::ResetPrefixCache() {
     pool_.Free(cached.data(), int64_t(cached.size()));  // the index's references
     pool_.Free(copies.data(), int64_t(copies.size()));
   });
+}
+
+int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
+                                   const std::string& namespace_id, const BlockImport& import) {
+  CheckPrompt(tokens, n);
+  const int32_t block_size = config_.block_size;
+  const int64_t end = import.first_block + import.num_blocks;
+  FKV_CHECK_ARG(import.first_block >= 0 && import.num_blocks >= 0 &&
+                    (import.num_blocks == 0 || import.payloads != nullptr) &&
+                    end <= n / block_size,
+                "bad block import: blocks [" << import.first_block << ", " << end << ") of "
+                                             << n / block_size << " full blocks");
+  int64_t imported = 0;
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!prefix_ || import.num_blocks == 0) return;
+    // Where the device lookup stops; the import must continue it without a gap.
+    std::vector<BlockId> hits;
+    const int64_t h = FindCachedBlocks(keyer_.Root(namespace_id), tokens, end, &key_scratch_,
+                                       &hits);
+    if (h < import.first_block || h >= end) return;
+    // The hits are kept from eviction while the fresh blocks are taken (held like a table's).
+    const int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
+    if (count <= 0) return;
+    std::vector<PrefixKey> keys(static_cast<size_t>(count));
+    keyer_.Chain(h == 0 ? keyer_.Root(namespace_id) : key_scratch_[size_t(h - 1)],
+                 tokens + h * block_size, count, block_size, keys.data());
+    std::vector<BlockHash> hashes;
+    if (prefix_->logs_events()) {
+      hashes.resize(static_cast<size_t>(h + count));
+      HashBlocks(RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
+                          namespace_id.size()),
+                 tokens, h + count, block_size, hashes.data());
+    }
+    std::vector<BlockId> fresh(static_cast<size_t>(count));
+    ref_count_scratch_.reserve(hits.size());  // ReleaseDeviceBlocks below
+    block_scratch_.reserve(size_t(count));
+    PrepareAllocation(count);  // the last step that may fail
+    for (BlockId block : hits) {
+      if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
+    }
+    pool_.IncRef(hits.data(), int64_t(hits.size()));
+    AllocateDevice(count);
+    std::copy(scratch_.begin(), scratch_.begin() + count, fresh.begin());
+    const size_t bytes = size_t(storage_->bytes_per_block());
+    const uint8_t* const* payload = import.payloads + (h - import.first_block);
+    for (int64_t i = 0; i < count; ++i) {
+      std::memcpy(storage_->BlockData(fresh[size_t(i)]), payload[i], bytes);
+    }
+    // Each fresh block's allocation reference becomes the index's. A block whose content is
+    // cached already (under a later key of the chain) is not inserted: it is freed.
+    block_scratch_.clear();
+    prefix_->InsertBatch(keys.data(), fresh.data(), hashes.empty() ? nullptr : hashes.data() + h,
+                         count, &block_scratch_);
+    for (BlockId block : fresh) {
+      if (!prefix_->IsCached(block)) pool_.Free(&block, 1);
+    }
+    for (auto it = block_scratch_.rbegin(); it != block_scratch_.rend(); ++it) {
+      prefix_->evictable().Add(*it, 0, prefix_->PublishOrder(*it));  // the end first
+    }
+    imported = int64_t(block_scratch_.size());
+    tier_blocks_imported_ += imported;
+    ReleaseDeviceBlocks(hits, 0);
+  });
+  return imported;
 }
 
 int64_t PagedKvCache::TakeExports(int64_t max, BlockId* blocks, BlockHash* hashes) {

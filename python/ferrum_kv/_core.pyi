@@ -274,9 +274,9 @@ class PagedKvCache:
         """
         The number of sequences held.
         """
-    def _add_sequence_from_tiers(self, seq_id: int, tokens: typing.Any, namespace: bytes, priority: typing.SupportsInt | typing.SupportsIndex, with_logits: bool, first_block: typing.SupportsInt | typing.SupportsIndex, values: list, codecs: list) -> tuple:
+    def _import_from_tiers(self, tokens: typing.Any, namespace: bytes, first_block: typing.SupportsInt | typing.SupportsIndex, values: list, codecs: list) -> tuple:
         """
-        For ferrum_kv.tiers: add_sequence (or add_sequence_with_logits) with values[i] (bytes, opened with codecs[i]) as the K/V of block first_block + i. Values are checked in order up to the first that fails; the leading good run is imported where the device hits end. Returns (reused_tokens, logits or None, imported_blocks, statuses of the checked values).
+        For ferrum_kv.tiers: values[i] (bytes, opened with codecs[i]) as the K/V of full block first_block + i of tokens. Values are checked in order up to the first that fails; the good leading run is published where the device lookup stops (ImportBlocks), for add_sequence to find. Returns (blocks published, statuses of the checked values).
         """
     def _tier_export(self, codec: TierCodec, max_blocks: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         """

@@ -234,32 +234,40 @@ TEST(TierHooksTest, ImportFillsTheBlocksAfterTheDeviceHits) {
     for (size_t i = 0; i < payload[b].size(); ++i) payload[b][i] = uint8_t(b * 50 + i);
     pointers.push_back(payload[b].data());
   }
-  // The tier holds blocks 1, 2 and 3 (3 is the last token's: never taken).
-  BlockImport import{1, 3, pointers.data(), -1};
-  EXPECT_EQ(cache.AddSequenceImporting(2, tokens.data(), 14, "", 0, nullptr, &import), 12);
-  EXPECT_EQ(import.imported, 2);
+  // The tier holds blocks 1 and 2.
+  BlockImport import{1, 2, pointers.data()};
+  EXPECT_EQ(cache.ImportBlocks(tokens.data(), 14, "", import), 2);
+  cache.CheckInvariants();
+  CacheStats s = cache.Stats();
+  EXPECT_EQ(s.tier_blocks_imported, 2);
+  EXPECT_EQ(s.tier_write_queue, 0);  // imported blocks are not written back
+  EXPECT_EQ(s.cached_blocks, 3);     // published, held by no sequence
+  EXPECT_EQ(s.evictable_blocks, 3);
+  EXPECT_EQ(cache.CachedPrefixLen(tokens.data(), 14), 12);
+  EXPECT_EQ(cache.AddSequence(2, tokens.data(), 14), 12);
   cache.CheckInvariants();
   const std::vector<BlockId> table = cache.BlockTable(2);
   EXPECT_EQ(std::memcmp(cache.storage()->BlockData(table[1]), payload[0].data(), size_t(bpb)), 0);
   EXPECT_EQ(std::memcmp(cache.storage()->BlockData(table[2]), payload[1].data(), size_t(bpb)), 0);
-  CacheStats s = cache.Stats();
-  EXPECT_EQ(s.tier_blocks_imported, 2);
-  EXPECT_EQ(s.tier_write_queue, 0);  // imported blocks are not written back
-  EXPECT_EQ(s.cached_blocks, 3);     // and are published
-  EXPECT_EQ(cache.CachedPrefixLen(tokens.data(), 14), 12);
-  // An import that does not start where the device hits end is ignored.
+  // An import that does not continue the device hits, or covers them only, changes nothing.
   const std::vector<int32_t> other = Tokens(14, 1000);
-  BlockImport gap{1, 2, pointers.data(), -1};
-  EXPECT_EQ(cache.AddSequenceImporting(3, other.data(), 14, "", 0, nullptr, &gap), 0);
-  EXPECT_EQ(gap.imported, 0);
+  EXPECT_EQ(cache.ImportBlocks(other.data(), 14, "", BlockImport{1, 2, pointers.data()}), 0);
+  EXPECT_EQ(cache.ImportBlocks(tokens.data(), 14, "", BlockImport{0, 2, pointers.data()}), 0);
   cache.CheckInvariants();
-  // A failed call copies nothing.
-  PagedKvCache small(TierConfig(2), 8);
-  BlockImport big{0, 3, pointers.data(), -1};
-  EXPECT_THROW(small.AddSequenceImporting(1, tokens.data(), 14, "", 0, nullptr, &big),
-               OutOfBlocksError);
+  EXPECT_EQ(cache.Stats().tier_blocks_imported, 2);
+  // Past the full blocks of the prompt: an error, nothing changes.
+  EXPECT_THROW(cache.ImportBlocks(tokens.data(), 14, "", BlockImport{1, 3, pointers.data()}),
+               InvalidArgument);
+  // With too few blocks, as many as fit; the device hits are never evicted for them.
+  PagedKvCache small(TierConfig(3), 8);
+  small.AddSequence(1, tokens.data(), 5);
+  small.FreeSequence(1, 5);  // block 0 cached (pinned, then unpinned below)
+  small.FinishExports(drained, small.TakeExports(8, drained, drained_hashes));
+  const std::vector<int32_t> filler = Tokens(4, 5000);
+  small.AddSequence(2, filler.data(), 4);  // holds one block: one free, block 0 evictable
+  EXPECT_EQ(small.ImportBlocks(tokens.data(), 14, "", BlockImport{1, 2, pointers.data()}), 1);
   small.CheckInvariants();
-  EXPECT_EQ(small.Stats().tier_blocks_imported, 0);
+  EXPECT_EQ(small.CachedPrefixLen(tokens.data(), 14), 8);
 }
 
 TEST(TierHooksTest, NeedsPrefixCaching) {

@@ -424,7 +424,8 @@ def test_bounded_write_queue_under_a_burst_with_a_stalled_tier():
     s = a.stats()
     assert s["tier_write_queue"] <= 8
     assert s["tier_writes_queued"] + s["tier_writes_skipped"] == 160
-    assert s["tier_writes_skipped"] >= 152
+    # At most 8 pinned, plus at most 8 the writer copied out (and unpinned) before it stalled.
+    assert s["tier_writes_queued"] <= 16 and s["tier_writes_skipped"] >= 144
     # Pinned blocks are not evictable: at most 8 fewer than cached.
     assert s["cached_blocks"] - s["evictable_blocks"] == s["tier_write_queue"]
     a.check_invariants()

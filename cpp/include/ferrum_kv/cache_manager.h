@@ -34,9 +34,9 @@
 // prefix caching required) hashes every block with the public SHA-256 chain and offers each
 // block it publishes to a BlockExportQueue, which pins it (one more pool reference) until the
 // tier writer has copied its bytes out (TakeExports / FinishExports); a full queue skips the
-// write (counted). AddSequenceImporting copies K/V loaded from a tier into the blocks after the
-// device hits, publishes them (not offered back to the tiers) and counts them as hits. The tier
-// logic itself (codec, clients) lives outside the manager.
+// write (counted). ImportBlocks publishes K/V loaded from a tier for the blocks after the device
+// hits (not offered back to the tiers), so that AddSequence finds them. The tier logic itself
+// (codec, clients) lives outside the manager.
 //
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
@@ -120,20 +120,19 @@ struct CacheStats {
   int64_t events_dropped = 0;        // events discarded: nobody drained them, or no memory
   int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
   int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
-  int64_t tier_blocks_imported = 0;  // blocks AddSequenceImporting copied in from a tier
+  int64_t tier_blocks_imported = 0;  // blocks ImportBlocks published from a tier
   int64_t tier_writes_queued = 0;    // published blocks queued for the tiers (pinned)
   int64_t tier_writes_skipped = 0;   // published blocks not queued: the tier write queue was full
   int64_t tier_write_queue = 0;      // blocks queued or being copied out now
 };
 
-// K/V of a prompt's full blocks loaded from a storage tier, for AddSequenceImporting.
+// K/V of a prompt's full blocks loaded from a storage tier, for ImportBlocks.
 struct BlockImport {
   int64_t first_block = 0;  // the index (in the prompt) of the block payloads[0] holds
   int64_t num_blocks = 0;
   // num_blocks pointers to bytes_per_block bytes each, in the storage layout of a block; they
   // must stay valid and unchanged during the call.
   const uint8_t* const* payloads = nullptr;
-  int64_t imported = 0;  // out: how many the sequence took
 };
 
 class PagedKvCache {
@@ -169,16 +168,6 @@ class PagedKvCache {
   int64_t AddSequenceWithLogits(SeqId seq_id, const int32_t* tokens, int64_t n,
                                 const std::string& namespace_id, int32_t priority,
                                 std::vector<float>* logits) FKV_EXCLUDES(mu_);
-  // AddSequence (logits null) or AddSequenceWithLogits, with K/V of the blocks after the device
-  // hits taken from import: where the device lookup stops at block h and import->first_block <=
-  // h, the blocks h .. min(first_block + num_blocks, (n - 1) / block_size) - 1 are filled with
-  // their payloads (copied under the lock), published, and count as computed hits; their number
-  // goes to import->imported (0 for a whole-prompt hit). Without prefix caching the import is
-  // ignored. Errors as AddSequence's; nothing is copied on failure.
-  int64_t AddSequenceImporting(SeqId seq_id, const int32_t* tokens, int64_t n,
-                               const std::string& namespace_id, int32_t priority,
-                               std::vector<float>* logits, BlockImport* import)
-      FKV_EXCLUDES(mu_);
   // Keeps logits[0..vocab_size) as what follows seq_id's tokens, for AddSequenceWithLogits; with
   // a copy of its partly filled last block (one fresh block; none if it ends at a block edge).
   // The same prompt again replaces its logits. Needs config.max_prompt_logits > 0 and every token
@@ -263,6 +252,17 @@ class PagedKvCache {
   // The events logged since the last call, oldest first (empty without config.enable_kv_events).
   std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
 
+  // K/V of full blocks of tokens[0..n) loaded from a storage tier: where the device lookup under
+  // namespace_id stops at block h with import.first_block <= h < first_block + num_blocks, the
+  // blocks h .. first_block + num_blocks - 1 (as many as free or evictable blocks allow, the
+  // device hits kept) get fresh blocks holding their payloads (copied under the lock), published
+  // in the prefix index as cached blocks no sequence holds (evictable; not offered to the tier
+  // write queue); an AddSequence of the tokens then finds them as hits. Returns how many were
+  // published (0 without prefix caching, or when the import does not continue the device hits).
+  // Throws InvalidArgument for a bad prompt or import (blocks past the full blocks of tokens);
+  // nothing changes then.
+  int64_t ImportBlocks(const int32_t* tokens, int64_t n, const std::string& namespace_id,
+                       const BlockImport& import) FKV_EXCLUDES(mu_);
   // The tier writer's side of the tier write queue (0 / no-op without one): moves up to max of
   // the oldest queued blocks in flight, their ids to blocks[] and public chain hashes to
   // hashes[]; the caller copies their bytes (storage()->BlockData) out and must then call
@@ -283,12 +283,7 @@ class PagedKvCache {
  private:
   // AddSequence (logits == nullptr) or AddSequenceWithLogits.
   int64_t Add(SeqId seq_id, const int32_t* tokens, int64_t n, const std::string& namespace_id,
-              int32_t priority, std::vector<float>* logits, BlockImport* import)
-      FKV_EXCLUDES(mu_);
-  // Copies import's payloads for blocks [hit_blocks, ...) into seq's fresh blocks as Add permits;
-  // returns how many.
-  int64_t CopyImport(Sequence& seq, int64_t hit_blocks, int64_t n, const BlockImport& import)
-      FKV_REQUIRES(mu_);
+              int32_t priority, std::vector<float>* logits) FKV_EXCLUDES(mu_);
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
@@ -416,9 +411,8 @@ class PagedKvCache {
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
   std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
 
-  // Null without a tier write queue. suppress_export_: blocks published now came from a tier.
+  // Null without a tier write queue.
   std::unique_ptr<BlockExportQueue> export_ FKV_PT_GUARDED_BY(mu_);
-  bool suppress_export_ FKV_GUARDED_BY(mu_) = false;
   int64_t tier_blocks_imported_ FKV_GUARDED_BY(mu_) = 0;
   // Sequences keep public chain hashes: with KV events or a tier write queue.
   const bool hash_blocks_;

@@ -3,8 +3,9 @@
 Writes: a background thread takes the blocks the cache queued when it published them
 (``_tier_export``: copied out and sealed in C++, without the GIL, then unpinned) and stores them in
 every tier that is up. Reads: ``add_sequence`` probes the tiers for the blocks after the device
-hits, fastest first, each tier continuing where the one before stopped, loads the leading run and
-hands it to the cache, which checks every value (``TierCodec``) and copies the good leading run in.
+hits, fastest first, each tier continuing where the one before stopped, reads the leading run in
+chunks and hands each to the cache (``_import_from_tiers``), which checks every value
+(``TierCodec``) and publishes the good leading run; the cache's add_sequence then finds it.
 Values that fail a check are counted and deleted. Blocks loaded from a slower tier are promoted to
 the faster tiers that missed them, by the writer thread.
 
@@ -28,7 +29,8 @@ from ferrum_kv.tiers.base import Tier
 
 FORMAT_VERSION = 1
 KEY_PREFIX = f"fkv{FORMAT_VERSION}"
-# Bytes of values copied out per writer batch (at least one block).
+# Bytes of values copied out per writer batch, and read and imported per chunk (at least one
+# block).
 _BATCH_BYTES = 64 << 20
 # Promotions waiting for the writer thread: at most this many bytes of values (more are dropped,
 # counted in promotions_dropped).
@@ -134,6 +136,7 @@ class TierManager:
         self._block_size = config.block_size
         self._slots = [_Slot(t, config, model_id) for t in tiers]
         self._batch = max(1, _BATCH_BYTES // self._slots[0].codec.value_bytes)
+        self._chunk = self._batch  # blocks read and imported at a time
         self._drain_lock = threading.Lock()  # one writer at a time (thread or flush)
         self._promotions = collections.deque()  # (slot index, block hash, value from a slower tier)
         self._promotion_bytes = 0
@@ -212,73 +215,72 @@ class TierManager:
     # Reads -------------------------------------------------------------------------------------
 
     def add_sequence(self, cache, seq_id, tokens, namespace, priority, with_logits):
-        """add_sequence / add_sequence_with_logits with the tiers' blocks after the device hits."""
-        from ferrum_kv import block_hashes
-
-        def plain():
-            if with_logits:
-                return _core.PagedKvCache.add_sequence_with_logits(
-                    cache, seq_id, tokens, namespace=namespace, priority=priority)
-            return _core.PagedKvCache.add_sequence(cache, seq_id, tokens, namespace=namespace,
-                                                   priority=priority)
-
+        """add_sequence / add_sequence_with_logits after loading the blocks that follow the device
+        hits from the tiers."""
         bs = self._block_size
         try:
             n = len(tokens)
+            usable = n >= 2 and isinstance(namespace, bytes) and seq_id not in cache
         except TypeError:
-            return plain()  # let the cache raise its error
-        max_hit = (n - 1) // bs
-        if n < 1 or max_hit < 1 or not isinstance(namespace, bytes) or seq_id in cache:
-            return plain()
-        device = cache.cached_prefix_len(tokens, namespace=namespace) // bs
-        if device >= max_hit:
-            return plain()
-        hashes = block_hashes(tokens[: max_hit * bs], bs, namespace)[device:]
-        values, sources = self._lookup(hashes)
-        if not values:
-            return plain()
-        reused, logits, imported, statuses = cache._add_sequence_from_tiers(
-            seq_id, tokens, namespace, priority, with_logits, device, values,
-            [self._slots[s].codec for s in sources])
-        self._account(hashes, values, sources, imported, statuses)
-        return (reused, logits) if with_logits else reused
+            usable = False  # the cache's own call below raises the error
+        if usable and (n - 1) // bs >= 1:
+            device = cache.cached_prefix_len(tokens, namespace=namespace) // bs
+            if device < (n - 1) // bs:
+                self._load(cache, tokens, namespace, device)
+        if with_logits:
+            return _core.PagedKvCache.add_sequence_with_logits(
+                cache, seq_id, tokens, namespace=namespace, priority=priority)
+        return _core.PagedKvCache.add_sequence(cache, seq_id, tokens, namespace=namespace,
+                                               priority=priority)
 
-    def _lookup(self, hashes):
-        """The leading run of values for hashes, fastest tier first: (values, slot of each)."""
-        values, sources = [], []
+    def _load(self, cache, tokens, namespace, device) -> None:
+        """Publishes the blocks after the device hits (the last token's block excepted) that the
+        tiers hold, fastest tier first, each tier continuing where the ones before it stopped.
+        Values are read and imported in chunks of about 64 MiB (bounded memory)."""
+        from ferrum_kv import block_hashes
+
+        bs = self._block_size
+        hashes = block_hashes(tokens[: (len(tokens) - 1) // bs * bs], bs, namespace)[device:]
+        done = 0  # of hashes, published
         for index, slot in enumerate(self._slots):
-            start = len(values)
-            if start == len(hashes):
-                break
-            keys = [slot.key(h) for h in hashes[start:]]
+            if done == len(hashes):
+                return
+            keys = [slot.key(h) for h in hashes[done:]]
             present = slot.call(slot.tier.exists_many, keys)
             if present is None:
                 continue
             run = 0
             while run < len(present) and present[run]:
                 run += 1
-            got = slot.call(slot.tier.get_many, keys[:run]) if run else []
-            if got is None:
-                continue
-            found = 0
-            while found < len(got) and isinstance(got[found], bytes):  # evicted meanwhile: None
-                found += 1
-            slot.count("misses", len(keys) - found)
-            values.extend(got[:found])
-            sources.extend([index] * found)
-        return values, sources
+            slot.count("misses", len(keys) - run)
+            for start in range(0, run, self._chunk):
+                got = slot.call(slot.tier.get_many, keys[start:start + self._chunk])
+                if got is None:
+                    break
+                found = 0
+                while found < len(got) and isinstance(got[found], bytes):  # None: evicted
+                    found += 1
+                slot.count("misses", len(got) - found)
+                if found == 0:
+                    break
+                first = done
+                imported, statuses = cache._import_from_tiers(
+                    tokens, namespace, device + first, got[:found], [slot.codec] * found)
+                done += imported
+                self._account(index, hashes[first:], got, imported, statuses)
+                if imported < self._chunk or found < len(got):
+                    break
 
-    def _account(self, hashes, values, sources, imported, statuses) -> None:
-        for i in range(imported):
-            slot = self._slots[sources[i]]
-            slot.count("hits")
-            slot.count("blocks_read")
-            slot.count("bytes_read", len(values[i]))
-            if sources[i] > 0:
-                self._queue_promotions(sources[i], hashes[i], values[i])
+    def _account(self, index, hashes, values, imported, statuses) -> None:
+        slot = self._slots[index]
+        slot.count("hits", imported)
+        slot.count("blocks_read", imported)
+        slot.count("bytes_read", sum(len(v) for v in values[:imported]))
+        if index > 0:
+            for i in range(imported):
+                self._queue_promotions(index, hashes[i], values[i])
         if statuses and statuses[-1] != "ok":  # the value that stopped the run: never loaded
             bad = len(statuses) - 1
-            slot = self._slots[sources[bad]]
             slot.count("bad_values")
             _log.warning("tier %s: value of block %s is %s; deleted", slot.tier.name,
                          hashes[bad].hex(), statuses[-1])

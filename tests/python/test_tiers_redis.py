@@ -13,11 +13,7 @@ import pytest
 import ferrum_kv as fkv
 from ferrum_kv.tiers import RedisTier
 from redis_servers import RedisCluster, RedisServer
-from tier_helpers import DTYPES, block_bytes, check_no_pins, compute, config
-
-
-def tokens(n, base=0):
-    return np.arange(base, base + n, dtype=np.int32)
+from tier_helpers import DTYPES, block_bytes, check_no_pins, compute, config, tokens
 
 
 def fast_retry(tier):

@@ -21,6 +21,11 @@ def _accepted(dtype):
 DTYPES = [d for d in CANDIDATE_DTYPES if _accepted(d)]
 
 
+def tokens(n, base=0):
+    """Token ids base .. base + n - 1 (int32)."""
+    return np.arange(base, base + n, dtype=np.int32)
+
+
 def config(dtype="float16", num_blocks=64, block_size=4, **kw):
     return fkv.CacheConfig(num_layers=2, num_kv_heads=2, head_dim=8, block_size=block_size,
                            num_blocks=num_blocks, dtype=dtype, enable_prefix_caching=True, **kw)

@@ -4,7 +4,8 @@
 # tests, and the Python threaded stress test against that build's extension: tests/tsan_python.sh)
 # and the Python tests (pytest against the package installed with `pip install .[test,torch]`;
 # FKV_REQUIRE_TORCH=1 makes the torch tests fail, not skip, if torch is missing).
-# It installs what it needs: libgtest-dev through apt-get, and a virtualenv in build/test-venv.
+# It installs what it needs: libgtest-dev and redis-server (the tier tests start their own
+# servers) through apt-get, and a virtualenv in build/test-venv.
 # Environment: FKV_JOBS (build parallelism, default 2), FKV_SKIP_SANITIZERS=1 (development only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,14 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 step() { printf '\n==== %s ====\n' "$*"; }
 
-step "system packages (libgtest-dev)"
-if ! dpkg -s libgtest-dev >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y --no-install-recommends libgtest-dev ||
-    { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends libgtest-dev; }
-fi
+step "system packages (libgtest-dev; redis-server for the tier tests)"
+for pkg in libgtest-dev redis-server; do
+  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y --no-install-recommends "$pkg" ||
+      { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "$pkg"; }
+  fi
+done
 
 step "virtualenv build/test-venv (cmake, ninja, test extras)"
 VENV=build/test-venv

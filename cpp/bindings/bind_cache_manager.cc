@@ -71,6 +71,10 @@ py::dict StatsDict(const CacheStats& s) {
   d["events_dropped"] = s.events_dropped;
   d["prompt_logits"] = s.prompt_logits;
   d["prompt_logits_hits"] = s.prompt_logits_hits;
+  d["tier_blocks_imported"] = s.tier_blocks_imported;
+  d["tier_writes_queued"] = s.tier_writes_queued;
+  d["tier_writes_skipped"] = s.tier_writes_skipped;
+  d["tier_write_queue"] = s.tier_write_queue;
   return d;
 }
 
@@ -169,10 +173,12 @@ void BindCacheManager(py::module_& m) {
                            "and batch metadata over one BlockPool + KvStorage. Thread-safe; every "
                            "call is all-or-nothing.",
                            py::custom_type_setup(SetUpGarbageCollection))
-      .def(py::init<const CacheConfig&>(), py::arg("config"),
+      .def(py::init<const CacheConfig&, int64_t>(), py::arg("config"), py::kw_only(),
+           py::arg("tier_queue_blocks") = 0,
            "Allocate the device arena (config.num_blocks blocks) and the host arena "
-           "(config.num_host_blocks, none if 0). Raises ValueError for a bad config, MemoryError "
-           "without the memory.")
+           "(config.num_host_blocks, none if 0). tier_queue_blocks > 0: a tier write queue of "
+           "that many blocks (for ferrum_kv.PagedKvCache(tiers=...); needs prefix caching). "
+           "Raises ValueError for a bad config, MemoryError without the memory.")
       .def_property_readonly("config", &PagedKvCache::config, "The CacheConfig (read-only).")
       .def_property_readonly("storage", &PagedKvCache::storage, "The device-tier KvStorage.")
       .def_property_readonly("host_storage", &PagedKvCache::host_storage,

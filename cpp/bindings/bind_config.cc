@@ -74,7 +74,7 @@ void BindConfig(py::module_& m) {
            "num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; "
            "watermarks: memory_pressure is 'high' below high_watermark, 'critical' below "
            "critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= "
-           "1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; "
+           "1); eviction_policy 'lru' | 'fifo' | 'priority_lru' | 'clock'; enable_kv_events; "
            "max_prompt_logits >= 0. Raises ValueError naming a bad value.")
       .def_readonly("num_layers", &CacheConfig::num_layers, "Transformer layers (int).")
       .def_readonly("num_kv_heads", &CacheConfig::num_kv_heads, "K/V heads per layer (int).")
@@ -102,7 +102,8 @@ void BindConfig(py::module_& m) {
       .def_property_readonly(
           "eviction_policy",
           [](const CacheConfig& c) { return EvictionPolicyName(c.eviction_policy); },
-          "'lru' | 'fifo' | 'priority_lru': the order in which cached blocks are reclaimed.")
+          "'lru' | 'fifo' | 'priority_lru' | 'clock': the order in which cached blocks are "
+          "reclaimed.")
       .def_property_readonly("bytes_per_block", &CacheConfig::BytesPerBlock,
                              "Bytes of one block: K and V, all layers.")
       .def_property_readonly(

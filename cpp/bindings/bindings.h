@@ -62,5 +62,6 @@ void BindCacheManager(pybind11::module_& m);
 void BindAttention(pybind11::module_& m);
 void BindBlockHash(pybind11::module_& m);
 void BindParallel(pybind11::module_& m);
+void BindTiers(pybind11::module_& m);
 
 }  // namespace ferrum_kv::bindings

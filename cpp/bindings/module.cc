@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   ferrum_kv::bindings::BindAttention(m);
   ferrum_kv::bindings::BindBlockHash(m);
   ferrum_kv::bindings::BindParallel(m);
+  ferrum_kv::bindings::BindTiers(m);
 }

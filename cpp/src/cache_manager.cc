@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 
 #include "ferrum_kv/support/check.h"
 
@@ -34,14 +35,22 @@ class OnExit {
 };
 }  // namespace
 
-PagedKvCache::PagedKvCache(const CacheConfig& config)
+PagedKvCache::PagedKvCache(const CacheConfig& config) : PagedKvCache(config, 0) {}
+
+PagedKvCache::PagedKvCache(const CacheConfig& config, int64_t tier_queue_blocks)
     : config_((config.Validate(), config)),
       storage_(std::make_shared<KvStorage>(config_)),
       host_storage_(MaybeStorage(config_, config_.num_host_blocks)),
       pool_(config_.num_blocks),
       host_pool_(config_.num_host_blocks > 0 ? std::make_unique<BlockPool>(config_.num_host_blocks)
-                                             : nullptr) {
+                                             : nullptr),
+      hash_blocks_(config_.enable_kv_events || tier_queue_blocks > 0) {
+  FKV_CHECK_ARG(tier_queue_blocks >= 0,
+                "tier_queue_blocks must be >= 0, got " << tier_queue_blocks);
+  FKV_CHECK_ARG(tier_queue_blocks == 0 || config_.enable_prefix_caching,
+                "storage tiers need CacheConfig(enable_prefix_caching=True)");
   MutexLock lock(&mu_);
+  if (tier_queue_blocks > 0) export_ = std::make_unique<BlockExportQueue>(tier_queue_blocks);
   if (config_.enable_prefix_caching) {
     prefix_ = std::make_unique<PrefixIndex>(config_.num_blocks, config_.eviction_policy,
                                             config_.enable_kv_events);
@@ -198,7 +207,7 @@ void PagedKvCache::QueuePublication(Sequence& seq) {
   // follows the rest).
   __builtin_prefetch(tokens);
   __builtin_prefetch(tokens + block_size - 1);
-  if (prefix_->logs_events()) {
+  if (hash_blocks_) {
     hash_scratch_.resize(size_t(offset + end - first));
     HashBlocks(seq.chain_hash, tokens, end - first, block_size, hash_scratch_.data() + offset);
     seq.chain_hash = hash_scratch_.back();
@@ -234,6 +243,15 @@ void PagedKvCache::InsertPending() {
                        prefix_->logs_events() ? hash_scratch_.data() : nullptr,
                        int64_t(publish_blocks_.size()), &block_scratch_);
   pool_.IncRef(block_scratch_.data(), int64_t(block_scratch_.size()));  // the index's references
+  if (export_) {
+    // The inserted blocks are a subsequence of the queued ones, in order: their hashes are found
+    // walking both.
+    size_t q = 0;
+    for (const BlockId block : block_scratch_) {
+      while (publish_blocks_[q] != block) ++q;
+      if (export_->Offer(block, hash_scratch_[q])) pool_.IncRef(&block, 1);  // the pin
+    }
+  }
   publish_blocks_.clear();
   hash_scratch_.clear();
 }
@@ -243,7 +261,7 @@ void PagedKvCache::ReservePublication(int64_t jobs, int64_t blocks) {
   publishing_.reserve(size_t(jobs));
   publish_blocks_.reserve(size_t(blocks));
   if (int64_t(key_scratch_.size()) < blocks) key_scratch_.resize(size_t(blocks));
-  if (prefix_->logs_events()) hash_scratch_.reserve(size_t(blocks));
+  if (hash_blocks_) hash_scratch_.reserve(size_t(blocks));
   block_scratch_.reserve(size_t(blocks));  // the inserted ones
 }
 
@@ -378,7 +396,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
   seq.priority = priority;
   if (config_.enable_prefix_caching) {
     seq.root_key = keyer_.Root(namespace_id);
-    if (config_.enable_kv_events) {
+    if (hash_blocks_) {
       seq.root_hash = RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
                                namespace_id.size());
     }
@@ -412,7 +430,7 @@ int64_t PagedKvCache::Add(SeqId seq_id, const int32_t* tokens, int64_t n,
         --hit_blocks;
       }
       seq.chain_hash = seq.root_hash;
-      if (config_.enable_kv_events && hit_blocks > 0) {
+      if (hash_blocks_ && hit_blocks > 0) {
         if (int64_t(hash_scratch_.size()) < hit_blocks) hash_scratch_.resize(size_t(hit_blocks));
         HashBlocks(seq.root_hash, tokens, hit_blocks, block_size, hash_scratch_.data());
         seq.chain_hash = hash_scratch_[hit_blocks - 1];
@@ -585,7 +603,7 @@ void PagedKvCache::AppendBatch(const SeqId* seq_ids, const int32_t* tokens, int6
       const auto one_block = [&](const Sequence& seq) FKV_NO_THREAD_SAFETY_ANALYSIS {
         return (seq.blocks_published + 2) * block_size > int64_t(seq.tokens.size());
       };
-      if (!prefix_->logs_events() &&
+      if (!hash_blocks_ &&
           std::all_of(publishers_.data(), publishers_.data() + num_publishers,
                       [&](const Sequence* seq) { return one_block(*seq); })) {
         const size_t count = size_t(num_publishers);
@@ -986,6 +1004,12 @@ CacheStats PagedKvCache::Stats() const {
     s.evictions = evictions_;
     s.prompt_logits = prompt_logits_ ? prompt_logits_->size() : 0;
     s.prompt_logits_hits = prompt_logits_hits_;
+    s.tier_blocks_imported = tier_blocks_imported_;
+    if (export_) {
+      s.tier_writes_queued = export_->offered();
+      s.tier_writes_skipped = export_->skipped();
+      s.tier_write_queue = export_->pending() + export_->in_flight();
+    }
   }
   s.blocks_allocated = blocks_allocated_.load(std::memory_order_relaxed);
   s.allocation_failures = allocation_failures_.load(std::memory_order_relaxed);
@@ -1023,6 +1047,93 @@ void PagedKvCache::ResetPrefixCache() {
   });
 }
 
+int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
+                                   const std::string& namespace_id, const BlockImport& import) {
+  CheckPrompt(tokens, n);
+  const int32_t block_size = config_.block_size;
+  const int64_t end = import.first_block + import.num_blocks;
+  FKV_CHECK_ARG(import.first_block >= 0 && import.num_blocks >= 0 &&
+                    (import.num_blocks == 0 || import.payloads != nullptr) &&
+                    end <= n / block_size,
+                "bad block import: blocks [" << import.first_block << ", " << end << ") of "
+                                             << n / block_size << " full blocks");
+  int64_t imported = 0;
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!prefix_ || import.num_blocks == 0) return;
+    // Where the device lookup stops; the import must continue it without a gap.
+    std::vector<BlockId> hits;
+    const int64_t h = FindCachedBlocks(keyer_.Root(namespace_id), tokens, end, &key_scratch_,
+                                       &hits);
+    if (h < import.first_block || h >= end) return;
+    // The hits are kept from eviction while the fresh blocks are taken (held like a table's).
+    const int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
+    if (count <= 0) return;
+    std::vector<PrefixKey> keys(static_cast<size_t>(count));
+    keyer_.Chain(h == 0 ? keyer_.Root(namespace_id) : key_scratch_[size_t(h - 1)],
+                 tokens + h * block_size, count, block_size, keys.data());
+    std::vector<BlockHash> hashes;
+    if (prefix_->logs_events()) {
+      hashes.resize(static_cast<size_t>(h + count));
+      HashBlocks(RootHash(reinterpret_cast<const uint8_t*>(namespace_id.data()),
+                          namespace_id.size()),
+                 tokens, h + count, block_size, hashes.data());
+    }
+    std::vector<BlockId> fresh(static_cast<size_t>(count));
+    ref_count_scratch_.reserve(hits.size());  // ReleaseDeviceBlocks below
+    block_scratch_.reserve(size_t(count));
+    PrepareAllocation(count);  // the last step that may fail
+    for (BlockId block : hits) {
+      if (prefix_->evictable().Contains(block)) prefix_->evictable().Remove(block);
+    }
+    pool_.IncRef(hits.data(), int64_t(hits.size()));
+    AllocateDevice(count);
+    std::copy(scratch_.begin(), scratch_.begin() + count, fresh.begin());
+    const size_t bytes = size_t(storage_->bytes_per_block());
+    const uint8_t* const* payload = import.payloads + (h - import.first_block);
+    for (int64_t i = 0; i < count; ++i) {
+      std::memcpy(storage_->BlockData(fresh[size_t(i)]), payload[i], bytes);
+    }
+    // Each fresh block's allocation reference becomes the index's. A block whose content is
+    // cached already (under a later key of the chain) is not inserted: it is freed.
+    block_scratch_.clear();
+    prefix_->InsertBatch(keys.data(), fresh.data(), hashes.empty() ? nullptr : hashes.data() + h,
+                         count, &block_scratch_);
+    for (BlockId block : fresh) {
+      if (!prefix_->IsCached(block)) pool_.Free(&block, 1);
+    }
+    for (auto it = block_scratch_.rbegin(); it != block_scratch_.rend(); ++it) {
+      prefix_->evictable().Add(*it, 0, prefix_->PublishOrder(*it));  // the end first
+    }
+    imported = int64_t(block_scratch_.size());
+    tier_blocks_imported_ += imported;
+    ReleaseDeviceBlocks(hits, 0);
+  });
+  return imported;
+}
+
+int64_t PagedKvCache::TakeExports(int64_t max, BlockId* blocks, BlockHash* hashes) {
+  FKV_CHECK_ARG(max >= 0, "max must be >= 0, got " << max);
+  MutexLock lock(&mu_);
+  return export_ ? export_->Take(max, blocks, hashes) : 0;
+}
+
+void PagedKvCache::FinishExports(const BlockId* blocks, int64_t n) {
+  Mutate([&]() FKV_REQUIRES(mu_) {
+    if (!export_ || n == 0) return;
+    export_->Finish(blocks, n);
+    pool_.Free(blocks, n);  // the pins
+    // A cached block left with the index's reference only becomes evictable (the pin kept it
+    // from becoming so when its last table released it).
+    for (int64_t i = 0; i < n; ++i) {
+      const BlockId block = blocks[i];
+      if (pool_.RefCount(block) == 1 && prefix_->IsCached(block) &&
+          !prefix_->evictable().Contains(block)) {
+        prefix_->evictable().Add(block, 0, prefix_->PublishOrder(block));
+      }
+    }
+  });
+}
+
 std::vector<CacheEvent> PagedKvCache::DrainEvents() {
   MutexLock lock(&mu_);
   return prefix_ ? prefix_->DrainEvents() : std::vector<CacheEvent>{};
@@ -1047,7 +1158,7 @@ void PagedKvCache::CheckChains(SeqId seq_id, const Sequence& seq) const {
   FKV_CHECK_INVARIANT(key == seq.chain_key, "sequence " << seq_id << ": chain key after "
                                                          << n << " published blocks differs "
                                                          << "from its tokens'");
-  if (!config_.enable_kv_events) return;
+  if (!hash_blocks_) return;
   BlockHash hash = seq.root_hash;
   if (n > 0) {
     std::vector<BlockHash> hashes(static_cast<size_t>(n));
@@ -1099,18 +1210,24 @@ void PagedKvCache::CheckInvariants() const {
   }
   FKV_CHECK_INVARIANT(key_jobs_.empty() && publishing_.empty() && publish_blocks_.empty(),
                       "the publication queue is not empty between calls");
+  std::vector<int32_t> pins(device_refs.size(), 0);  // tier write queue entries
+  if (export_) {
+    export_->CheckInvariants();
+    export_->CountPins(&pins);
+  }
   int64_t cached = 0, evictable = 0;
   for (BlockId b = 0; b < BlockId(device_refs.size()); ++b) {
     const bool is_cached = prefix_ && prefix_->IsCached(b);
-    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + (is_cached ? 1 : 0),
+    FKV_CHECK_INVARIANT(pool_.RefCount(b) == device_refs[b] + pins[b] + (is_cached ? 1 : 0),
                         "device block " << b << " ref_count " << pool_.RefCount(b) << ", held by "
-                                        << device_refs[b] << " tables and stored prompts, cached "
-                                        << is_cached);
+                                        << device_refs[b] << " tables and stored prompts, "
+                                        << pins[b] << " tier writes, cached " << is_cached);
     if (!prefix_) continue;
     const bool is_evictable = prefix_->evictable().Contains(b);
-    FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0),
+    FKV_CHECK_INVARIANT(is_evictable == (is_cached && device_refs[b] == 0 && pins[b] == 0),
                         "block " << b << " evictable " << is_evictable << ", cached "
-                                 << is_cached << ", held by " << device_refs[b] << " tables");
+                                 << is_cached << ", held by " << device_refs[b] << " tables, "
+                                 << pins[b] << " tier writes");
     cached += is_cached;
     evictable += is_evictable;
   }

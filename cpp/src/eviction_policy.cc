@@ -16,6 +16,7 @@ std::string EvictionPolicyName(EvictionPolicyKind kind) {
     case EvictionPolicyKind::kLru: return "lru";
     case EvictionPolicyKind::kFifo: return "fifo";
     case EvictionPolicyKind::kPriorityLru: return "priority_lru";
+    case EvictionPolicyKind::kClock: return "clock";
   }
   return "unknown";
 }
@@ -24,8 +25,9 @@ EvictionPolicyKind ParseEvictionPolicy(const std::string& name) {
   if (name == "lru") return EvictionPolicyKind::kLru;
   if (name == "fifo") return EvictionPolicyKind::kFifo;
   if (name == "priority_lru") return EvictionPolicyKind::kPriorityLru;
-  FKV_THROW(InvalidArgument, "eviction_policy must be 'lru', 'fifo' or 'priority_lru', got '"
-                                 << name << "'");
+  if (name == "clock") return EvictionPolicyKind::kClock;
+  FKV_THROW(InvalidArgument, "eviction_policy must be 'lru', 'fifo', 'priority_lru' or 'clock', "
+                             "got '" << name << "'");
 }
 
 namespace {
@@ -41,6 +43,39 @@ class LruPolicy final : public EvictionPolicy {
 
  private:
   IndexList order_;  // head: least recently released
+};
+
+// The ring is an IndexList whose front is under the hand. A block's publication order tells a
+// first release (a new publication) from a release after reuse (the same publication again).
+class ClockPolicy final : public EvictionPolicy {
+ public:
+  explicit ClockPolicy(int32_t num_blocks)
+      : ring_(num_blocks),
+        referenced_(static_cast<size_t>(num_blocks), false),
+        publication_(static_cast<size_t>(num_blocks), 0) {}
+
+  void Add(BlockId block, int32_t, uint64_t publish_order) override {
+    referenced_[block] = publication_[block] == publish_order;
+    publication_[block] = publish_order;
+    ring_.PushBack(block);
+  }
+  void Remove(BlockId block) override { ring_.Remove(block); }
+  BlockId PopVictim() override {
+    // Terminates: one pass clears every bit.
+    while (true) {
+      const BlockId block = ring_.PopFront();
+      if (!referenced_[block]) return block;
+      referenced_[block] = false;  // second chance
+      ring_.PushBack(block);
+    }
+  }
+  bool Contains(BlockId block) const override { return ring_.Contains(block); }
+  int64_t size() const override { return ring_.size(); }
+
+ private:
+  IndexList ring_;
+  std::vector<bool> referenced_;
+  std::vector<uint64_t> publication_;  // the publish_order of the block's last Add (0: none)
 };
 
 // A min-heap of (key, block, version) with lazy deletion: Remove only clears the block's flag,
@@ -133,6 +168,7 @@ std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionPolicyKind kind, int3
     case EvictionPolicyKind::kLru: return std::make_unique<LruPolicy>(num_blocks);
     case EvictionPolicyKind::kFifo: return std::make_unique<HeapPolicy>(num_blocks, false);
     case EvictionPolicyKind::kPriorityLru: return std::make_unique<HeapPolicy>(num_blocks, true);
+    case EvictionPolicyKind::kClock: return std::make_unique<ClockPolicy>(num_blocks);
   }
   return nullptr;
 }

@@ -20,7 +20,6 @@ from ferrum_kv._core import (
     InvariantError,
     KvStorage,
     OutOfBlocksError,
-    PagedKvCache,
     __version__,
     attention_isas,
     block_hashes,
@@ -32,6 +31,7 @@ from ferrum_kv._core import (
     set_num_threads,
 )
 from ferrum_kv.attention import paged_attention_decode, paged_attention_prefill
+from ferrum_kv.cache import PagedKvCache
 
 __all__ = [
     "BatchMetadata",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BFloat16Array', 'BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'dequantize_rows', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'quantize_rows', 'set_num_threads', 'sha256_impl']
+__all__: list[str] = ['BFloat16Array', 'BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'TierCodec', 'attention_isas', 'block_hashes', 'dequantize_rows', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'quantize_rows', 'set_num_threads', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -41,7 +41,7 @@ class CacheConfig:
     """
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, num_blocks: int, dtype: str = 'float32', num_host_blocks: int = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: int = 0) -> None:
         """
-        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' (or 'fp8') | 'fp8_e5m2' | 'int4' (quantized: docs/layout.md); num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
+        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' (or 'fp8') | 'fp8_e5m2' | 'int4' (quantized: docs/layout.md); num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru' | 'clock'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
         """
     def __repr__(self) -> str:
         ...
@@ -83,7 +83,7 @@ class CacheConfig:
     @property
     def eviction_policy(self) -> str:
         """
-        'lru' | 'fifo' | 'priority_lru': the order in which cached blocks are reclaimed.
+        'lru' | 'fifo' | 'priority_lru' | 'clock': the order in which cached blocks are reclaimed.
         """
     @property
     def head_dim(self) -> int:
@@ -287,13 +287,21 @@ class PagedKvCache:
         """
         Whether the cache holds seq_id (resident or swapped out).
         """
-    def __init__(self, config: CacheConfig) -> None:
+    def __init__(self, config: CacheConfig, *, tier_queue_blocks: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         """
-        Allocate the device arena (config.num_blocks blocks) and the host arena (config.num_host_blocks, none if 0). Raises ValueError for a bad config, MemoryError without the memory.
+        Allocate the device arena (config.num_blocks blocks) and the host arena (config.num_host_blocks, none if 0). tier_queue_blocks > 0: a tier write queue of that many blocks (for ferrum_kv.PagedKvCache(tiers=...); needs prefix caching). Raises ValueError for a bad config, MemoryError without the memory.
         """
     def __len__(self) -> int:
         """
         The number of sequences held.
+        """
+    def _import_from_tiers(self, tokens: typing.Any, namespace: bytes, first_block: typing.SupportsInt | typing.SupportsIndex, values: list, codecs: list) -> tuple:
+        """
+        For ferrum_kv.tiers: values[i] (bytes, opened with codecs[i]) as the K/V of full block first_block + i of tokens. Values are checked in order up to the first that fails; the good leading run is published where the device lookup stops (ImportBlocks), for add_sequence to find. Returns (blocks published, statuses of the checked values).
+        """
+    def _tier_export(self, codec: TierCodec, max_blocks: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        """
+        For ferrum_kv.tiers: copies out up to max_blocks blocks of the tier write queue, sealed with codec, and unpins them: (hashes uint8 [k, 32], values uint8 [k, value_bytes]).
         """
     def add_sequence(self, seq_id: int, tokens: typing.Any, *, namespace: bytes = b'', priority: int = 0) -> int:
         """
@@ -432,6 +440,43 @@ class PagedKvCache:
     def storage(self) -> KvStorage:
         """
         The device-tier KvStorage.
+        """
+class TierCodec:
+    """
+    The tier value format (docs/tiers.md): a 128-byte header (magic, format version, flags, fingerprint, block hash, payload length, XXH64 of the payload, optional HMAC-SHA256) and the block's bytes. Immutable; thread-safe.
+    """
+    header_bytes: typing.ClassVar[int] = 128
+    def __init__(self, fingerprint: bytes, payload_bytes: typing.SupportsInt | typing.SupportsIndex, *, secret: bytes = b'') -> None:
+        """
+        fingerprint: 16 bytes; payload_bytes: a block's bytes (>= 1); secret: bytes, empty for no MAC. ValueError otherwise.
+        """
+    def open(self, hash: bytes, value: typing.Any) -> str:
+        """
+        Check value (bytes) as the block named hash: 'ok', or why not: 'malformed' | 'foreign' | 'wrong_block' | 'bad_checksum' | 'unauthenticated'.
+        """
+    def seal(self, hash: bytes, payload: bytes) -> bytes:
+        """
+        The value of the block named hash (32 bytes) holding payload (bytes).
+        """
+    def seal_rows(self, hashes: numpy.typing.NDArray[numpy.uint8], values: numpy.typing.NDArray[numpy.uint8]) -> None:
+        """
+        Seal, in place, values [k, value_bytes] (uint8, payload after the header) as the blocks named hashes [k, 32] (uint8): for ferrum_kv.tiers.
+        """
+    @property
+    def authenticates(self) -> bool:
+        """
+        Whether values carry (and must carry) a MAC.
+        """
+    @property
+    def fingerprint(self) -> bytes:
+        ...
+    @property
+    def payload_bytes(self) -> int:
+        ...
+    @property
+    def value_bytes(self) -> int:
+        """
+        header_bytes + payload_bytes.
         """
 def attention_isas() -> list[str]:
     """

@@ -28,7 +28,7 @@ import ferrum_kv as fkv
 # Storage dtypes, as CacheConfig spells them ("fp8" is accepted for "fp8_e4m3").
 STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8", "fp8_e4m3", "fp8_e5m2", "int4")
 DTYPES = STORAGE_DTYPES + ("fp8",)
-EVICTION_POLICIES = ("lru", "fifo", "priority_lru")
+EVICTION_POLICIES = ("lru", "fifo", "priority_lru", "clock")
 
 # (num_layers, num_kv_heads, head_dim) from each model's published config.json.
 MODEL_GEOMETRIES = {
@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--prompt-logits", type=_non_negative_int, default=defaults.prompt_logits,
                        help="whole-prompt hits: prompts whose last-token logits the cache keeps, "
                        "so that a resent request skips prefill; 0: off (default %(default)s)")
+    tiers = demo.add_argument_group("storage tiers (docs/tiers.md)")
+    tiers.add_argument("--tier", dest="tiers", metavar="SPEC", action="append", default=[],
+                       help="keep prefix-cache blocks in a tier too: disk:PATH, redis://HOST:PORT"
+                       "/DB, rediss://..., redis+cluster://HOST:PORT (repeat: fastest first)")
+    tiers.add_argument("--restart", action="store_true",
+                       help="run the workload, drop the cache, run it again on a new cache over "
+                       "the same tiers (a restarted or second replica) and report the prefill "
+                       "tokens the tiers saved")
     sched = demo.add_argument_group("scheduler")
     sched.add_argument("--token-budget", type=_positive_int, default=defaults.token_budget,
                        help="prefill plus decode tokens per step (default %(default)s)")
@@ -223,23 +231,50 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"ferrum-kv: warning: --threads {args.threads} is more than the {cpus} CPUs this "
               "process may use; oversubscribed threads make the demo much slower",
               file=sys.stderr)
+    if args.restart and not args.tiers:
+        _fail("--restart needs at least one --tier", status=2)
+    if args.tiers and not args.prefix_caching:
+        _fail("--tier needs prefix caching (drop --no-prefix-caching)", status=2)
+    try:
+        if args.tiers:
+            from ferrum_kv.tiers.spec import parse_tier
+
+            for spec in args.tiers:
+                parse_tier(spec)
+    except (ValueError, ImportError) as e:
+        _fail(str(e), status=2)
     options = DemoOptions(
         preset=args.preset, sessions=args.sessions, num_blocks=args.num_blocks,
         num_host_blocks=args.num_host_blocks, block_size=args.block_size, dtype=args.dtype,
         eviction_policy=args.eviction_policy, prefix_caching=args.prefix_caching,
         token_budget=args.token_budget, max_num_seqs=args.max_num_seqs, seed=args.seed,
         resend_fraction=args.resend_fraction, prompt_logits=args.prompt_logits,
-        threads=args.threads)
+        threads=args.threads, tiers=tuple(args.tiers))
+    first = run_demo(options, verify_run=args.verify, progress=args.progress) \
+        if args.restart else None
     result = run_demo(options, verify_run=args.verify, progress=args.progress)
     if args.plot is not None:
         plot_history(result.history, args.plot)
     if args.json:
-        print(json.dumps(summary_json(result.summary, result.verification)))
+        out = summary_json(result.summary, result.verification)
+        if first is not None:
+            out = {"first": summary_json(first.summary, first.verification), "restarted": out}
+        print(json.dumps(out))
     else:
+        if first is not None:
+            print("== first run ==")
+            print(format_summary(first.summary, first.verification))
+            print("\n== restarted: a new cache over the same tiers ==")
         print(format_summary(result.summary, result.verification))
+        if first is not None:
+            saved = result.summary["tier_loaded_tokens"]
+            print(f"\nprefill tokens saved through the tiers after the restart: {saved} "
+                  f"(model ran {first.summary['computed_tokens']} tokens in the first run, "
+                  f"{result.summary['computed_tokens']} after the restart)")
         if args.plot is not None:
             print(f"plot written to {args.plot}")
-    return 0 if result.verification is None or result.verification.ok else 1
+    runs = [r for r in (first, result) if r is not None]
+    return 0 if all(r.verification is None or r.verification.ok for r in runs) else 1
 
 
 def plan_capacity(num_layers: int, num_kv_heads: int, head_dim: int, dtype: str, block_size: int,

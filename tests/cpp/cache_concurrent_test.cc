@@ -82,7 +82,8 @@ TEST_P(CacheConcurrentTest, ThreadsDrivingOneCacheKeepItConsistent) {
 
 INSTANTIATE_TEST_SUITE_P(EveryPolicy, CacheConcurrentTest,
                          testing::Values(EvictionPolicyKind::kLru, EvictionPolicyKind::kFifo,
-                                         EvictionPolicyKind::kPriorityLru),
+                                         EvictionPolicyKind::kPriorityLru,
+                                         EvictionPolicyKind::kClock),
                          [](const testing::TestParamInfo<EvictionPolicyKind>& info) {
                            return EvictionPolicyName(info.param);
                          });

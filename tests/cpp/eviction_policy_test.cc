@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <deque>
 #include <random>
 #include <vector>
 
@@ -49,6 +50,21 @@ TEST(EvictionPolicyTest, PriorityLruEvictsLowPriorityFirstThenLru) {
   EXPECT_EQ(Drain(*policy), (std::vector<BlockId>{4, 2, 1, 3}));
 }
 
+TEST(EvictionPolicyTest, ClockGivesReusedBlocksASecondChance) {
+  auto clock = MakeEvictionPolicy(EvictionPolicyKind::kClock, 8);
+  clock->Add(5, 0, 1);  // first releases: no reference bit
+  clock->Add(2, 0, 2);
+  clock->Add(7, 0, 3);
+  clock->Remove(5);     // a prefix hit took it
+  clock->Add(5, 0, 1);  // released again, same publication: referenced
+  clock->Remove(2);
+  clock->Add(2, 0, 9);  // republished (evicted and reused meanwhile): a new block, no bit
+  // Ring: 7, 5*, 2. The hand evicts 7, passes 5 (clearing it), evicts 2, then 5.
+  EXPECT_EQ(clock->PopVictim(), 7);
+  clock->Add(6, 0, 4);  // ring: 5*, 2, 6
+  EXPECT_EQ(Drain(*clock), (std::vector<BlockId>{2, 6, 5}));
+}
+
 TEST(EvictionPolicyTest, RandomOperationsMatchAReferenceOrder) {
   for (EvictionPolicyKind kind :
        {EvictionPolicyKind::kLru, EvictionPolicyKind::kFifo, EvictionPolicyKind::kPriorityLru}) {
@@ -89,11 +105,45 @@ TEST(EvictionPolicyTest, RandomOperationsMatchAReferenceOrder) {
   }
 }
 
+// CLOCK against a second-chance model over a std::deque: the ring in order, with the bits.
+TEST(EvictionPolicyTest, ClockRandomOperationsMatchASecondChanceModel) {
+  constexpr int32_t kBlocks = 40;
+  auto policy = MakeEvictionPolicy(EvictionPolicyKind::kClock, kBlocks);
+  std::mt19937 rng(11);
+  std::deque<std::pair<BlockId, bool>> ring;
+  std::vector<uint64_t> published(kBlocks, 0), last_added(kBlocks, 0);
+  uint64_t next_publication = 1;
+  for (int step = 0; step < 6000; ++step) {
+    const BlockId block = BlockId(rng() % kBlocks);
+    const int op = int(rng() % 4);
+    auto it = std::find_if(ring.begin(), ring.end(),
+                           [block](const auto& e) { return e.first == block; });
+    ASSERT_EQ(policy->Contains(block), it != ring.end());
+    if (op == 0 && it == ring.end()) {
+      if (published[block] == 0 || rng() % 4 == 0) published[block] = next_publication++;
+      policy->Add(block, 0, published[block]);
+      ring.emplace_back(block, last_added[block] == published[block]);
+      last_added[block] = published[block];
+    } else if (op == 1 && it != ring.end()) {
+      policy->Remove(block);
+      ring.erase(it);
+    } else if (op >= 2 && !ring.empty()) {
+      while (ring.front().second) {
+        ring.emplace_back(ring.front().first, false);
+        ring.pop_front();
+      }
+      ASSERT_EQ(policy->PopVictim(), ring.front().first);
+      ring.pop_front();
+    }
+    ASSERT_EQ(policy->size(), int64_t(ring.size()));
+  }
+}
+
 TEST(EvictionPolicyTest, NamesRoundTrip) {
-  for (const char* name : {"lru", "fifo", "priority_lru"}) {
+  for (const char* name : {"lru", "fifo", "priority_lru", "clock"}) {
     EXPECT_EQ(EvictionPolicyName(ParseEvictionPolicy(name)), name);
   }
-  EXPECT_THROW(ParseEvictionPolicy("clock"), InvalidArgument);
+  EXPECT_THROW(ParseEvictionPolicy("arc"), InvalidArgument);
 }
 
 }  // namespace

@@ -39,6 +39,9 @@ def run_main(argv, capsys):
     (TINY_DEMO + ["--block-size", "0"], 2, "--block-size: must be at least 1"),
     (["plan", "--model", "Llama-3-8B", "--memory", "9" * 400 + "TiB"], 2, "absurdly large"),
     (["demo", "--blocks", "100000000", "--no-progress"], 1, "out of memory: a K/V arena of"),
+    (TINY_DEMO + ["--restart"], 2, "--restart needs at least one --tier"),
+    (TINY_DEMO + ["--tier", "s3://bucket"], 2, "a tier is disk:PATH, redis://"),
+    (TINY_DEMO + ["--tier", "disk:/tmp/x", "--no-prefix-caching"], 2, "--tier needs prefix"),
 ])
 def test_errors_are_one_line_and_a_non_zero_exit(argv, status, message, capsys):
     code, out, err = run_main(argv, capsys)
@@ -89,6 +92,21 @@ def test_demo_table_and_plot(tmp_path, capsys):
     assert code == 0
     assert "prefix hit rate (tokens)" in out and "preemptions (swap / recompute)" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_restart_over_a_disk_tier_verifies_and_saves_prefill(tmp_path, capsys):
+    # The restarted run loads what the first one computed: every token still matches the
+    # reference (K/V bit-exact after the round trip), and the model runs fewer tokens.
+    code, out, _ = run_main(TINY_DEMO + ["--tier", f"disk:{tmp_path}", "--restart", "--json",
+                                         "--verify"], capsys)
+    runs = json.loads(out)
+    first, restarted = runs["first"], runs["restarted"]
+    assert code == 0 and first["verify"]["ok"] and restarted["verify"]["ok"]
+    assert first["tier_blocks_written"] > 0 and first["tier_errors"] == 0
+    assert restarted["tier_loaded_tokens"] > 0
+    assert restarted["computed_tokens"] < first["computed_tokens"]
+    code, out, _ = run_main(TINY_DEMO + ["--tier", f"disk:{tmp_path}", "--restart"], capsys)
+    assert code == 0 and "prefill tokens saved through the tiers after the restart" in out
 
 
 def test_plan_llama_3_8b(capsys):

@@ -32,7 +32,13 @@ def public_members():
         yield name, obj.__doc__, name
         if not inspect.isclass(obj):
             continue
-        for attr, value in vars(obj).items():
+        # Members of the class and of its ferrum_kv bases (ferrum_kv.PagedKvCache extends the
+        # C++ class), the most derived definition of each.
+        members = {}
+        for klass in reversed(obj.__mro__):
+            if klass.__module__.startswith("ferrum_kv"):
+                members.update(vars(klass))
+        for attr, value in members.items():
             if attr.startswith("_") and attr not in DOCUMENTED_DUNDERS:
                 continue
             if isinstance(value, (staticmethod, classmethod)):

@@ -120,6 +120,29 @@ def test_fifo_evicts_in_publication_order():
     assert cache.add_sequence(5, first) == 0
 
 
+def test_clock_gives_reused_prompts_a_second_chance():
+    rng = np.random.default_rng(14)
+    cache = make_cache(num_blocks=8, policy="clock")
+    reused, once = rng.integers(0, 100, 16), rng.integers(100, 200, 16)
+    cache.add_sequence(1, reused)
+    compute(cache, 1, 0, rng)
+    cache.free_sequence(1)
+    assert cache.add_sequence(2, reused) == 12  # a hit: its blocks get the reference bit
+    cache.free_sequence(2)
+    cache.add_sequence(3, once)
+    compute(cache, 3, 0, rng)
+    cache.free_sequence(3)  # released last, but never reused
+    # Ring: reused's last block (never hit), its first three (hit: bit set), once's four. LRU
+    # would evict reused's four blocks; CLOCK evicts its last one, passes the three with the
+    # bit, and evicts three of once's (last first).
+    cache.add_sequence(4, np.arange(16) + 900)
+    assert cache.stats()["evictions"] == 4
+    cache.free_sequence(4)
+    cache.check_invariants()
+    assert cache.add_sequence(5, reused) == 12
+    assert cache.add_sequence(6, once) == 4
+
+
 def test_namespaces_never_share_blocks():
     rng = np.random.default_rng(5)
     cache = make_cache()

@@ -30,6 +30,14 @@
 // cached (they cannot hit), after all evictable blocks otherwise. Such copies count as
 // available.
 //
+// Storage tiers (docs/tiers.md): a cache built with a tier write queue (tier_queue_blocks > 0,
+// prefix caching required) hashes every block with the public SHA-256 chain and offers each
+// block it publishes to a BlockExportQueue, which pins it (one more pool reference) until the
+// tier writer has copied its bytes out (TakeExports / FinishExports); a full queue skips the
+// write (counted). ImportBlocks publishes K/V loaded from a tier for the blocks after the device
+// hits (not offered back to the tiers), so that AddSequence finds them. The tier logic itself
+// (codec, clients) lives outside the manager.
+//
 // Copy-on-write: appending into a partly filled last block that another sequence also holds
 // first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
 // shared: nothing is ever written into them.
@@ -38,7 +46,8 @@
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
 //                                                    + 1 if b is in the prefix index
 //                                                    + 1 if b is a stored prompt's tail copy
-//   b is evictable <=> b is in the prefix index and no table holds it
+//                                                    + 1 per tier write queue entry of b (pins)
+//   b is evictable <=> b is in the prefix index, no table holds it and it is not pinned
 //   a stored prompt's tail copy is not in the prefix index
 //   the prefix index maps KeyOf(b) back to b for every cached b (PrefixIndex::CheckInvariants)
 //   free + used == total in each pool (BlockPool::CheckInvariants)
@@ -73,6 +82,7 @@
 #include <vector>
 
 #include "ferrum_kv/batch_metadata.h"
+#include "ferrum_kv/block_export.h"
 #include "ferrum_kv/block_pool.h"
 #include "ferrum_kv/cache_event.h"
 #include "ferrum_kv/config.h"
@@ -110,6 +120,19 @@ struct CacheStats {
   int64_t events_dropped = 0;        // events discarded: nobody drained them, or no memory
   int64_t prompt_logits = 0;         // prompts whose last-token logits are stored
   int64_t prompt_logits_hits = 0;    // AddSequenceWithLogits calls that reused a whole prompt
+  int64_t tier_blocks_imported = 0;  // blocks ImportBlocks published from a tier
+  int64_t tier_writes_queued = 0;    // published blocks queued for the tiers (pinned)
+  int64_t tier_writes_skipped = 0;   // published blocks not queued: the tier write queue was full
+  int64_t tier_write_queue = 0;      // blocks queued or being copied out now
+};
+
+// K/V of a prompt's full blocks loaded from a storage tier, for ImportBlocks.
+struct BlockImport {
+  int64_t first_block = 0;  // the index (in the prompt) of the block payloads[0] holds
+  int64_t num_blocks = 0;
+  // num_blocks pointers to bytes_per_block bytes each, in the storage layout of a block; they
+  // must stay valid and unchanged during the call.
+  const uint8_t* const* payloads = nullptr;
 };
 
 class PagedKvCache {
@@ -119,6 +142,9 @@ class PagedKvCache {
   // Throws InvalidArgument on a bad config, OutOfMemory when an arena does not fit in the memory
   // available.
   explicit PagedKvCache(const CacheConfig& config);
+  // With tier_queue_blocks > 0, a tier write queue of that capacity (see "Storage tiers"); it
+  // needs config.enable_prefix_caching (InvalidArgument otherwise, as for a negative capacity).
+  PagedKvCache(const CacheConfig& config, int64_t tier_queue_blocks);
   PagedKvCache(const PagedKvCache&) = delete;
   PagedKvCache& operator=(const PagedKvCache&) = delete;
 
@@ -225,6 +251,25 @@ class PagedKvCache {
   void ResetPrefixCache() FKV_EXCLUDES(mu_);
   // The events logged since the last call, oldest first (empty without config.enable_kv_events).
   std::vector<CacheEvent> DrainEvents() FKV_EXCLUDES(mu_);
+
+  // K/V of full blocks of tokens[0..n) loaded from a storage tier: where the device lookup under
+  // namespace_id stops at block h with import.first_block <= h < first_block + num_blocks, the
+  // blocks h .. first_block + num_blocks - 1 (as many as free or evictable blocks allow, the
+  // device hits kept) get fresh blocks holding their payloads (copied under the lock), published
+  // in the prefix index as cached blocks no sequence holds (evictable; not offered to the tier
+  // write queue); an AddSequence of the tokens then finds them as hits. Returns how many were
+  // published (0 without prefix caching, or when the import does not continue the device hits).
+  // Throws InvalidArgument for a bad prompt or import (blocks past the full blocks of tokens);
+  // nothing changes then.
+  int64_t ImportBlocks(const int32_t* tokens, int64_t n, const std::string& namespace_id,
+                       const BlockImport& import) FKV_EXCLUDES(mu_);
+  // The tier writer's side of the tier write queue (0 / no-op without one): moves up to max of
+  // the oldest queued blocks in flight, their ids to blocks[] and public chain hashes to
+  // hashes[]; the caller copies their bytes (storage()->BlockData) out and must then call
+  // FinishExports on them, which unpins them (a cached block held by nothing else becomes
+  // evictable).
+  int64_t TakeExports(int64_t max, BlockId* blocks, BlockHash* hashes) FKV_EXCLUDES(mu_);
+  void FinishExports(const BlockId* blocks, int64_t n) FKV_EXCLUDES(mu_);
 
   CacheStats Stats() const FKV_EXCLUDES(mu_);
   // From the fraction of device blocks that are free or evictable.
@@ -365,6 +410,12 @@ class PagedKvCache {
   int64_t num_swapped_ FKV_GUARDED_BY(mu_) = 0;
   PressureLevel last_pressure_ FKV_GUARDED_BY(mu_) = PressureLevel::kLow;
   std::shared_ptr<const PressureCallback> pressure_callback_ FKV_GUARDED_BY(mu_);
+
+  // Null without a tier write queue.
+  std::unique_ptr<BlockExportQueue> export_ FKV_PT_GUARDED_BY(mu_);
+  int64_t tier_blocks_imported_ FKV_GUARDED_BY(mu_) = 0;
+  // Sequences keep public chain hashes: with KV events or a tier write queue.
+  const bool hash_blocks_;
 
   const PrefixKeyer keyer_;  // immutable: used outside the mutex
   std::unique_ptr<PrefixIndex> prefix_ FKV_PT_GUARDED_BY(mu_);  // null without prefix caching

@@ -6,6 +6,11 @@
 //   kPriorityLru  lowest retention priority first (the priority of the sequence that released
 //                 the block, like TensorRT-LLM's retention config), least recently released first
 //                 among equal priorities. O(log n): a heap.
+//   kClock        CLOCK (second chance): the blocks in a ring in the order they became
+//                 evictable; a block reused since its publication (a prefix hit took it, and it
+//                 was released again) carries a reference bit. The hand evicts the first block
+//                 without the bit, clearing the bits it passes (those blocks move behind it).
+//                 O(1) amortized: an intrusive list and a bit per block.
 //
 // Invariants: Contains(b) for exactly size() blocks; PopVictim returns one of them.
 // Errors: none; nothing allocates after construction (the cache manager relies on it: it changes
@@ -22,9 +27,9 @@
 
 namespace ferrum_kv {
 
-enum class EvictionPolicyKind : uint8_t { kLru, kFifo, kPriorityLru };
+enum class EvictionPolicyKind : uint8_t { kLru, kFifo, kPriorityLru, kClock };
 
-// "lru" | "fifo" | "priority_lru".
+// "lru" | "fifo" | "priority_lru" | "clock".
 std::string EvictionPolicyName(EvictionPolicyKind kind);
 // Parses EvictionPolicyName's output; throws InvalidArgument on anything else.
 EvictionPolicyKind ParseEvictionPolicy(const std::string& name);

@@ -36,6 +36,13 @@ def format_summary(summary: dict, verification: Optional[VerifyReport] = None) -
         ("copy-on-write block copies", f"{s['cow_copies']}"),
         ("prefix-cache evictions", f"{s['evictions']}"),
     ]
+    if s.get("tiers"):
+        rows += [
+            ("tiers", ", ".join(s["tiers"])),
+            ("prefill tokens loaded from tiers", f"{s['tier_loaded_tokens']}"),
+            ("blocks written to tiers", f"{s['tier_blocks_written']}"),
+            ("tier errors and bad values", f"{s['tier_errors']}"),
+        ]
     if verification is not None:
         v = verification
         rows += [

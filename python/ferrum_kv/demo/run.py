@@ -47,6 +47,10 @@ class DemoOptions:
     threads : int
         Threads for NumPy's BLAS and the attention kernels. The demo's batches are small, so
         extra threads mostly add synchronisation.
+    tiers : tuple of str
+        Storage tiers for the prefix cache (``ferrum_kv.tiers.spec.parse_tier``: ``disk:PATH``,
+        ``redis://...``), fastest first; needs prefix caching. Their model id names the preset
+        and the seed (the weights).
     """
 
     preset: str = "base"
@@ -63,8 +67,11 @@ class DemoOptions:
     resend_fraction: float = 0.0
     prompt_logits: int = 0
     threads: int = 1
+    tiers: tuple = ()
 
     def __post_init__(self) -> None:
+        if self.tiers and not self.prefix_caching:
+            raise ValueError("tiers need prefix caching")
         if self.prompt_logits < 0:
             raise ValueError(f"prompt_logits must be at least 0, got {self.prompt_logits}")
         if self.preset not in MODEL_PRESETS:
@@ -129,13 +136,20 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
         For a configuration that cannot work (e.g. a cache too small for the longest request).
     """
     model_config = MODEL_PRESETS[options.preset]
+    tier_options = {}
+    if options.tiers:
+        from ferrum_kv.tiers.spec import parse_tier
+
+        tier_options = dict(tiers=[parse_tier(spec) for spec in options.tiers],
+                            model_id=f"ferrum-kv-demo/{options.preset}/seed={options.seed}")
     cache = fkv.PagedKvCache(fkv.CacheConfig(
         num_layers=model_config.num_layers, num_kv_heads=model_config.num_kv_heads,
         head_dim=model_config.head_dim, block_size=options.block_size,
         num_blocks=options.num_blocks, dtype=options.dtype,
         num_host_blocks=options.num_host_blocks, enable_prefix_caching=options.prefix_caching,
         eviction_policy=options.eviction_policy,
-        max_prompt_logits=options.prompt_logits if options.prefix_caching else 0))
+        max_prompt_logits=options.prompt_logits if options.prefix_caching else 0),
+        **tier_options)
     model = Decoder(model_config, seed=options.seed)
     workload = Workload(WorkloadConfig(num_sessions=options.sessions,
                                        resend_fraction=options.resend_fraction),
@@ -164,6 +178,8 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
                                       progress=bar.update)
                 verify_elapsed = time.perf_counter() - verify_start
 
+    cache.flush_tiers()  # what a restarted or second replica will find
+    cache.close_tiers()
     summary = _summarise(options, scheduler, elapsed)
     if verification is not None:
         summary["verify_s"] = verify_elapsed
@@ -197,6 +213,10 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
         "swap_ins": stats["swap_ins"],
         "cow_copies": stats["cow_copies"],
         "evictions": stats["evictions"],
+        "tier_loaded_tokens": stats["tier_blocks_imported"] * options.block_size,
+        "tier_blocks_written": sum(t["blocks_written"] for t in stats.get("tiers", {}).values()),
+        "tier_errors": sum(t["errors"] + t["bad_values"] for t in stats.get("tiers", {}).values()),
+        "tiers": list(options.tiers),
         "model": options.preset,
         "dtype": options.dtype,
     }

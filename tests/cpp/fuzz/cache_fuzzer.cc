@@ -88,7 +88,7 @@ CacheConfig CacheFuzzer::RandomConfig(std::mt19937_64& rng) {
   c.enable_prefix_caching = uniform(0, 3) != 0;
   c.enable_kv_events = c.enable_prefix_caching && uniform(0, 1) == 0;
   c.max_prompt_logits = c.enable_prefix_caching && uniform(0, 2) != 0 ? int32_t(uniform(1, 4)) : 0;
-  c.eviction_policy = EvictionPolicyKind(uniform(0, 2));
+  c.eviction_policy = EvictionPolicyKind(uniform(0, 3));
   return c;
 }
 

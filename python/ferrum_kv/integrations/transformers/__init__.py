@@ -13,5 +13,6 @@ Needs torch and transformers (``pip install ferrum-kv[hf]``).
 
 from ferrum_kv.integrations.transformers import _attention  # registers "ferrum"
 from ferrum_kv.integrations.transformers.cache import FerrumCache
+from ferrum_kv.integrations.transformers.engine import Engine
 
-__all__ = ["FerrumCache"]
+__all__ = ["Engine", "FerrumCache"]

@@ -2,7 +2,8 @@
 # The whole test suite, from a clean clone: C++ unit tests (ctest: a Release build, an
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer build of the concurrency
 # tests, and the Python threaded stress test against that build's extension: tests/tsan_python.sh)
-# and the Python tests (pytest against the package installed with `pip install .[test]`).
+# and the Python tests (pytest against the package installed with `pip install .[test,torch,hf]`;
+# FKV_REQUIRE_TORCH=1 makes the torch and transformers tests fail, not skip, if either is missing).
 # It installs what it needs: libgtest-dev through apt-get, and a virtualenv in build/test-venv.
 # Environment: FKV_JOBS (build parallelism, default 2), FKV_SKIP_SANITIZERS=1 (development only).
 set -euo pipefail
@@ -45,8 +46,8 @@ if [ "${FKV_SKIP_SANITIZERS:-0}" != 1 ]; then
   PYTHON="$PY" FKV_TSAN_BUILD=build/cpp-tsan tests/tsan_python.sh
 fi
 
-step "Python package: pip install .[test]"
-CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" "$PY" -m pip install --quiet --disable-pip-version-check ".[test]"
+step "Python package: pip install .[test,torch,hf]"
+CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" "$PY" -m pip install --quiet --disable-pip-version-check ".[test,torch,hf]"
 
 step "Python tests"
-"$PY" -m pytest -q -p no:cacheprovider tests/python
+FKV_REQUIRE_TORCH=1 "$PY" -m pytest -q -p no:cacheprovider tests/python

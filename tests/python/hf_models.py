@@ -3,19 +3,36 @@ weights from a fixed torch seed). Each is small enough that a generate call take
 
 from __future__ import annotations
 
-import torch
-import transformers
+import importlib
+import os
+
+import pytest
 
 VOCAB = 96
 
 
-def _build(config_class, model_class, **overrides):
+def require(*modules: str) -> None:
+    """Skip the calling test module when torch / transformers are missing, unless
+    FKV_REQUIRE_TORCH=1 (CI, which installs them): then the import error fails it."""
+    for name in modules:
+        if os.environ.get("FKV_REQUIRE_TORCH") == "1":
+            importlib.import_module(name)
+        else:
+            pytest.importorskip(name)
+
+
+def _build(architecture, **overrides):
+    import torch
+
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   pad_token_id=0, bos_token_id=1, eos_token_id=None)
     common.update(overrides)
+    import transformers
+
     torch.manual_seed(0)
-    model = model_class(config_class(**common)).eval()
+    model = getattr(transformers, f"{architecture}ForCausalLM")(
+        getattr(transformers, f"{architecture}Config")(**common)).eval()
     # Wider random weights than the initialiser's: logits spread over a few units, so greedy
     # choices are rarely near-ties that rounding could flip.
     with torch.no_grad():
@@ -29,23 +46,23 @@ def _build(config_class, model_class, **overrides):
 
 def llama():
     """Llama with grouped-query attention (4 query heads, 2 KV heads)."""
-    return _build(transformers.LlamaConfig, transformers.LlamaForCausalLM)
+    return _build("Llama")
 
 
 def qwen2():
     """Qwen2: biases on q/k/v."""
-    return _build(transformers.Qwen2Config, transformers.Qwen2ForCausalLM)
+    return _build("Qwen2")
 
 
 def mistral(sliding_window: int = 24):
     """Mistral with a sliding window (shorter than the tests' prompts)."""
-    return _build(transformers.MistralConfig, transformers.MistralForCausalLM,
+    return _build("Mistral",
                   sliding_window=sliding_window)
 
 
 def gemma2():
     """Gemma2: attention logit soft cap, alternating sliding-window layers."""
-    return _build(transformers.Gemma2Config, transformers.Gemma2ForCausalLM, head_dim=16,
+    return _build("Gemma2", head_dim=16,
                   attn_logit_softcapping=2.0, final_logit_softcapping=30.0, sliding_window=8,
                   query_pre_attn_scalar=16)
 

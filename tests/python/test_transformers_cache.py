@@ -10,13 +10,13 @@ import gc
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import hf_models  # noqa: E402  (tests/python/hf_models.py)
+
+hf_models.require("torch", "transformers")
+import torch  # noqa: E402
 
 import ferrum_kv as fkv  # noqa: E402
 from ferrum_kv.integrations.transformers import FerrumCache  # noqa: E402
-
-import hf_models  # noqa: E402
 
 NEW = 10
 

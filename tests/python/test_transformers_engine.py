@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import hf_models  # noqa: E402  (tests/python/hf_models.py)
+
+hf_models.require("torch", "transformers")
+import torch  # noqa: E402
 
 from ferrum_kv.integrations.transformers import Engine  # noqa: E402
-
-import hf_models  # noqa: E402
 
 NEW = 8
 

@@ -22,6 +22,7 @@ class Geometry:
     num_layers, num_q_heads, num_kv_heads, head_dim : int
     max_positions : int
         ``max_position_embeddings``: the longest sequence the model takes.
+    vocab_size : int
     """
 
     num_layers: int
@@ -29,6 +30,7 @@ class Geometry:
     num_kv_heads: int
     head_dim: int
     max_positions: int
+    vocab_size: int
 
 
 def geometry(model: torch.nn.Module) -> Geometry:
@@ -47,7 +49,8 @@ def geometry(model: torch.nn.Module) -> Geometry:
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // num_q_heads
     return Geometry(num_layers=c.num_hidden_layers, num_q_heads=num_q_heads,
                     num_kv_heads=getattr(c, "num_key_value_heads", None) or num_q_heads,
-                    head_dim=head_dim, max_positions=c.max_position_embeddings)
+                    head_dim=head_dim, max_positions=c.max_position_embeddings,
+                    vocab_size=c.vocab_size)
 
 
 def config_for(model: torch.nn.Module, num_blocks: int, dtype: str = "float32", *,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ferrum_kv as fkv
+import hf_models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -29,6 +30,8 @@ def test_the_pages_have_blocks_to_run():
 
 @pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
 def test_python_blocks_run(page):
+    if any("import torch" in code for code in python_blocks(page)):  # docs/transformers.md
+        hf_models.require("torch", "transformers")
     namespace = {"__name__": f"doc_{page.stem}"}
     for number, code in enumerate(python_blocks(page), 1):
         with contextlib.redirect_stdout(io.StringIO()):

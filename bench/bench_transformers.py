@@ -1,0 +1,226 @@
+"""transformers on CPU: plain generate, transformers' generate_batch, generate with FerrumCache and
+ferrum_kv's Engine, side by side in one process (issue 15's performance section).
+
+Model: a random Llama (hidden 512, 8 layers, 8 query / 2 KV heads of 64, vocab 8192), float32
+weights, greedy, ``--threads`` threads (torch, BLAS and ferrum_kv's kernels). Workloads:
+
+- ``short``: 8 prompts x 128 tokens, 64 new tokens each;
+- ``long``: 4 prompts x 2048 tokens, 64 new tokens each;
+- ``shared``: 32 requests of uneven lengths (a 1024-token system prompt plus 16..256 tokens),
+  16 new tokens each: time to first token (TTFT) with and without prefix caching.
+
+After one warm-up call of every mode, per workload and mode: wall time, generated tokens/s, and for the generate modes the median
+decode-step time and TTFT (a logits processor timestamps every step). Ratios are printed against
+plain generate (and the Engine against generate_batch). ``--quick`` shrinks everything (CI-sized
+smoke run; its figures are not the issue's).
+
+    python bench/bench_transformers.py [--quick] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+import transformers
+from threadpoolctl import threadpool_limits
+from transformers import (ContinuousBatchingConfig, GenerationConfig, LogitsProcessor,
+                          LogitsProcessorList)
+
+import ferrum_kv as fkv
+from ferrum_kv.integrations.transformers import Engine, FerrumCache
+
+BLOCK = 16
+
+
+def build_model(quick: bool) -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=8192, hidden_size=256 if quick else 512, intermediate_size=688 if quick else 1376,
+        num_hidden_layers=4 if quick else 8, num_attention_heads=8, num_key_value_heads=2,
+        max_position_embeddings=4096, pad_token_id=0, eos_token_id=None, bos_token_id=1)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def workloads(quick: bool) -> dict:
+    g = torch.Generator().manual_seed(1)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(2, 8192, (n,), generator=g).tolist()
+
+    scale = 4 if quick else 1
+    system = tokens(1024 // scale)
+    lengths = torch.randint(16, 257, (32 // scale,), generator=g).tolist()
+    return {
+        "short": ([tokens(128 // scale) for _ in range(8)], 64 // scale),
+        "long": ([tokens(2048 // scale) for _ in range(4 if not quick else 2)], 64 // scale),
+        "shared": ([system + tokens(n // scale) for n in lengths], 16 // scale),
+    }
+
+
+class StepTimer(LogitsProcessor):
+    """Timestamps every generation step (called once per step, after its forward pass)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+def run_generate(model, prompts, new, cache_factory: Callable[[], object] | None) -> dict:
+    """One batched generate (left-padded); cache_factory None: DynamicCache + SDPA."""
+    model.set_attn_implementation("sdpa" if cache_factory is None else "ferrum")
+    ids, mask = left_padded(prompts)
+    timer = StepTimer()
+    extra = {} if cache_factory is None else {"cache": cache_factory()}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, logits_processor=LogitsProcessorList([timer]),
+                             **extra)
+    elapsed = time.perf_counter() - start
+    steps = [b - a for a, b in zip(timer.times, timer.times[1:])]
+    return {"seconds": elapsed, "tokens": out[:, ids.shape[1]:].tolist(),
+            "ttft_s": timer.times[0] - start,
+            "decode_step_s": statistics.median(steps) if steps else float("nan")}
+
+
+def run_generate_batch(model, prompts, new) -> dict:
+    """transformers' continuous batching, sized explicitly (blocks of 256 tokens for everything,
+    the whole batch per step)."""
+    model.set_attn_implementation("sdpa")
+    total = sum(len(p) + new for p in prompts)
+    config = ContinuousBatchingConfig(page_size=256, num_blocks=total // 256 + 2 * len(prompts),
+                                      max_batch_tokens=max(512, max(map(len, prompts))),
+                                      max_requests_per_batch=len(prompts))
+    generation = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                  eos_token_id=None, pad_token_id=0)
+    start = time.perf_counter()
+    with torch.no_grad():
+        outputs = model.generate_batch(prompts, generation_config=generation,
+                                       continuous_batching_config=config, progress_bar=False)
+    elapsed = time.perf_counter() - start
+    ordered = [outputs[k] for k in sorted(outputs, key=lambda k: int(k.split("_")[-1]))]
+    return {"seconds": elapsed, "tokens": [o.generated_tokens for o in ordered]}
+
+
+def run_engine(model, prompts, new, prefix_caching: bool = True) -> dict:
+    blocks = sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
+    engine = Engine(model, num_blocks=blocks, enable_prefix_caching=prefix_caching,
+                    token_budget=512, max_num_seqs=len(prompts))
+    first: dict[int, float] = {}
+    replies: list[list[int]] = [[] for _ in prompts]
+    start = time.perf_counter()
+    for index, token in engine.stream(prompts, max_new_tokens=new):
+        first.setdefault(index, time.perf_counter() - start)
+        replies[index].append(token)
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "tokens": replies, "ttft_s": statistics.mean(first.values()),
+            "prefix_hit_tokens": engine.cache.stats()["prefix_hit_tokens"]}
+
+
+def run_generate_each(model, prompts, new, cache_factory) -> dict:
+    """The requests one by one (a server without batching): TTFT of each, mean."""
+    ttfts, replies, start = [], [], time.perf_counter()
+    for prompt in prompts:
+        result = run_generate(model, [prompt], new, cache_factory)
+        ttfts.append(result["ttft_s"])
+        replies += result["tokens"]
+    return {"seconds": time.perf_counter() - start, "tokens": replies,
+            "ttft_s": statistics.mean(ttfts)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model and workloads")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    fkv.set_num_threads(args.threads)
+    model = build_model(args.quick)
+    results: dict[str, dict] = {}
+
+    def report(workload: str, mode: str, result: dict, new_tokens: int) -> None:
+        result["generated_per_s"] = new_tokens / result["seconds"]
+        results.setdefault(workload, {})[mode] = result
+        extra = "".join(f"  {k} {result[k] * 1e3:8.1f} ms" for k in ("ttft_s", "decode_step_s")
+                        if k in result)
+        print(f"{workload:7s} {mode:26s} {result['seconds']:7.2f} s  "
+              f"{result['generated_per_s']:8.1f} gen tok/s{extra}", flush=True)
+
+    with threadpool_limits(limits=args.threads):
+        warm = [[5 + i] * 40 for i in range(2)]  # first calls pay for torch's and the modes' setup
+        run_generate(model, warm, 3, None)
+        run_generate(model, warm, 3, lambda: FerrumCache(model, num_blocks=16))
+        run_generate_batch(model, warm, 3)
+        run_engine(model, warm, 3)
+        for name, (prompts, new) in workloads(args.quick).items():
+            generated = len(prompts) * new
+            paged = lambda: FerrumCache(model, num_blocks=sum(  # noqa: E731
+                -(-(len(p) + new) // BLOCK) for p in prompts) + 8)
+            if name == "shared":
+                kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=sum(
+                    -(-(len(p) + new) // BLOCK) for p in prompts) + 8))
+                report(name, "generate each (Dynamic)", run_generate_each(
+                    model, prompts, new, None), generated)
+                report(name, "generate each (Ferrum)", run_generate_each(
+                    model, prompts, new, lambda: FerrumCache(model, kv_cache=kv)), generated)
+                report(name, "engine, no prefix caching", run_engine(model, prompts, new, False),
+                       generated)
+                report(name, "engine", run_engine(model, prompts, new), generated)
+                continue
+            report(name, "generate (Dynamic+SDPA)", run_generate(model, prompts, new, None),
+                   generated)
+            report(name, "generate_batch", run_generate_batch(model, prompts, new), generated)
+            report(name, "generate (FerrumCache)", run_generate(model, prompts, new, paged),
+                   generated)
+            report(name, "engine", run_engine(model, prompts, new), generated)
+
+    print("\nratios (higher is better for ferrum_kv):")
+    for name, modes in results.items():
+        if name == "shared":
+            dyn, fer = modes["generate each (Dynamic)"], modes["generate each (Ferrum)"]
+            off, on = modes["engine, no prefix caching"], modes["engine"]
+            print(f"  shared: TTFT engine no-prefix-caching / engine = "
+                  f"{off['ttft_s'] / on['ttft_s']:.2f}x; generate each Dynamic / Ferrum "
+                  f"(prefix hits) = {dyn['ttft_s'] / fer['ttft_s']:.2f}x")
+            continue
+        base, batch = modes["generate (Dynamic+SDPA)"], modes["generate_batch"]
+        engine, ferrum = modes["engine"], modes["generate (FerrumCache)"]
+        same = sum(a == b for a, b in zip(engine["tokens"], base["tokens"]))
+        print(f"  {name}: engine / generate = "
+              f"{engine['generated_per_s'] / base['generated_per_s']:.2f}x, engine / "
+              f"generate_batch = {engine['generated_per_s'] / batch['generated_per_s']:.2f}x, "
+              f"FerrumCache / Dynamic: tokens/s {ferrum['generated_per_s'] / base['generated_per_s']:.2f}x, "
+              f"decode step {base['decode_step_s'] / ferrum['decode_step_s']:.2f}x; "
+              f"engine replies equal to generate's: {same}/{len(base['tokens'])}")
+    if args.json:
+        for modes in results.values():
+            for result in modes.values():
+                result.pop("tokens")
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

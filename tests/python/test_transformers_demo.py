@@ -12,16 +12,7 @@ import sys
 import pytest
 
 import hf_models
-from ferrum_kv import cli
-
-
-def run_cli(argv, capsys):
-    try:
-        status = cli.main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
+from test_cli import run_main as run_cli
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])

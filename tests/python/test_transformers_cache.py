@@ -147,15 +147,26 @@ def test_num_return_sequences_forks_the_prompt():
     model = hf_models.llama()
     ids, mask = left_padded(prompts([40], seed=10))
     model.set_attn_implementation("ferrum")
-    cache = FerrumCache(model, num_blocks=64)
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, cache=cache, do_sample=True, top_k=5,
-                             num_return_sequences=3, max_new_tokens=4)
-    assert out.shape[0] == 3
-    tables = [cache.kv_cache.block_table(s) for s in cache.seq_ids]
-    # The two full prompt blocks are the same blocks in all three sequences.
-    assert all(t[:2].tolist() == tables[0][:2].tolist() for t in tables)
-    cache.kv_cache.check_invariants()
+    kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=64))
+    widths = []  # columns reaching the embedding, per pass
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: widths.append(args[0].shape[1]))
+    caches = [FerrumCache(model, kv_cache=kv) for _ in range(2)]
+    try:
+        for cache in caches:
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=mask, cache=cache, do_sample=True,
+                                     top_k=5, num_return_sequences=3, max_new_tokens=4)
+            assert out.shape[0] == 3
+    finally:
+        hook.remove()
+    for cache in caches:
+        tables = [kv.block_table(s) for s in cache.seq_ids]
+        # The two full prompt blocks are the same blocks in all three sequences.
+        assert all(t[:2].tolist() == tables[0][:2].tolist() for t in tables)
+    # The second call's forked rows share the first call's cached blocks: 32 columns cut.
+    assert widths == [40, 1, 1, 1, 40 - 32, 1, 1, 1]
+    kv.check_invariants()
 
 
 def test_assisted_decoding_crop_matches_reference():

@@ -336,34 +336,31 @@ class FerrumCache(Cache):
                          self._kv.batch_metadata(seq_ids).slot_mapping, None, True, 1), 0
         fresh = all(seq_id is None for seq_id in self._rows)
         firsts = {}  # (tokens, mask) of a fresh row -> that row: later identical rows fork it
-        starts, hits, cut = [], [], columns
+        hits, forked, cut = [], set(), columns
         for row in range(batch):
             tokens = ids[row][new[row]]
             seq_id = self._rows[row]
             if seq_id is not None:
-                start = self._kv.num_tokens(seq_id)
+                hit = self._kv.num_tokens(seq_id)  # everything before is computed
                 self._kv.append_tokens(seq_id, tokens)
-                hit = start
             elif len(tokens):
                 seq_id = next(_seq_ids)
                 key = (ids[row].tobytes(), new[row].tobytes())
-                if key in firsts:
+                if key in firsts:  # writes nothing: the row it forks writes the shared blocks
                     self._kv.fork(self._rows[firsts[key]], seq_id)
-                    hit = -1  # writes nothing: the row it forks writes the shared blocks
+                    hit = hits[firsts[key]]
+                    forked.add(row)
                 else:
                     firsts[key] = row
                     hit = self._kv.add_sequence(seq_id, tokens, namespace=self._namespace)
                 self._live.add(seq_id)
                 self._rows[row] = seq_id
-                start = 0
             else:
-                starts.append(0)
                 hits.append(0)
                 continue
-            starts.append(start)
             hits.append(hit)
             if fresh:  # the model may skip the columns up to this row's first uncached token
-                cut = min(cut, int(np.flatnonzero(new[row])[max(hit, 0)]))
+                cut = min(cut, int(np.flatnonzero(new[row])[hit]))
         skip = cut if fresh and cut < columns else 0
         query = new[:, skip:]
         seq_ids, query_lens, slots = [], [], []
@@ -375,10 +372,7 @@ class FerrumCache(Cache):
             end = self._kv.num_tokens(seq_id)
             first = end - count  # position of the row's first query token
             row_slots = self._kv.slot_mapping(seq_id, first, end)
-            if hits[row] < 0:
-                row_slots[:] = -1
-            else:
-                row_slots[:max(hits[row] - first, 0)] = -1
+            row_slots[:len(row_slots) if row in forked else max(hits[row] - first, 0)] = -1
             seq_ids.append(seq_id)
             query_lens.append(count)
             slots.append(row_slots)

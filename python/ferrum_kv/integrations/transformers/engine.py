@@ -35,7 +35,7 @@ from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig
 from ferrum_kv.demo.workload import Request
 from ferrum_kv.integrations.transformers import _attention
 from ferrum_kv.integrations.transformers._model import (
-    check_attention, check_fits, config_for, geometry, rows, unpack)
+    check_attention, config_for, geometry, rows, unpack)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,6 @@ class Engine:
         self.cache = fkv.PagedKvCache(config_for(
             model, num_blocks, dtype, block_size=block_size,
             enable_prefix_caching=enable_prefix_caching, num_host_blocks=num_host_blocks))
-        check_fits(model, self.cache)
         self.scheduler_config = SchedulerConfig(token_budget=token_budget,
                                                 max_num_seqs=max_num_seqs)
         model.set_attn_implementation(_attention.NAME)

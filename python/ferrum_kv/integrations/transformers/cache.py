@@ -24,7 +24,8 @@ it; a sequence taken by several rows is forked (copy-on-write on the next append
 partly filled block); a sequence no row takes is freed. ``crop`` shortens every row (see
 ``_truncate``).
 
-Supported: float32 and float16 storage (K/V go to the kernels through NumPy, float32), any model
+Supported: float32, float16 and bfloat16 storage (K/V reach ``write_kv`` and q the kernels as
+float32 NumPy arrays; ``write_kv`` rounds to the storage dtype), any model
 whose attention layers call ``cache.update`` and the attention interface with ``sliding_window``
 / ``softcap`` (Llama, Mistral, Qwen2, Gemma2, ...). Not thread-safe: one ``generate`` at a time
 per FerrumCache (several FerrumCache objects may share one PagedKvCache, which is thread-safe).
@@ -114,7 +115,7 @@ class FerrumCache(Cache):
     num_blocks : int, optional
         Blocks of a new PagedKvCache (``config_for``); required unless ``kv_cache`` is given.
     dtype : str
-        Storage dtype of a new PagedKvCache: "float32" or "float16".
+        Storage dtype of a new PagedKvCache: "float32", "float16" or "bfloat16".
     enable_prefix_caching : bool
         Of a new PagedKvCache.
     kv_cache : PagedKvCache, optional

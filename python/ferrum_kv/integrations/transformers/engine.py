@@ -148,7 +148,7 @@ class Engine:
     num_blocks : int
         Device blocks of the engine's PagedKvCache.
     dtype : str
-        K/V storage dtype: "float32" or "float16".
+        K/V storage dtype: "float32", "float16" or "bfloat16".
     block_size : int
     num_host_blocks : int
         Host-tier blocks: preempted sequences are swapped there while it has room, else

@@ -16,7 +16,8 @@ best wall time, CPU time (all threads of the process), TTFT and decode step are 
 machine is shared and noisy: CPU time is the steadier measure of work when other processes
 take the cores). Reported per workload and mode: wall and CPU time, generated tokens/s, mean TTFT, and for generate the median
 decode-step time (a logits processor timestamps every step). Ratios are printed against plain
-generate (and the engine against generate_batch). ``--quick`` shrinks everything (a smoke run;
+generate (and the engine against generate_batch). The engine runs with a 2048-token budget per
+step (chunks of at most 2048 prompt tokens). ``--quick`` shrinks everything (a smoke run;
 its figures are not the issue's).
 
     python bench/bench_transformers.py [--quick] [--threads 2] [--kernel-threads N] [--repeat 3]
@@ -132,7 +133,7 @@ def run_generate_batch(model, prompts, new) -> dict:
 def run_engine(model, prompts, new, prefix_caching: bool = True) -> dict:
     blocks = sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
     engine = Engine(model, num_blocks=blocks, enable_prefix_caching=prefix_caching,
-                    token_budget=512, max_num_seqs=len(prompts))
+                    token_budget=2048, max_num_seqs=len(prompts))
     first: dict[int, float] = {}
     replies: list[list[int]] = [[] for _ in prompts]
     cpu, start = time.process_time(), time.perf_counter()

@@ -2,8 +2,8 @@
 # The whole test suite, from a clean clone: C++ unit tests (ctest: a Release build, an
 # AddressSanitizer + UndefinedBehaviorSanitizer build, a ThreadSanitizer build of the concurrency
 # tests, and the Python threaded stress test against that build's extension: tests/tsan_python.sh)
-# and the Python tests (pytest against the package installed with `pip install .[test,torch]`;
-# FKV_REQUIRE_TORCH=1 makes the torch tests fail, not skip, if torch is missing).
+# and the Python tests (pytest against the package installed with `pip install .[test,torch,hf]`;
+# FKV_REQUIRE_TORCH=1 makes the torch and transformers tests fail, not skip, if either is missing).
 # It installs what it needs: libgtest-dev and redis-server (the tier tests start their own
 # servers) through apt-get, and a virtualenv in build/test-venv.
 # Environment: FKV_JOBS (build parallelism, default 2), FKV_SKIP_SANITIZERS=1 (development only).
@@ -49,8 +49,8 @@ if [ "${FKV_SKIP_SANITIZERS:-0}" != 1 ]; then
   PYTHON="$PY" FKV_TSAN_BUILD=build/cpp-tsan tests/tsan_python.sh
 fi
 
-step "Python package: pip install .[test,torch]"
-CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" "$PY" -m pip install --quiet --disable-pip-version-check ".[test,torch]"
+step "Python package: pip install .[test,torch,hf]"
+CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" "$PY" -m pip install --quiet --disable-pip-version-check ".[test,torch,hf]"
 
 step "Python tests"
 FKV_REQUIRE_TORCH=1 "$PY" -m pytest -q -p no:cacheprovider tests/python

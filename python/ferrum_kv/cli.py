@@ -116,7 +116,7 @@ def _model_geometry(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ferrum_kv.demo.presets import MODEL_PRESETS
+    from ferrum_kv.demo.presets import HF_MODEL_PRESETS, MODEL_PRESETS
     from ferrum_kv.demo.run import DemoOptions
 
     defaults = DemoOptions()
@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     workload = demo.add_argument_group("workload and model")
     workload.add_argument("--sessions", type=_positive_int, default=defaults.sessions,
                           help="conversations plus one-shot requests (default %(default)s)")
-    workload.add_argument("--model", dest="preset", choices=sorted(MODEL_PRESETS),
-                          default=defaults.preset, help="model preset (default %(default)s)")
+    workload.add_argument("--model", dest="preset",
+                          choices=[*sorted(MODEL_PRESETS), *HF_MODEL_PRESETS],
+                          default=defaults.preset,
+                          help="model preset (default %(default)s); hf:ARCH: a small random "
+                          "transformers model (needs pip install 'ferrum-kv[hf]')")
     workload.add_argument("--seed", type=_non_negative_int, default=defaults.seed,
                           help="weights and workload seed (default %(default)s)")
     workload.add_argument("--resend", dest="resend_fraction", type=_fraction,
@@ -221,6 +224,13 @@ def _demo(args: argparse.Namespace) -> int:
     from ferrum_kv.demo.report import format_summary, plot_history, summary_json
     from ferrum_kv.demo.run import DemoOptions, run_demo
 
+    if args.preset.startswith("hf:"):
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            _fail(f"--model {args.preset} needs torch and transformers: "
+                  "pip install 'ferrum-kv[hf]'", status=2)
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -4,7 +4,6 @@ The README's error paragraph is checked against the code too."""
 
 import contextlib
 import io
-import os
 import pathlib
 import re
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import ferrum_kv as fkv
+import hf_models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,13 +30,12 @@ def test_the_pages_have_blocks_to_run():
 
 @pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
 def test_python_blocks_run(page):
-    if "import torch" in page.read_text() and os.environ.get("FKV_REQUIRE_TORCH") != "1":
-        try:  # torch is an optional extra; CI (run_all.sh) requires it
-            import torch  # noqa: F401
-        except ImportError:
-            pytest.skip("torch is not installed (extra [torch])")
+    blocks = python_blocks(page)  # torch / transformers pages: optional extras, required in CI
+    hf_models.require(*[name for name in ("torch", "transformers")
+                        if any(f"import {name}" in code or f"{name} import" in code
+                               for code in blocks)])
     namespace = {"__name__": f"doc_{page.stem}"}
-    for number, code in enumerate(python_blocks(page), 1):
+    for number, code in enumerate(blocks, 1):
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(code, f"{page.name}, python block {number}", "exec"), namespace)
 

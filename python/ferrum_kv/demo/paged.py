@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -43,16 +43,21 @@ class PagedStepAttention:
                   for s, a, b in zip(prefill_ids, chunk_starts, chunk_ends)]
         self._slots = np.concatenate(slots) if slots else np.empty(0, np.int32)  # [T] int32
 
-    def __call__(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """See ``KvAttention``: q [T, Hq, D], k, v [T, Hkv, D] float32 -> [T, Hq, D] float32."""
+    def __call__(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
+                 scale: Optional[float] = None, sliding_window: Optional[int] = None,
+                 soft_cap: Optional[float] = None) -> np.ndarray:
+        """See ``KvAttention``: q [T, Hq, D], k, v [T, Hkv, D] float32 -> [T, Hq, D] float32.
+        ``scale``, ``sliding_window``, ``soft_cap``: as for ``paged_attention_decode`` (the
+        transformers engine passes its model's)."""
         self._cache.write_kv(layer, self._slots, k, v)
         out = np.empty_like(q)
+        options = dict(sliding_window=sliding_window, soft_cap=soft_cap)
         num_decode = len(self._decode_ids)
         if num_decode:
             fkv.paged_attention_decode(q[:num_decode], self._cache, layer, self._decode_ids,
-                                       out=out[:num_decode])
+                                       scale, out[:num_decode], **options)
         if len(self._prefill_ids):
             fkv.paged_attention_prefill(q[num_decode:], self._cache, layer, self._prefill_ids,
-                                        self._query_lens, out=out[num_decode:],
-                                        context_lens=self._chunk_ends)
+                                        self._query_lens, scale, out[num_decode:],
+                                        context_lens=self._chunk_ends, **options)
         return out

@@ -55,3 +55,8 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "base": ModelConfig(vocab_size=8192, hidden_size=512, num_layers=8, num_q_heads=8,
                         num_kv_heads=4, head_dim=64, ffn_size=1376),
 }
+
+
+# Small random transformers models of these architectures (ferrum_kv.demo.hf; the "small"
+# geometry), served through ferrum_kv.integrations.transformers. Needs torch and transformers.
+HF_MODEL_PRESETS: tuple[str, ...] = ("hf:llama", "hf:mistral", "hf:qwen2")

@@ -149,7 +149,9 @@ def reference_logits(model: Decoder, tokens: np.ndarray, num_prompt: int,
 
 def verify(model: Decoder, samples: Iterable[Sequence], storage_dtype: str,
            tolerance: float = DEFAULT_TOLERANCE,
-           progress: Optional[Callable[[], object]] = None) -> VerifyReport:
+           progress: Optional[Callable[[], object]] = None,
+           reference: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
+           ) -> VerifyReport:
     """Check every finished sample of a serving run (run with ``record_logits``) against the
     reference.
 
@@ -163,6 +165,10 @@ def verify(model: Decoder, samples: Iterable[Sequence], storage_dtype: str,
         Relative logit tolerance.
     progress : callable, optional
         Called with no argument after each sample.
+    reference : callable, optional
+        ``reference(tokens [N], num_prompt, sample_index) -> [N - num_prompt, vocab]`` logits
+        to compare with; default ``reference_logits`` of ``model`` (a transformers model's demo
+        passes ``ferrum_kv.demo.hf.reference_logits``, and ``model`` is then unused).
 
     Returns
     -------
@@ -172,7 +178,10 @@ def verify(model: Decoder, samples: Iterable[Sequence], storage_dtype: str,
     for seq in samples:
         tokens = np.asarray(seq.tokens, np.int64)
         num_prompt = len(seq.request.prompt)
-        expected = reference_logits(model, tokens, num_prompt, storage_dtype)
+        if reference is None:
+            expected = reference_logits(model, tokens, num_prompt, storage_dtype)
+        else:
+            expected = reference(tokens, num_prompt, seq.sample_index)
         if len(seq.logits) != len(expected):
             raise ValueError(f"sample {seq.request.request_id}/{seq.sample_index} recorded "
                              f"{len(seq.logits)} logit rows for {len(expected)} generated tokens "

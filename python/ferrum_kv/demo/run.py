@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import ferrum_kv as fkv
 from ferrum_kv.demo.model import Decoder
-from ferrum_kv.demo.presets import MODEL_PRESETS
+from ferrum_kv.demo.presets import HF_MODEL_PRESETS, MODEL_PRESETS
 from ferrum_kv.demo.reference import DEFAULT_TOLERANCE, VerifyReport, verify
 from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig, StepRecord
 from ferrum_kv.demo.workload import Workload, WorkloadConfig
@@ -25,7 +25,9 @@ class DemoOptions:
     Attributes
     ----------
     preset : str
-        A key of ``MODEL_PRESETS``.
+        A key of ``MODEL_PRESETS`` (the NumPy decoder), or one of ``HF_MODEL_PRESETS``: a small
+        random transformers model of that architecture (needs the ``hf`` extra; ``--verify``
+        then compares with transformers' own ``generate``).
     sessions : int
         Workload size: conversations plus one-shot requests.
     num_blocks, num_host_blocks, block_size : int
@@ -74,9 +76,9 @@ class DemoOptions:
             raise ValueError("tiers need prefix caching")
         if self.prompt_logits < 0:
             raise ValueError(f"prompt_logits must be at least 0, got {self.prompt_logits}")
-        if self.preset not in MODEL_PRESETS:
+        if self.preset not in MODEL_PRESETS and self.preset not in HF_MODEL_PRESETS:
             raise ValueError(f"unknown model preset {self.preset!r} "
-                             f"(choose from {', '.join(MODEL_PRESETS)})")
+                             f"(choose from {', '.join([*MODEL_PRESETS, *HF_MODEL_PRESETS])})")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
@@ -135,7 +137,18 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
     ValueError, ferrum_kv.Error
         For a configuration that cannot work (e.g. a cache too small for the longest request).
     """
-    model_config = MODEL_PRESETS[options.preset]
+    reference = None
+    if options.preset in HF_MODEL_PRESETS:
+        from ferrum_kv.demo import hf  # torch and transformers: only for an hf: model
+
+        hf_model = hf.build_model(options.preset, options.seed)
+        model, vocab_size = hf.step_model(hf_model), hf_model.config.vocab_size
+        if verify_run:
+            reference = hf.reference_logits(hf_model)
+    else:
+        model = Decoder(MODEL_PRESETS[options.preset], seed=options.seed)
+        vocab_size = model.config.vocab_size
+    geometry = model.config
     tier_options = {}
     if options.tiers:
         from ferrum_kv.tiers.spec import parse_tier
@@ -143,17 +156,16 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
         tier_options = dict(tiers=[parse_tier(spec) for spec in options.tiers],
                             model_id=f"ferrum-kv-demo/{options.preset}/seed={options.seed}")
     cache = fkv.PagedKvCache(fkv.CacheConfig(
-        num_layers=model_config.num_layers, num_kv_heads=model_config.num_kv_heads,
-        head_dim=model_config.head_dim, block_size=options.block_size,
+        num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads,
+        head_dim=geometry.head_dim, block_size=options.block_size,
         num_blocks=options.num_blocks, dtype=options.dtype,
         num_host_blocks=options.num_host_blocks, enable_prefix_caching=options.prefix_caching,
         eviction_policy=options.eviction_policy,
         max_prompt_logits=options.prompt_logits if options.prefix_caching else 0),
         **tier_options)
-    model = Decoder(model_config, seed=options.seed)
     workload = Workload(WorkloadConfig(num_sessions=options.sessions,
                                        resend_fraction=options.resend_fraction),
-                        model_config.vocab_size, seed=options.seed)
+                        vocab_size, seed=options.seed)
     scheduler = Scheduler(model, cache, workload, SchedulerConfig(
         token_budget=options.token_budget, max_num_seqs=options.max_num_seqs,
         record_logits=verify_run))
@@ -175,7 +187,7 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
                       disable=hide_progress, leave=False) as bar:
                 verify_start = time.perf_counter()
                 verification = verify(model, scheduler.finished, options.dtype, tolerance,
-                                      progress=bar.update)
+                                      progress=bar.update, reference=reference)
                 verify_elapsed = time.perf_counter() - verify_start
 
     cache.flush_tiers()  # what a restarted or second replica will find

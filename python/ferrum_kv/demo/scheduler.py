@@ -23,7 +23,12 @@ Each ``step()``:
    ``store_logits`` first, when the cache keeps them). A request with ``n > 1`` forks its prompt
    once it is computed: sample ``i`` starts with the ``i``-th most likely token (copy-on-write
    splits the shared last block on the first append). A sample that has generated
-   ``max_new_tokens`` tokens is freed; its blocks stay in the prefix cache.
+   ``max_new_tokens`` tokens (or its request's ``stop_token``) is freed; its blocks stay in the
+   prefix cache.
+
+The scheduler is model-agnostic: it drives any ``StepModel`` (the demo's NumPy ``Decoder``, or a
+transformers model through ``ferrum_kv.integrations.transformers.Engine``) over requests from any
+``RequestSource`` (the demo's ``Workload``, or the engine's list of prompts).
 """
 
 from __future__ import annotations
@@ -31,13 +36,54 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 import ferrum_kv as fkv
-from ferrum_kv.demo.model import Decoder
+from ferrum_kv.demo.model import KvAttention
 from ferrum_kv.demo.paged import PagedStepAttention
-from ferrum_kv.demo.workload import Request, Workload
+from ferrum_kv.demo.workload import Request
+
+
+class ModelGeometry(Protocol):
+    """What the scheduler reads of a model's configuration."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int
+
+
+class StepModel(Protocol):
+    """A model the scheduler runs: one forward pass over a step's packed rows, then logits of
+    the rows it samples from (``ferrum_kv.demo.model.Decoder`` is one)."""
+
+    config: ModelGeometry
+
+    def forward(self, tokens: np.ndarray, positions: np.ndarray, attention: KvAttention) -> Any:
+        """tokens, positions: [T] int32 (rows of several sequences, packed); ``attention`` stores
+        each layer's K/V and attends. Returns per-row hidden states indexable by a list of rows."""
+
+    def logits(self, hidden: Any) -> np.ndarray:
+        """The selected rows of ``forward``'s result -> [R, vocab_size] float32."""
+
+
+class RequestSource(Protocol):
+    """Where requests come from and where replies go (``ferrum_kv.demo.workload.Workload`` is
+    one): arrivals by step, and a callback per finished request."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def max_request_tokens(self) -> int: ...
+
+    def next_arrival_step(self) -> Optional[int]: ...
+
+    def arrivals(self, step: int) -> list[Request]: ...
+
+    def finished(self, request: Request, reply: np.ndarray, step: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -135,11 +181,11 @@ class Scheduler:
 
     Parameters
     ----------
-    model : Decoder
+    model : StepModel
     cache : PagedKvCache
         Its geometry must match the model (layers, KV heads, head_dim); prefix caching is used
         when the cache enables it; swapping needs ``num_host_blocks > 0``.
-    workload : Workload
+    workload : RequestSource
     config : SchedulerConfig
 
     Raises
@@ -148,7 +194,7 @@ class Scheduler:
         When the cache does not fit the model or cannot hold the workload's longest sample.
     """
 
-    def __init__(self, model: Decoder, cache: fkv.PagedKvCache, workload: Workload,
+    def __init__(self, model: StepModel, cache: fkv.PagedKvCache, workload: RequestSource,
                  config: SchedulerConfig = SchedulerConfig()) -> None:
         m, c = model.config, cache.config
         if (m.num_layers, m.num_kv_heads, m.head_dim) != (c.num_layers, c.num_kv_heads, c.head_dim):
@@ -350,10 +396,12 @@ class Scheduler:
                 self._unfinished_samples[seq.request.request_id].append(child)
                 samples.append(child)
         for sample in samples:
-            sample.tokens.append(rank_token(logits, sample.sample_index if sample.num_generated == 0 else 0))
+            token = rank_token(logits, sample.sample_index if sample.num_generated == 0 else 0)
+            sample.tokens.append(token)
             if self.config.record_logits:
                 sample.logits.append(logits)
-            if sample.num_generated == sample.request.max_new_tokens:
+            if (sample.num_generated == sample.request.max_new_tokens
+                    or token == sample.request.stop_token):
                 self._finish(sample)
 
     def _finish(self, seq: Sequence) -> None:

@@ -87,13 +87,16 @@ class Request:
     request_id : int
     prompt : np.ndarray, [prompt_len], int32
     max_new_tokens : int
-        Tokens generated per sample (there is no end-of-sequence token).
+        Tokens generated per sample at most (the demo's workload has no stop token).
     n : int
         Parallel samples; sample i starts with the i-th most likely token, then continues greedily.
     arrival_step : int
     session : int
     turn : int
         0 for the first (or only) turn of a session.
+    stop_token : int, optional
+        A sample that generates this token stops there (included in its reply); None: every
+        sample generates ``max_new_tokens`` tokens.
     """
 
     request_id: int
@@ -103,6 +106,7 @@ class Request:
     arrival_step: int
     session: int
     turn: int
+    stop_token: Optional[int] = None
 
 
 @dataclass(eq=False)

@@ -25,7 +25,21 @@ using TileFunction = void (*)(const AttentionTile&);
 constexpr int64_t kTilesPerThread = 4;
 constexpr int32_t kMinSplitKeys = 512;
 
-TileFunction TileFunctionFor(AttentionIsa isa) {
+// Whether this CPU has the instructions of the AVX-512 fast kernel (AttentionTileAvx512Fast).
+bool Avx512FastInstructions() {
+#if defined(__x86_64__) || defined(__i386__)
+  return AttentionIsaSupported(AttentionIsa::kAvx512) &&
+         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// isa is resolved (not kAuto, not kReference).
+TileFunction TileFunctionFor(AttentionIsa isa, AttentionPrecision precision, DType dtype) {
+  if (precision == AttentionPrecision::kFast && AttentionFastSupported(isa, dtype)) {
+    return kernels::AttentionTileAvx512Fast;
+  }
   switch (isa) {
     case AttentionIsa::kAvx512: return kernels::AttentionTileAvx512;
     case AttentionIsa::kAvx2: return kernels::AttentionTileAvx2;
@@ -321,6 +335,9 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
 void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
                     const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
                     float* out, const AttentionOptions& options) {
+  FKV_CHECK_ARG(options.precision == AttentionPrecision::kExact ||
+                    options.precision == AttentionPrecision::kFast,
+                "unknown attention precision " << int{static_cast<uint8_t>(options.precision)});
   const AttentionIsa isa = ResolveIsa(options.isa);
   const int32_t threads = ResolveNumThreads(options.num_threads);
   Validate(q, num_query_tokens, num_q_heads, storage, layer, batch, scale, out, options);
@@ -329,8 +346,8 @@ void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_head
     kernels::PagedAttentionReference(q, num_q_heads, storage, layer, batch, scale, out, options);
     return;
   }
-  RunTiles(q, num_q_heads, storage, layer, batch, scale, out, TileFunctionFor(isa), threads,
-           options);
+  RunTiles(q, num_q_heads, storage, layer, batch, scale, out,
+           TileFunctionFor(isa, options.precision, storage.dtype()), threads, options);
 }
 
 }  // namespace
@@ -374,6 +391,27 @@ bool AttentionIsaSupported(AttentionIsa isa) {
 #endif
     default: return true;
   }
+}
+
+const char* AttentionPrecisionName(AttentionPrecision precision) {
+  switch (precision) {
+    case AttentionPrecision::kExact: return "exact";
+    case AttentionPrecision::kFast: return "fast";
+  }
+  return "unknown";
+}
+
+AttentionPrecision ParseAttentionPrecision(const std::string& name) {
+  for (AttentionPrecision precision : {AttentionPrecision::kExact, AttentionPrecision::kFast}) {
+    if (name == AttentionPrecisionName(precision)) return precision;
+  }
+  FKV_THROW(InvalidArgument, "unknown attention precision '" << name
+                                                              << "' (expected exact or fast)");
+}
+
+bool AttentionFastSupported(AttentionIsa isa, DType dtype) {
+  if (isa == AttentionIsa::kAuto) isa = BestAttentionIsa();
+  return isa == AttentionIsa::kAvx512 && dtype == DType::kBFloat16 && Avx512FastInstructions();
 }
 
 AttentionIsa BestAttentionIsa() {

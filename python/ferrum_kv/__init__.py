@@ -4,7 +4,8 @@ prefix caching, CPU paged attention).
 The core is C++ (``ferrum_kv._core``); this package re-exports its public names: the cache, its
 errors, prefix hashes, and the attention kernels both over a cache (``paged_attention_decode``,
 ``paged_attention_prefill``) and over explicit block tables (the ``_tables`` variants, with
-``attention_isas()`` naming the kernel variants this CPU runs). ``_core.memory_read_probe`` is
+``attention_isas()`` naming the kernel variants this CPU runs and ``attention_fast_isas(dtype)``
+those with a low-precision "fast" kernel for a storage dtype). ``_core.memory_read_probe`` is
 left out: it measures the machine's read bandwidth for the benchmarks' GB/s ceiling and is no part
 of serving (``ferrum_kv.benchmarks`` uses it from ``_core``).
 """
@@ -20,6 +21,7 @@ from ferrum_kv._core import (
     OutOfBlocksError,
     PagedKvCache,
     __version__,
+    attention_fast_isas,
     attention_isas,
     block_hashes,
     get_num_threads,
@@ -40,6 +42,7 @@ __all__ = [
     "OutOfBlocksError",
     "PagedKvCache",
     "__version__",
+    "attention_fast_isas",
     "attention_isas",
     "block_hashes",
     "get_num_threads",

@@ -13,6 +13,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int kWidth = 8;
+  static constexpr bool kBf16Dot = false;
 
   static V Zero() { return _mm256_setzero_ps(); }
   static V Set1(float x) { return _mm256_set1_ps(x); }

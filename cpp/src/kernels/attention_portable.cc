@@ -11,6 +11,7 @@ namespace {
 struct Portable {
   using V = float;
   static constexpr int kWidth = 1;
+  static constexpr bool kBf16Dot = false;
 
   static V Zero() { return 0.0f; }
   static V Set1(float x) { return x; }

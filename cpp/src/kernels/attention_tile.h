@@ -54,5 +54,8 @@ struct AttentionTile {
 void AttentionTilePortable(const AttentionTile& tile);
 void AttentionTileAvx2(const AttentionTile& tile);
 void AttentionTileAvx512(const AttentionTile& tile);
+// The "fast" precision on AVX-512 with AVX512-BF16 and AVX512-VNNI (bfloat16 K/V; any other
+// dtype runs the exact AVX-512 kernel).
+void AttentionTileAvx512Fast(const AttentionTile& tile);
 
 }  // namespace ferrum_kv::kernels

@@ -5,7 +5,13 @@
 //   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub,
 //   Mul, Fma(a, b, c) = a * b + c, Max, ReduceAdd, ReduceMax, ReduceAdd8 (out[i] =
 //   ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
-//   Select(mask, a, b) (a where mask, else b).
+//   Select(mask, a, b) (a where mask, else b); kBf16Dot: whether it has bfloat16 dot products
+//   (the "fast" precision, attention.h), and then B (2 kWidth bfloat16), LoadBf16Raw(p) /
+//   LoadBf16RawPartial(p, n) (2 kWidth bfloat16 as they are), InterleaveBf16(a, b, out) (2 kWidth
+//   columns of two rows as out[0], out[1] = pairs (a[c], b[c]) in its own column order, which its
+//   LoadBf16Pairs follows), ToBf16(x, n, out) (floats rounded to bfloat16, zero-padded to even
+//   n), Broadcast(pair) (two bfloat16 in every 32-bit lane), Dot(acc, a, b) (acc[i] += a[2i]
+//   b[2i] + a[2i+1] b[2i+1]).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
 // Loop structure, per span of at most kSpanTokens keys inside one block:
@@ -22,6 +28,12 @@
 // whole 2 kWidth block of head_dim are visited in the order (even ones, odd ones). The narrow
 // path permutes q the same way once per tile; acc stays permuted during the tile and is put back
 // in order at its end (Run). Columns past the last whole block are read in order.
+//
+// Fast precision with bfloat16 K/V (kFastBf16: an Isa with kBf16Dot) reads bfloat16 as it is:
+// the narrow path's scores are vdpbf16ps dot products of the query rounded to bfloat16 against
+// 2 kW keys' columns at a time; every path's P.V takes two keys at a time, their values
+// interleaved column by column and dotted with the two weights rounded to bfloat16. The narrow
+// path's q stays in column order; acc is in the interleaving's column order (PairedColumn).
 #pragma once
 
 #include <algorithm>
@@ -98,6 +110,9 @@ class TileKernel {
 
  public:
   using Elem = std::conditional_t<kDType == DType::kFloat32, float, uint16_t>;
+  static constexpr bool kFastBf16 = Isa::kBf16Dot && kDType == DType::kBFloat16;
+  // The narrow path's query rows: float32, or bfloat16 padded to whole 2 kW vectors (kFastBf16).
+  using QElem = std::conditional_t<kFastBf16, uint16_t, float>;
 
   static void Run(const AttentionTile& t) {
     const int d = t.head_dim;
@@ -181,14 +196,22 @@ class TileKernel {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
-    std::vector<float> q(t.q, t.q + int64_t{rows} * d);
-    for (int r = 0; r < rows; ++r) Permute(q.data() + int64_t{r} * d, d);
+    const int qd = QueryStride(d);
+    std::vector<QElem> q(size_t(rows) * qd, QElem{0});
+    for (int r = 0; r < rows; ++r) {
+      if constexpr (kFastBf16) {
+        Isa::ToBf16(t.q + int64_t{r} * d, d, q.data() + size_t(r) * qd);
+      } else {
+        std::copy(t.q + int64_t{r} * d, t.q + int64_t{r + 1} * d, q.data() + size_t(r) * qd);
+        Permute(q.data() + int64_t{r} * d, d);
+      }
+    }
     // float32 keeps whole 64-key spans (16 keys: 1.09x from DRAM but 0.94x in cache).
     constexpr bool kCapped = kDType != DType::kFloat32;
     ForEachSpan<kCapped>(t, NarrowSpanKeys(d), [&](int32_t pos, int n, const Elem* k, const Elem* v,
                                           NextSpan& next) {
       ForRowGroups(rows, [&](auto nr, int r0) {
-        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * d, d, k, n,
+        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * qd, qd, d, k, n,
                                        scores + r0 * kSpanTokens, next);
       });
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
@@ -419,6 +442,19 @@ class TileKernel {
 
   // Columns [0, PairedColumns(d)) are read as (even, odd) halves of 2 kW blocks.
   static constexpr bool kPairs = kDType == DType::kBFloat16;
+  // The column of its 2 kW block that the i-th visited column is: (even ones, odd ones), or with
+  // kFastBf16 the order of Isa::InterleaveBf16 (its 128-bit lane L of vector v holds columns
+  // 8L + 4v .. 8L + 4v + 3), which Isa::LoadBf16Pairs then follows too.
+  static int PairedColumn(int i) {
+    if constexpr (kFastBf16) {
+      const int lane = i % kW;
+      return 8 * (lane / 4) + 4 * (i / kW) + lane % 4;
+    } else {
+      return i < kW ? 2 * i : 2 * (i - kW) + 1;
+    }
+  }
+  // Elements per query row in the narrow path.
+  static int QueryStride(int d) { return kFastBf16 ? (d + 2 * kW - 1) / (2 * kW) * (2 * kW) : d; }
   static int PairedColumns(int d) { return kPairs ? d / (2 * kW) * (2 * kW) : 0; }
 
   // out[i] = the i-th kW columns at p, in the visiting order above (NC even or p past the
@@ -440,34 +476,43 @@ class TileKernel {
     float block[2 * kW];
     for (int c = 0; c < PairedColumns(d); c += 2 * kW) {
       std::copy(x + c, x + c + 2 * kW, block);
-      for (int i = 0; i < kW; ++i) {
+      for (int i = 0; i < 2 * kW; ++i) {
         if (kForward) {
-          x[c + i] = block[2 * i];
-          x[c + kW + i] = block[2 * i + 1];
+          x[c + i] = block[PairedColumn(i)];
         } else {
-          x[c + 2 * i] = block[i];
-          x[c + 2 * i + 1] = block[kW + i];
+          x[c + PairedColumn(i)] = block[i];
         }
       }
     }
   }
 
-  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's K prefetch with
-  // the keys.
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n (q rows qd elements apart).
+  // Advances next's K prefetch with the keys.
   template <int NR>
-  static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
+  static void ScoreRows(const QElem* q, int qd, int d, const Elem* k, int n, float* scores,
                         NextSpan& next) {
     int j = 0;
     for (; j + kScoreKeys <= n; j += kScoreKeys) {
-      ScoreKeys<NR, kScoreKeys>(q, d, k + int64_t{j} * d, scores + j);
+      ScoreKeys<NR, kScoreKeys>(q, qd, d, k + int64_t{j} * d, scores + j);
       next.KeysUntil(j + kScoreKeys, n);
     }
-    for (; j < n; ++j) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
+    for (; j < n; ++j) ScoreKeys<NR, 1>(q, qd, d, k + int64_t{j} * d, scores + j);
   }
 
   template <int NR, int NK>
-  static void ScoreKeys(const float* q, int d, const Elem* k, float* scores) {
+  static void ScoreKeys(const QElem* q, int qd, int d, const Elem* k, float* scores) {
     V acc[NR][NK];
+    if constexpr (kFastBf16) {
+      ScoreKeysBf16Dot<NR, NK>(q, qd, d, k, acc);
+    } else {
+      ScoreKeysFma<NR, NK>(q, d, k, acc);
+    }
+    StoreScores<NR, NK>(acc, scores);
+  }
+
+  // acc[r][j] (lanes to be summed) for q[r] . k[j]: float32 FMAs on widened keys.
+  template <int NR, int NK>
+  static void ScoreKeysFma(const float* q, int d, const Elem* k, V (&acc)[NR][NK]) {
     for (int r = 0; r < NR; ++r)
       for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
     int c = 0;
@@ -498,6 +543,31 @@ class TileKernel {
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
       }
     }
+  }
+
+  // The same with bfloat16 dot products: q rows are bfloat16, zero-padded to qd (a multiple of
+  // 2 kW) elements; the keys' last partial vector is read with a mask.
+  template <int NR, int NK>
+  static void ScoreKeysBf16Dot(const uint16_t* q, int qd, int d, const uint16_t* k,
+                               V (&acc)[NR][NK]) {
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
+    for (int c = 0; c < d; c += 2 * kW) {
+      typename Isa::B key[NK];
+      for (int j = 0; j < NK; ++j) {
+        key[j] = c + 2 * kW <= d ? Isa::LoadBf16Raw(k + j * d + c)
+                                 : Isa::LoadBf16RawPartial(k + j * d + c, d - c);
+      }
+      for (int r = 0; r < NR; ++r) {
+        const typename Isa::B query = Isa::LoadBf16Raw(q + r * qd + c);
+        for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Dot(acc[r][j], query, key[j]);
+      }
+    }
+  }
+
+  // scores[r * kSpanTokens + j] = the lane sum of acc[r][j].
+  template <int NR, int NK>
+  static void StoreScores(V (&acc)[NR][NK], float* scores) {
     if constexpr (NR * NK % 8 == 0) {  // the common case: transposing reductions of 8
       float sums[NR * NK];
       for (int i = 0; i < NR * NK; i += 8) Isa::ReduceAdd8(&acc[0][0] + i, sums + i);
@@ -626,6 +696,24 @@ class TileKernel {
                              float* acc, NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
+    if constexpr (kFastBf16 && !kSkipZero) {
+      // Each row's weights in bfloat16: keys 2i and 2i + 1 side by side (the last key of an odd
+      // span pairs with weight 0 and reads its own row twice).
+      alignas(64) uint16_t weights[NR][kSpanTokens];
+      for (int r = 0; r < NR; ++r) {
+        if (key_stride == 1) {
+          Isa::ToBf16(p + r * row_stride, n, weights[r]);
+        } else {
+          alignas(64) float row[kSpanTokens];
+          for (int j = 0; j < n; ++j) row[j] = p[r * row_stride + j * key_stride];
+          Isa::ToBf16(row, n, weights[r]);
+        }
+      }
+      for (; c + 2 * kW <= d; c += 2 * kW) {
+        AccumulateBf16Pairs<NR>(weights, v + c, n, d, acc + c);
+        next.ValuesUntil(c + 2 * kW, d);
+      }
+    }
     for (; c + 2 * kW <= d; c += 2 * kW) {
       AccumulateColumns<NR, 2, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
       next.ValuesUntil(c + 2 * kW, d);
@@ -634,6 +722,34 @@ class TileKernel {
       AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
     if (c < d) {
       AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
+    }
+  }
+
+  // acc[r][c] += the weighted sum of the span's values, for the 2 kW columns at v / acc, by
+  // bfloat16 dot products over pairs of keys (kFastBf16).
+  // (weights: each row's bfloat16 weights, keys 2i and 2i + 1 side by side.)
+  template <int NR>
+  [[gnu::always_inline]] static void AccumulateBf16Pairs(const uint16_t (&weights)[NR][kSpanTokens],
+                                                         const uint16_t* v, int n, int d,
+                                                         float* acc) {
+    V a[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      a[r][0] = Isa::Load(acc + r * d);
+      a[r][1] = Isa::Load(acc + r * d + kW);
+    }
+    for (int j = 0; j < n; j += 2) {
+      typename Isa::B pairs[2];
+      const uint16_t* row = v + int64_t{j} * d;
+      Isa::InterleaveBf16(row, j + 1 < n ? row + d : row, pairs);
+      for (int r = 0; r < NR; ++r) {
+        const typename Isa::B weight = Isa::Broadcast(weights[r] + j);
+        a[r][0] = Isa::Dot(a[r][0], weight, pairs[0]);
+        a[r][1] = Isa::Dot(a[r][1], weight, pairs[1]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      Isa::Store(acc + r * d, a[r][0]);
+      Isa::Store(acc + r * d + kW, a[r][1]);
     }
   }
 

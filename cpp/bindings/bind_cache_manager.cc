@@ -455,11 +455,12 @@ void BindCacheManager(py::module_& m) {
           },
           py::arg("layer").noconvert(), py::arg("slots"), py::arg("k"), py::arg("v"),
           "Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage "
-          "dtype, or the storage dtype itself) into slots ([n] int32, block_id * block_size + "
+          "dtype, or the storage dtype itself; quantized storage takes float32 or float16 and "
+          "quantizes each (token, head) row) into slots ([n] int32, block_id * block_size + "
           "offset); slot -1 is skipped. Every slot is validated before any write: IndexError "
           "for one out of range, InvalidStateError for one in a block that no sequence or "
           "cache entry holds (slots taken before free_sequence or swap_out); ValueError for a "
-          "shape or dtype mismatch. Takes no lock over the data: the scheduler keeps the "
+          "shape or dtype mismatch, or a non-finite value for quantized storage. Takes no lock over the data: the scheduler keeps the "
           "blocks from being freed meanwhile. k and v may be views of the cache's own "
           "storage: they are copied before the write.")
       .def(
@@ -473,13 +474,14 @@ void BindCacheManager(py::module_& m) {
             }
             const CacheConfig& c = cache.config();
             const std::vector<py::ssize_t> shape = {num_tokens, c.num_kv_heads, c.head_dim};
-            const py::dtype dtype = NumpyDTypeOf(c.dtype);
+            const py::dtype dtype = NumpyDTypeOf(cache.storage()->ReadDType());
             return py::make_tuple(MoveToArray(std::move(k), dtype, shape),
                                   MoveToArray(std::move(v), dtype, shape));
           },
           py::arg("seq_id").noconvert(), py::arg("layer").noconvert(),
           "Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage "
-          "dtype, in token order, from whichever tier holds the sequence.")
+          "dtype (dequantized float32 for quantized storage), in token order, from whichever "
+          "tier holds the sequence.")
       .def("reset_prefix_cache", &PagedKvCache::ResetPrefixCache,
            py::call_guard<py::gil_scoped_release>(),
            "Drop every cached block that no sequence holds, and every stored prompt's logits; "

@@ -69,7 +69,8 @@ void BindConfig(py::module_& m) {
            py::arg("eviction_policy") = "lru", py::arg("enable_kv_events").noconvert() = false,
            py::arg("max_prompt_logits").noconvert() = 0,
            "All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), "
-           "num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16'; "
+           "num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16' | 'int8' | "
+           "'fp8_e4m3' (or 'fp8') | 'fp8_e5m2' | 'int4' (quantized: docs/layout.md); "
            "num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; "
            "watermarks: memory_pressure is 'high' below high_watermark, 'critical' below "
            "critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= "
@@ -82,7 +83,8 @@ void BindConfig(py::module_& m) {
       .def_readonly("num_blocks", &CacheConfig::num_blocks, "Blocks of the device tier (int).")
       .def_property_readonly(
           "dtype", [](const CacheConfig& c) { return DTypeName(c.dtype); },
-          "Storage dtype: 'float32' | 'float16' | 'bfloat16'.")
+          "Storage dtype: 'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' | "
+          "'fp8_e5m2' | 'int4' ('fp8' is accepted for 'fp8_e4m3').")
       .def_readonly("num_host_blocks", &CacheConfig::num_host_blocks,
                     "Blocks of the host tier (swap_out); 0: none.")
       .def_readonly("enable_prefix_caching", &CacheConfig::enable_prefix_caching,
@@ -104,9 +106,9 @@ void BindConfig(py::module_& m) {
       .def_property_readonly("bytes_per_block", &CacheConfig::BytesPerBlock,
                              "Bytes of one block: K and V, all layers.")
       .def_property_readonly(
-          "bytes_per_token",
-          [](const CacheConfig& c) { return c.BytesPerBlock() / c.block_size; },
-          "Bytes of one token's K and V over all layers.")
+          "bytes_per_token", &CacheConfig::BytesPerToken,
+          "Bytes of one token's K and V over all layers (float): bytes_per_block / "
+          "block_size, so quantization parameters and padding included.")
       .def("__repr__", &Repr);
 }
 

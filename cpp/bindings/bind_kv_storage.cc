@@ -14,27 +14,66 @@ namespace ferrum_kv::bindings {
 
 namespace {
 
-// A NumPy view into the arena whose base object owns a reference to the arena, so the view stays
-// valid after the KvStorage is gone.
-py::array ArenaView(const KvStorage& storage, std::vector<py::ssize_t> shape,
-                    std::vector<py::ssize_t> element_strides, int64_t element_offset) {
-  const int64_t element_size = DTypeSize(storage.dtype());
-  std::vector<py::ssize_t> byte_strides;
-  for (py::ssize_t stride : element_strides) byte_strides.push_back(stride * element_size);
+// A NumPy view into the arena (byte strides and offset) whose base object owns a reference to
+// the arena, so the view stays valid after the KvStorage is gone.
+py::array ArenaView(const KvStorage& storage, const py::dtype& dtype,
+                    std::vector<py::ssize_t> shape, std::vector<py::ssize_t> byte_strides,
+                    int64_t byte_offset) {
   auto* owner = new std::shared_ptr<uint8_t>(storage.Arena());
   py::capsule base(owner, [](void* p) { delete static_cast<std::shared_ptr<uint8_t>*>(p); });
-  return py::array(NumpyDTypeOf(storage.dtype()), std::move(shape), std::move(byte_strides),
-                   storage.Data() + element_offset * element_size, base);
+  return py::array(dtype, std::move(shape), std::move(byte_strides),
+                   storage.Data() + byte_offset, base);
 }
 
-py::array LayerView(const KvStorage& s, int64_t layer, int kv) {
+void CheckViewLayer(const KvStorage& s, int64_t layer) {
   const int32_t num_layers = s.config().num_layers;
   FKV_CHECK_INDEX(layer >= 0 && layer < num_layers,
                   "layer " << layer << " out of range [0, " << num_layers << ")");
+}
+
+// [num_blocks, num_kv_heads, block_size, row] of one layer's K (kv 0) or V (kv 1): the elements
+// (float dtypes) or the codes (quantized: uint8, row = row_code_bytes).
+py::array LayerView(const KvStorage& s, int64_t layer, int kv) {
+  CheckViewLayer(s, layer);
   const CacheConfig& c = s.config();
-  return ArenaView(s, {s.num_blocks(), c.num_kv_heads, c.block_size, c.head_dim},
-                   {s.BlockStride(), s.HeadStride(), s.TokenStride(), 1},
-                   layer * s.LayerStride() + kv * s.KvStride());
+  const HeadRegionLayout& region = s.head_region();
+  const int64_t element_size = DTypeSize(s.dtype());
+  return ArenaView(s, NumpyDTypeOf(s.dtype()),
+                   {s.num_blocks(), c.num_kv_heads, c.block_size,
+                    region.row_code_bytes / element_size},
+                   {s.bytes_per_block(), s.HeadBytes(), region.row_code_bytes, element_size},
+                   s.HeadRegionOffset(int32_t(layer), kv, 0));
+}
+
+// [num_blocks, num_kv_heads, block_size, params_per_row] float32 parameters of one layer's K or V
+// (quantized dtypes only).
+py::array ParamsView(const KvStorage& s, int64_t layer, int kv) {
+  CheckViewLayer(s, layer);
+  FKV_CHECK_ARG(IsQuantized(s.dtype()), "'" << DTypeName(s.dtype())
+                                            << "' storage has no scales (not quantized)");
+  const CacheConfig& c = s.config();
+  const HeadRegionLayout& region = s.head_region();
+  return ArenaView(s, py::dtype::of<float>(),
+                   {s.num_blocks(), c.num_kv_heads, c.block_size, region.params_per_row},
+                   {s.bytes_per_block(), s.HeadBytes(), region.row_params_bytes(),
+                    int64_t{sizeof(float)}},
+                   s.HeadRegionOffset(int32_t(layer), kv, 0) + s.ParamsOffset(0));
+}
+
+// Float dtypes: [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim] elements.
+// Quantized: [num_blocks, bytes_per_block] uint8 (no single element type fits a block).
+py::array WholeView(const KvStorage& s) {
+  const CacheConfig& c = s.config();
+  if (IsQuantized(s.dtype())) {
+    return ArenaView(s, py::dtype::of<uint8_t>(), {s.num_blocks(), s.bytes_per_block()},
+                     {s.bytes_per_block(), 1}, 0);
+  }
+  const int64_t e = DTypeSize(s.dtype());
+  return ArenaView(s, NumpyDTypeOf(s.dtype()),
+                   {s.num_blocks(), c.num_layers, 2, c.num_kv_heads, c.block_size, c.head_dim},
+                   {s.BlockStride() * e, s.LayerStride() * e, s.KvStride() * e,
+                    s.HeadStride() * e, s.TokenStride() * e, e},
+                   0);
 }
 
 }  // namespace
@@ -51,31 +90,36 @@ void BindKvStorage(py::module_& m) {
       .def_property_readonly("config", &KvStorage::config, "The CacheConfig of its geometry.")
       .def_property_readonly(
           "dtype", [](const KvStorage& s) { return DTypeName(s.dtype()); },
-          "'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).")
+          "'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' | 'fp8_e5m2' | 'int4' "
+          "(views of bfloat16 are uint16 bits, of the quantized dtypes uint8 codes).")
       .def_property_readonly("num_blocks", &KvStorage::num_blocks, "Blocks in the arena.")
       .def_property_readonly("bytes_per_block", &KvStorage::bytes_per_block,
                              "Bytes of one block: K and V, all layers.")
       .def_property_readonly("nbytes", &KvStorage::total_bytes, "Bytes of the whole arena.")
-      .def(
-          "array",
-          [](const KvStorage& s) {
-            const CacheConfig& c = s.config();
-            return ArenaView(s,
-                             {s.num_blocks(), c.num_layers, 2, c.num_kv_heads, c.block_size,
-                              c.head_dim},
-                             {s.BlockStride(), s.LayerStride(), s.KvStride(), s.HeadStride(),
-                              s.TokenStride(), 1},
-                             0);
-          },
-          "Zero-copy view [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim].")
+      .def("array", &WholeView,
+           "Zero-copy view of the arena. Float dtypes: [num_blocks, num_layers, 2, "
+           "num_kv_heads, block_size, head_dim] elements. Quantized dtypes: [num_blocks, "
+           "bytes_per_block] uint8, the raw bytes of each block (docs/layout.md).")
       .def(
           "key_cache", [](const KvStorage& s, int64_t layer) { return LayerView(s, layer, 0); },
           py::arg("layer").noconvert(),
           "Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, "
-          "head_dim].")
+          "head_dim] elements; for quantized storage the codes, uint8 [num_blocks, "
+          "num_kv_heads, block_size, row_code_bytes] (head_dim, or ceil(head_dim / 2) for int4: "
+          "two codes per byte, the even element in the low nibble).")
       .def(
           "value_cache", [](const KvStorage& s, int64_t layer) { return LayerView(s, layer, 1); },
           py::arg("layer").noconvert(), "Like key_cache, for values.")
+      .def(
+          "key_scales", [](const KvStorage& s, int64_t layer) { return ParamsView(s, layer, 0); },
+          py::arg("layer").noconvert(),
+          "Quantized storage only (ValueError otherwise): zero-copy strided view of layer's key "
+          "parameters, float32 [num_blocks, num_kv_heads, block_size, params_per_row]: int8 "
+          "(scale, offset); fp8 (scale,); int4 (scale, offset) per group of 32 elements.")
+      .def(
+          "value_scales",
+          [](const KvStorage& s, int64_t layer) { return ParamsView(s, layer, 1); },
+          py::arg("layer").noconvert(), "Like key_scales, for values.")
       .def(
           "write_slot",
           [](KvStorage& s, int32_t block, int32_t layer, int32_t offset, const ArrayArgument& k_arg,
@@ -94,14 +138,16 @@ void BindKvStorage(py::module_& m) {
           },
           py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(), py::arg("k"), py::arg("v"),
           "Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage "
-          "dtype; float32 is rounded to nearest even) under the block's lock. k and v may be "
-          "views of this storage: they are copied before the write.")
+          "dtype; float32 is rounded to nearest even) under the block's lock. Quantized "
+          "storage takes float32 or float16 and quantizes each (token, head) row; ValueError "
+          "(nothing written) for a non-finite value. k and v may be views of this storage: "
+          "they are copied before the write.")
       .def(
           "read_slot",
           [](const KvStorage& s, int32_t block, int32_t layer, int32_t offset) {
             const std::vector<py::ssize_t> shape = {s.config().num_kv_heads, s.config().head_dim};
-            py::array k(NumpyDTypeOf(s.dtype()), shape);
-            py::array v(NumpyDTypeOf(s.dtype()), shape);
+            py::array k(NumpyDTypeOf(s.ReadDType()), shape);
+            py::array v(NumpyDTypeOf(s.ReadDType()), shape);
             void* k_data = k.mutable_data();
             void* v_data = v.mutable_data();
             {
@@ -111,7 +157,8 @@ void BindKvStorage(py::module_& m) {
             return py::make_tuple(k, v);
           },
           py::arg("block_id").noconvert(), py::arg("layer").noconvert(), py::arg("offset").noconvert(),
-          "Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.")
+          "Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype "
+          "(dequantized float32 for quantized storage).")
       .def("__repr__", [](const KvStorage& s) {
         return "KvStorage(num_blocks=" + std::to_string(s.num_blocks()) + ", dtype='" +
                DTypeName(s.dtype()) + "', nbytes=" + std::to_string(s.total_bytes()) + ")";

@@ -86,8 +86,8 @@ py::dtype NumpyDTypeOf(DType dtype) {
     case DType::kFloat32: return py::dtype::of<float>();
     case DType::kFloat16: return py::dtype("float16");
     case DType::kBFloat16: return py::dtype::of<uint16_t>();
+    default: return py::dtype::of<uint8_t>();  // quantized: codes (int4 packed two per byte)
   }
-  return py::dtype::of<float>();
 }
 
 DType CheckFloatArray(const py::array& array, const char* name,
@@ -95,6 +95,12 @@ DType CheckFloatArray(const py::array& array, const char* name,
   DType dtype;
   if (array.dtype().is(py::dtype::of<float>())) {
     dtype = DType::kFloat32;
+  } else if (IsQuantized(storage_dtype)) {
+    FKV_CHECK_ARG(array.dtype().is(py::dtype("float16")),
+                  name << " must have dtype float32 or float16 (quantized to "
+                       << DTypeName(storage_dtype) << "), got "
+                       << std::string(py::str(array.dtype())));
+    dtype = DType::kFloat16;
   } else if (array.dtype().is(NumpyDTypeOf(storage_dtype))) {
     dtype = storage_dtype;
   } else {

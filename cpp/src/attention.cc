@@ -59,6 +59,10 @@ void Validate(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
               const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
               const float* out, const AttentionOptions& options) {
   const CacheConfig& config = storage.config();
+  FKV_CHECK_ARG(!IsQuantized(config.dtype),
+                "attention over quantized storage (dtype '"
+                    << DTypeName(config.dtype)
+                    << "') is not implemented yet; read it with gather_kv (dequantized float32)");
   FKV_CHECK_INDEX(layer >= 0 && layer < config.num_layers,
                   "layer " << layer << " out of range [0, " << config.num_layers << ")");
   FKV_CHECK_ARG(num_q_heads >= 1 && num_q_heads % config.num_kv_heads == 0,

@@ -958,7 +958,7 @@ int64_t PagedKvCache::GatherKv(SeqId seq_id, int32_t layer, std::vector<uint8_t>
     slots[pos] = seq.blocks[pos / block_size] * block_size + int32_t(pos % block_size);
   }
   const size_t bytes =
-      size_t(num_tokens * storage.ElementsPerToken() * DTypeSize(storage.dtype()));
+      size_t(num_tokens * storage.ElementsPerToken() * DTypeSize(storage.ReadDType()));
   k->resize(bytes);
   v->resize(bytes);
   storage.ReadTokens(layer, slots.data(), num_tokens, k->data(), v->data());

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "ferrum_kv/kv_format.h"
 #include "ferrum_kv/support/check.h"
 
 namespace ferrum_kv {
@@ -12,16 +13,27 @@ std::string DTypeName(DType dtype) {
     case DType::kFloat32: return "float32";
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
+    case DType::kInt8: return "int8";
+    case DType::kFp8E4M3: return "fp8_e4m3";
+    case DType::kFp8E5M2: return "fp8_e5m2";
+    case DType::kInt4: return "int4";
   }
   return "unknown";
 }
 
 DType ParseDType(const std::string& name) {
-  if (name == "float32") return DType::kFloat32;
-  if (name == "float16") return DType::kFloat16;
-  if (name == "bfloat16") return DType::kBFloat16;
-  FKV_THROW(InvalidArgument,
-            "dtype must be 'float32', 'float16' or 'bfloat16', got '" << name << "'");
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt8,
+                      DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4}) {
+    if (name == DTypeName(dtype)) return dtype;
+  }
+  if (name == "fp8") return DType::kFp8E4M3;
+  FKV_THROW(InvalidArgument, "dtype must be 'float32', 'float16', 'bfloat16', 'int8', 'fp8_e4m3' "
+                             "(or 'fp8'), 'fp8_e5m2' or 'int4', got '"
+                                 << name << "'");
+}
+
+int64_t CacheConfig::HeadRegionBytes() const {
+  return HeadRegion(dtype, head_dim, block_size).bytes;
 }
 
 void CacheConfig::Validate() const {
@@ -53,8 +65,8 @@ void CacheConfig::Validate() const {
                 "num_blocks * block_size must fit in int32 (slots are int32), got "
                     << num_blocks << " * " << block_size);
   // Each factor is < 2^31; bound the products in floating point before multiplying in int64.
-  const double block_bytes = double(num_layers) * 2 * num_kv_heads * block_size * head_dim *
-                             double(DTypeSize(dtype));
+  const double block_bytes = double(num_layers) * 2 * num_kv_heads *
+                             double(HeadRegion(dtype, head_dim, block_size).bytes);
   const double max_blocks = num_blocks > num_host_blocks ? num_blocks : num_host_blocks;
   FKV_CHECK_ARG(block_bytes * max_blocks < 9.0e18,
                 "cache too large: " << block_bytes << " bytes per block x " << max_blocks

@@ -1,5 +1,7 @@
 #include "ferrum_kv/dtype_convert.h"
 
+#include "ferrum_kv/support/check.h"
+
 namespace ferrum_kv {
 
 void ConvertFromFloat32(const float* src, DType dtype, void* dst, int64_t n) {
@@ -17,6 +19,8 @@ void ConvertFromFloat32(const float* src, DType dtype, void* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) out[i] = FloatToBFloat16Bits(src[i]);
       return;
     }
+    default:  // quantized dtypes have no element conversion: quantize.h
+      FKV_THROW(InvalidArgument, "no element conversion to " << DTypeName(dtype));
   }
 }
 
@@ -35,6 +39,8 @@ void ConvertToFloat32(const void* src, DType dtype, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16BitsToFloat(in[i]);
       return;
     }
+    default:  // quantized dtypes have no element conversion: quantize.h
+      FKV_THROW(InvalidArgument, "no element conversion from " << DTypeName(dtype));
   }
 }
 

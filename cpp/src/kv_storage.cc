@@ -10,6 +10,7 @@
 
 #include "available_memory.h"
 #include "ferrum_kv/dtype_convert.h"
+#include "ferrum_kv/quantize.h"
 #include "ferrum_kv/support/check.h"
 
 namespace ferrum_kv {
@@ -67,6 +68,7 @@ class PairLock {
 
 KvStorage::KvStorage(const CacheConfig& config, int64_t num_blocks)
     : config_((config.Validate(), config)),
+      head_region_(HeadRegion(config.dtype, config.head_dim, config.block_size)),
       num_blocks_(num_blocks),
       bytes_per_block_(config.BytesPerBlock()) {
   FKV_CHECK_ARG(num_blocks >= 1 && num_blocks <= kMaxBlocks,
@@ -104,28 +106,53 @@ void KvStorage::CheckSlots(const int32_t* slots, int64_t n, bool allow_skip) con
 }
 
 void KvStorage::CheckSourceDType(DType src_dtype) const {
+  if (IsQuantized(config_.dtype)) {
+    FKV_CHECK_ARG(src_dtype == DType::kFloat32 || src_dtype == DType::kFloat16,
+                  "k/v dtype must be float32 or float16 for " << DTypeName(config_.dtype)
+                                                              << " storage, got "
+                                                              << DTypeName(src_dtype));
+    return;
+  }
   FKV_CHECK_ARG(src_dtype == DType::kFloat32 || src_dtype == config_.dtype,
                 "k/v dtype must be float32 or the storage dtype " << DTypeName(config_.dtype)
                                                                    << ", got "
                                                                    << DTypeName(src_dtype));
 }
 
-int64_t KvStorage::SlotByteOffset(BlockId block, int32_t layer, int32_t offset) const {
-  const int64_t elements = block * BlockStride() + layer * LayerStride() + offset * TokenStride();
-  return elements * DTypeSize(config_.dtype);
+void KvStorage::CheckQuantizable(const void* k, const void* v, int64_t n, DType src_dtype) const {
+  if (!IsQuantized(config_.dtype)) return;
+  const int64_t rows = n * config_.num_kv_heads;
+  const void* sources[2] = {k, v};
+  for (int kv = 0; kv < 2; ++kv) {
+    const int64_t row = FindUnquantizableRow(config_.dtype, sources[kv], src_dtype, rows,
+                                             config_.head_dim);
+    FKV_CHECK_ARG(row < 0, (kv == 0 ? "k" : "v")
+                               << " cannot be quantized to " << DTypeName(config_.dtype)
+                               << ": token " << row / config_.num_kv_heads << ", head "
+                               << row % config_.num_kv_heads
+                               << " has a non-finite value"
+                               << (IsAsymmetric(config_.dtype)
+                                       ? " or a range (max - min) beyond float32"
+                                       : ""));
+  }
 }
 
-void KvStorage::WriteToken(int64_t key_byte_offset, const void* k, const void* v,
-                           DType src_dtype) {
-  const int64_t element_size = DTypeSize(config_.dtype);
+void KvStorage::WriteToken(BlockId block, int32_t layer, int32_t offset, const void* k,
+                           const void* v, DType src_dtype) {
+  const int64_t heads = config_.num_kv_heads;
   const int64_t src_row_bytes = config_.head_dim * DTypeSize(src_dtype);
   const void* sources[2] = {k, v};
-  uint8_t* destinations[2] = {Data() + key_byte_offset,
-                              Data() + key_byte_offset + KvStride() * element_size};
-  for (int kv = 0; kv < 2; ++kv) {
-    for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
+  for (int32_t kv = 0; kv < 2; ++kv) {
+    uint8_t* region = BlockData(block) + HeadRegionOffset(layer, kv, 0);
+    if (IsQuantized(config_.dtype)) {
+      QuantizeRows(config_.dtype, sources[kv], src_dtype, heads, config_.head_dim,
+                   region + CodesOffset(offset), HeadBytes(), region + ParamsOffset(offset),
+                   HeadBytes());
+      continue;
+    }
+    for (int64_t head = 0; head < heads; ++head) {
       const auto* src = static_cast<const uint8_t*>(sources[kv]) + head * src_row_bytes;
-      uint8_t* dst = destinations[kv] + head * HeadStride() * element_size;
+      uint8_t* dst = region + head * HeadBytes() + CodesOffset(offset);
       if (src_dtype == config_.dtype) {
         std::memcpy(dst, src, size_t(src_row_bytes));
       } else {
@@ -136,16 +163,21 @@ void KvStorage::WriteToken(int64_t key_byte_offset, const void* k, const void* v
   }
 }
 
-void KvStorage::ReadToken(int64_t key_byte_offset, void* k, void* v) const {
-  const int64_t element_size = DTypeSize(config_.dtype);
-  const int64_t row_bytes = config_.head_dim * element_size;
-  const uint8_t* sources[2] = {Data() + key_byte_offset,
-                               Data() + key_byte_offset + KvStride() * element_size};
+void KvStorage::ReadToken(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const {
+  const int64_t heads = config_.num_kv_heads;
+  const int64_t row_bytes = config_.head_dim * DTypeSize(ReadDType());
   void* destinations[2] = {k, v};
-  for (int kv = 0; kv < 2; ++kv) {
-    for (int32_t head = 0; head < config_.num_kv_heads; ++head) {
+  for (int32_t kv = 0; kv < 2; ++kv) {
+    const uint8_t* region = BlockData(block) + HeadRegionOffset(layer, kv, 0);
+    if (IsQuantized(config_.dtype)) {
+      DequantizeRows(config_.dtype, region + CodesOffset(offset), HeadBytes(),
+                     region + ParamsOffset(offset), HeadBytes(), heads, config_.head_dim,
+                     static_cast<float*>(destinations[kv]));
+      continue;
+    }
+    for (int64_t head = 0; head < heads; ++head) {
       std::memcpy(static_cast<uint8_t*>(destinations[kv]) + head * row_bytes,
-                  sources[kv] + head * HeadStride() * element_size, size_t(row_bytes));
+                  region + head * HeadBytes() + CodesOffset(offset), size_t(row_bytes));
     }
   }
 }
@@ -154,14 +186,15 @@ void KvStorage::WriteSlot(BlockId block, int32_t layer, int32_t offset, const vo
                           const void* v, DType src_dtype) {
   CheckSlot(block, layer, offset);
   CheckSourceDType(src_dtype);
+  CheckQuantizable(k, v, 1, src_dtype);
   MutexLock lock(&block_locks_[block]);
-  WriteToken(SlotByteOffset(block, layer, offset), k, v, src_dtype);
+  WriteToken(block, layer, offset, k, v, src_dtype);
 }
 
 void KvStorage::ReadSlot(BlockId block, int32_t layer, int32_t offset, void* k, void* v) const {
   CheckSlot(block, layer, offset);
   MutexLock lock(&block_locks_[block]);
-  ReadToken(SlotByteOffset(block, layer, offset), k, v);
+  ReadToken(block, layer, offset, k, v);
 }
 
 void KvStorage::WriteTokens(int32_t layer, const int32_t* slots, int64_t n, const void* k,
@@ -169,12 +202,12 @@ void KvStorage::WriteTokens(int32_t layer, const int32_t* slots, int64_t n, cons
   CheckLayer(layer);
   CheckSourceDType(src_dtype);
   CheckSlots(slots, n, /*allow_skip=*/true);
+  CheckQuantizable(k, v, n, src_dtype);
   const int64_t token_bytes = ElementsPerToken() * DTypeSize(src_dtype);
   for (int64_t i = 0; i < n; ++i) {
     if (slots[i] == -1) continue;
-    const int32_t block = slots[i] / config_.block_size;
-    const int32_t offset = slots[i] % config_.block_size;
-    WriteToken(SlotByteOffset(block, layer, offset), static_cast<const uint8_t*>(k) + i * token_bytes,
+    WriteToken(slots[i] / config_.block_size, layer, slots[i] % config_.block_size,
+               static_cast<const uint8_t*>(k) + i * token_bytes,
                static_cast<const uint8_t*>(v) + i * token_bytes, src_dtype);
   }
 }
@@ -183,11 +216,10 @@ void KvStorage::ReadTokens(int32_t layer, const int32_t* slots, int64_t n, void*
                            void* v) const {
   CheckLayer(layer);
   CheckSlots(slots, n, /*allow_skip=*/false);
-  const int64_t token_bytes = ElementsPerToken() * DTypeSize(config_.dtype);
+  const int64_t token_bytes = ElementsPerToken() * DTypeSize(ReadDType());
   for (int64_t i = 0; i < n; ++i) {
-    const int32_t block = slots[i] / config_.block_size;
-    const int32_t offset = slots[i] % config_.block_size;
-    ReadToken(SlotByteOffset(block, layer, offset), static_cast<uint8_t*>(k) + i * token_bytes,
+    ReadToken(slots[i] / config_.block_size, layer, slots[i] % config_.block_size,
+              static_cast<uint8_t*>(k) + i * token_bytes,
               static_cast<uint8_t*>(v) + i * token_bytes);
   }
 }

@@ -1,7 +1,9 @@
 // CacheConfig: the geometry of a paged KV cache and the knobs of its manager.
 //
-// A block holds block_size tokens of K and V for every layer and KV head. Its bytes are
-// num_layers * 2 * num_kv_heads * block_size * head_dim * DTypeSize(dtype).
+// A block holds block_size tokens of K and V for every layer and KV head: num_layers * 2 *
+// num_kv_heads head regions of HeadRegionBytes() each (kv_format.h): block_size * head_dim *
+// DTypeSize(dtype) for the float dtypes, codes + per-row parameters + padding for the quantized
+// ones.
 //
 // Watermarks are fractions of the device blocks that are free: memory pressure is "high" when the
 // free fraction is below high_watermark and "critical" below critical_watermark.
@@ -44,7 +46,13 @@ struct CacheConfig {
   int64_t ElementsPerBlock() const {
     return int64_t{num_layers} * 2 * num_kv_heads * block_size * head_dim;
   }
-  int64_t BytesPerBlock() const { return ElementsPerBlock() * DTypeSize(dtype); }
+  // Bytes of one head region ([block_size] rows of one layer, K or V, KV head; kv_format.h).
+  int64_t HeadRegionBytes() const;
+  // Bytes of one block: num_layers * 2 * num_kv_heads * HeadRegionBytes().
+  int64_t BytesPerBlock() const { return int64_t{num_layers} * 2 * num_kv_heads * HeadRegionBytes(); }
+  // BytesPerBlock() / block_size: what one token costs, padding and parameters included (not an
+  // integer when the padding does not divide evenly).
+  double BytesPerToken() const { return double(BytesPerBlock()) / block_size; }
 };
 
 }  // namespace ferrum_kv

@@ -62,7 +62,8 @@ inline uint16_t FloatToBFloat16Bits(float value) {
 
 inline float BFloat16BitsToFloat(uint16_t bf16) { return BitsToFloat(uint32_t(bf16) << 16); }
 
-// dst[i] = src[i] converted to dtype, for i in [0, n).
+// dst[i] = src[i] converted to dtype (a float dtype; InvalidArgument for a quantized one), for
+// i in [0, n).
 void ConvertFromFloat32(const float* src, DType dtype, void* dst, int64_t n);
 // dst[i] = float(src[i]) where src holds n elements of dtype.
 void ConvertToFloat32(const void* src, DType dtype, float* dst, int64_t n);

@@ -59,10 +59,6 @@ void Validate(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
               const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
               const float* out, const AttentionOptions& options) {
   const CacheConfig& config = storage.config();
-  FKV_CHECK_ARG(!IsQuantized(config.dtype),
-                "attention over quantized storage (dtype '"
-                    << DTypeName(config.dtype)
-                    << "') is not implemented yet; read it with gather_kv (dequantized float32)");
   FKV_CHECK_INDEX(layer >= 0 && layer < config.num_layers,
                   "layer " << layer << " out of range [0, " << config.num_layers << ")");
   FKV_CHECK_ARG(num_q_heads >= 1 && num_q_heads % config.num_kv_heads == 0,
@@ -252,8 +248,6 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
   threads = static_cast<int32_t>(std::min<int64_t>(threads, int64_t(items.size())));
   std::vector<float> scratch(plan.scratch_floats());
   std::vector<ThreadBuffers> buffers(threads, ThreadBuffers(d));
-  const int64_t element_size = DTypeSize(storage.dtype());
-  const uint8_t* layer_base = storage.Data() + layer * storage.LayerStride() * element_size;
   const int64_t num_items = int64_t(items.size());
 
   ParallelFor(num_items, threads, [&](int32_t thread, int64_t w) {
@@ -275,9 +269,10 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
     tile.key_begin = item.key_begin;
     tile.key_end = item.key_end;
     tile.block_table = batch.block_tables + int64_t{spec.seq} * batch.max_blocks;
-    tile.k_base = layer_base + spec.kv_head * storage.HeadStride() * element_size;
-    tile.v_base = tile.k_base + storage.KvStride() * element_size;
+    tile.k_base = storage.Data() + storage.HeadRegionOffset(layer, 0, spec.kv_head);
+    tile.v_base = storage.Data() + storage.HeadRegionOffset(layer, 1, spec.kv_head);
     tile.block_bytes = storage.bytes_per_block();
+    tile.params_offset = storage.head_region().params_offset;
     tile.block_size = config.block_size;
     tile.head_dim = d;
     tile.dtype = storage.dtype();

@@ -44,6 +44,38 @@ struct Avx512 {
     out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
     out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
   }
+  static V LoadU8(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V LoadU8Partial(const uint8_t* p, int n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(Mask(n), p)));
+  }
+  // FP8 to float16 bits, then vcvtph2ps: E5M2 is the upper byte of a float16; E4M3's magnitude
+  // shifted by 7 is a float16 of its value times 2^-8 (subnormals included).
+  template <bool kE4M3>
+  static V WidenFp8(__m128i bytes) {
+    const __m256i x = _mm256_cvtepu8_epi16(bytes);
+    if constexpr (kE4M3) {
+      const __m256i magnitude = _mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x7f)), 7);
+      const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x80)), 8);
+      return _mm512_cvtph_ps(_mm256_or_si256(magnitude, sign));
+    } else {
+      return _mm512_cvtph_ps(_mm256_slli_epi16(x, 8));
+    }
+  }
+  template <bool kE4M3>
+  static V LoadFp8(const uint8_t* p) {
+    return WidenFp8<kE4M3>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  template <bool kE4M3>
+  static V LoadFp8Partial(const uint8_t* p, int n) {
+    return WidenFp8<kE4M3>(_mm_maskz_loadu_epi8(Mask(n), p));
+  }
+  static void LoadNibbles(const uint8_t* p, V* out) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    out[0] = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xf)));
+    out[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 4));
+  }
   static __mmask16 Less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static V Select(__mmask16 mask, V a, V b) { return _mm512_mask_blend_ps(mask, b, a); }
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }

@@ -102,7 +102,8 @@ def paged_attention_prefill_reference(
         Query rows, sequence after sequence; num_q_heads is a multiple of num_kv_heads and query
         head h reads KV head h // (num_q_heads // num_kv_heads).
     storage : ferrum_kv.KvStorage
-        K/V as stored (16-bit values widened exactly).
+        K/V as stored (16-bit values widened exactly; quantized rows dequantized, as read_slot
+        returns them).
     layer : int
     block_tables : np.ndarray, [batch, max_blocks], int32
         Token t of sequence i is in block block_tables[i, t // block_size], offset t % block_size.

@@ -59,13 +59,15 @@ struct Avx2 {
   static __m128i Load8Bytes(const uint8_t* p) {
     return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   }
-  static V LoadU8(const uint8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(Load8Bytes(p)));
+  // Bytes minus 128, as floats (int8 codes centred: attention_kv_load.h); lanes past n are 0.
+  static V LoadU8Centered(const uint8_t* p) {
+    const __m256i x = _mm256_cvtepu8_epi32(Load8Bytes(p));
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(x, _mm256_set1_epi32(128)));
   }
-  static V LoadU8Partial(const uint8_t* p, int n) {
-    uint8_t buffer[kWidth];
-    CopyPartial(p, n, buffer);
-    return LoadU8(buffer);
+  static V LoadU8CenteredPartial(const uint8_t* p, int n) {
+    float buffer[kWidth] = {};
+    for (int i = 0; i < n; ++i) buffer[i] = float(p[i]) - 128.0f;
+    return Load(buffer);
   }
   // As in attention_isa_avx512.h: FP8 to float16 bits, then vcvtph2ps.
   template <bool kE4M3>

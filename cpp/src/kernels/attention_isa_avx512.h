@@ -44,11 +44,14 @@ struct Avx512 {
     out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
     out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
   }
-  static V LoadU8(const uint8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  // Bytes minus 128, as floats (int8 codes centred: attention_kv_load.h); lanes past n are 0.
+  static V LoadU8Centered(const uint8_t* p) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(x, _mm512_set1_epi32(128)));
   }
-  static V LoadU8Partial(const uint8_t* p, int n) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(Mask(n), p)));
+  static V LoadU8CenteredPartial(const uint8_t* p, int n) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(Mask(n), p));
+    return _mm512_cvtepi32_ps(_mm512_maskz_sub_epi32(Mask(n), x, _mm512_set1_epi32(128)));
   }
   // FP8 to float16 bits, then vcvtph2ps: E5M2 is the upper byte of a float16; E4M3's magnitude
   // shifted by 7 is a float16 of its value times 2^-8 (subnormals included).

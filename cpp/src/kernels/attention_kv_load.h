@@ -4,9 +4,12 @@
 //
 // Float formats load the stored values. Quantized formats keep their parameters next to the
 // codes (one float32 row of params per token), and
-//   int8, fp8 ("folded"): a load gives u = the code (int8) or the FP8 value times kUnit (fp8), and
-//     x_hat = offset + scale * u with (scale, offset) = Fold(params) (offset 0 for fp8, scale
-//     times 2^8 for E4M3, whose loads are the value times 2^-8: a shift and mask to float16).
+//   int8, fp8 ("folded"): a load gives u = the code - 128 (int8: centred, so that the folded
+//     sums stay small and keep their float32 precision: uncentred codes cost up to 1.1e-5 in
+//     the outputs) or the FP8 value times kUnit (fp8), and x_hat = offset + scale * u with
+//     (scale, offset) = (FoldScale, FoldOffset)(params) (int8: offset + 128 scale; fp8: offset
+//     0, and scale times 2^8 for E4M3, whose loads are the value times 2^-8: a shift and mask
+//     to float16).
 //     The tile kernel folds them instead of dequantizing: a score is scale * (q . u) + offset *
 //     sum(q), a weight p becomes p * scale plus p * offset added to every column.
 //   int4: a load gives x_hat itself (per group of 32 columns: code * scale + offset, one FMA).
@@ -15,8 +18,8 @@
 // (bfloat16, LoadBf16Pairs). Rows are RowElems(d) Elem apart, and their parameters
 // ParamsPerRow(d) floats apart.
 //
-// Isa provides, beside attention_tile_impl.h's list: LoadU8(p) / LoadU8Partial(p, n) (bytes to
-// floats), LoadFp8<kE4M3>(p) / LoadFp8Partial<kE4M3>(p, n) (FP8 codes to their value, times
+// Isa provides, beside attention_tile_impl.h's list: LoadU8Centered(p) / LoadU8CenteredPartial(p,
+// n) (bytes - 128 to floats, lanes past n 0), LoadFp8<kE4M3>(p) / LoadFp8Partial<kE4M3>(p, n) (FP8 codes to their value, times
 // 2^-8 for E4M3), LoadNibbles(p, out) (kW bytes to out[0] = low nibbles, out[1] = high ones).
 #pragma once
 
@@ -54,14 +57,16 @@ struct KvLoad {
   }
   // (scale, offset) of a folded row: x_hat = offset + scale * load.
   static float FoldScale(const float* params) { return params[0] / kUnit; }
-  static float FoldOffset(const float* params) { return kOffset ? params[1] : 0.0f; }
+  static float FoldOffset(const float* params) {
+    return kOffset ? params[1] + 128.0f * params[0] : 0.0f;
+  }
 
   // kW columns c, c + 1, ... of row (c even for int4).
   static V Load(const Elem* row, const float* params, int c) {
     if constexpr (kDType == DType::kFloat32) return Isa::Load(row + c);
     if constexpr (kDType == DType::kFloat16) return Isa::LoadHalf(row + c);
     if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16(row + c);
-    if constexpr (kDType == DType::kInt8) return Isa::LoadU8(row + c);
+    if constexpr (kDType == DType::kInt8) return Isa::LoadU8Centered(row + c);
     if constexpr (kFp8) return Isa::template LoadFp8<kE4M3>(row + c);
     if constexpr (kDType == DType::kInt4) return Int4InOrder(row, params, c, kW);
   }
@@ -70,7 +75,7 @@ struct KvLoad {
     if constexpr (kDType == DType::kFloat32) return Isa::LoadPartial(row + c, n);
     if constexpr (kDType == DType::kFloat16) return Isa::LoadHalfPartial(row + c, n);
     if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16Partial(row + c, n);
-    if constexpr (kDType == DType::kInt8) return Isa::LoadU8Partial(row + c, n);
+    if constexpr (kDType == DType::kInt8) return Isa::LoadU8CenteredPartial(row + c, n);
     if constexpr (kFp8) return Isa::template LoadFp8Partial<kE4M3>(row + c, n);
     if constexpr (kDType == DType::kInt4) return Int4InOrder(row, params, c, n);
   }

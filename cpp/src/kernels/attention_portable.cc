@@ -28,8 +28,8 @@ struct Portable {
     out[0] = BFloat16BitsToFloat(p[0]);
     out[1] = BFloat16BitsToFloat(p[1]);
   }
-  static V LoadU8(const uint8_t* p) { return float(*p); }
-  static V LoadU8Partial(const uint8_t* p, int) { return float(*p); }
+  static V LoadU8Centered(const uint8_t* p) { return float(*p) - 128.0f; }
+  static V LoadU8CenteredPartial(const uint8_t* p, int) { return LoadU8Centered(p); }
   // E4M3 values times 2^-8, as the SIMD variants' float16 trick gives them (exact).
   template <bool kIsE4M3>
   static V LoadFp8(const uint8_t* p) {

@@ -49,9 +49,21 @@ class Fixture {
     config.num_blocks = total_blocks + 3;  // spare blocks that are never referenced
     storage_ = std::make_unique<KvStorage>(config);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> values(storage_->total_bytes() / DTypeSize(c.dtype));
-    for (float& x : values) x = normal(rng_);
-    ConvertFromFloat32(values.data(), c.dtype, storage_->Data(), int64_t(values.size()));
+    if (IsQuantized(c.dtype)) {  // every slot of both layers written (quantized) by WriteTokens
+      std::vector<int32_t> slots(int64_t{config.num_blocks} * c.block_size);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::vector<float> k(slots.size() * c.num_kv_heads * c.head_dim), v(k.size());
+      for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+        for (float& x : k) x = normal(rng_);
+        for (float& x : v) x = normal(rng_);
+        storage_->WriteTokens(layer, slots.data(), int64_t(slots.size()), k.data(), v.data(),
+                              DType::kFloat32);
+      }
+    } else {
+      std::vector<float> values(storage_->total_bytes() / DTypeSize(c.dtype));
+      for (float& x : values) x = normal(rng_);
+      ConvertFromFloat32(values.data(), c.dtype, storage_->Data(), int64_t(values.size()));
+    }
     // Shuffled block ids; -1 padding after each sequence's last block.
     std::vector<int32_t> ids(config.num_blocks);
     std::iota(ids.begin(), ids.end(), 0);
@@ -287,6 +299,21 @@ TEST(AttentionTest, RejectsBadArguments) {
   EXPECT_THROW(PagedAttentionPrefill(f.q().data(), 3, 4, f.storage(), 0, batch, 1.0f, out.data()),
                InvalidArgument);  // sum(query_lens) = 2 rows, not 3
   EXPECT_THROW(decode(4, 0), InvalidArgument);  // decode with query_lens
+}
+
+// Quantized storage, exact precision: against the oracle on the dequantized rows (kv_format.h),
+// decode and prefill, odd head_dims (int4's last group shorter than 32), split contexts, options.
+TEST(AttentionTest, QuantizedFormatsMatchReference) {
+  for (DType dtype : {DType::kInt8, DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4}) {
+    ExpectMatchesReference({2, 4, 128, 16, dtype, {1, 17, 40, 300}, {}});
+    ExpectMatchesReference({3, 3, 72, 5, dtype, {7, 64, 65, 129}, {}});
+    ExpectMatchesReference({1, 6, 36, 8, dtype, {33, 2}, {}});
+    ExpectMatchesReference({1, 4, 80, 16, dtype, {1500}, {}});
+    ExpectMatchesReference({1, 3, 72, 5, dtype, {90, 9, 1}, {13, 9, 1}});
+    ExpectMatchesReference({2, 8, 96, 16, dtype, {120, 40}, {120, 40}});
+    ExpectMatchesReference({2, 4, 96, 8, dtype, {200, 31}, {}, 20, 3.0f, true});
+    ExpectMatchesReference({2, 8, 64, 16, dtype, {120, 40}, {50, 40}, 20, 3.0f, true});
+  }
 }
 
 // Fast precision on every variant (those without a fast kernel run the exact one), decode and

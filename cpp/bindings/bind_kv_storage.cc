@@ -4,7 +4,9 @@
 #include <memory>
 
 #include "bindings.h"
+#include "ferrum_kv/kv_format.h"
 #include "ferrum_kv/kv_storage.h"
+#include "ferrum_kv/quantize.h"
 #include "ferrum_kv/support/check.h"
 #include "numpy_args.h"
 
@@ -76,9 +78,98 @@ py::array WholeView(const KvStorage& s) {
                    0);
 }
 
+// The rows of a C-contiguous float32 / float16 array [..., head_dim] (ValueError otherwise).
+DType CheckRowsArray(const py::array& x, const char* name) {
+  FKV_CHECK_ARG(x.ndim() >= 1 && x.shape(x.ndim() - 1) >= 1,
+                name << " must have at least one dimension and a last dimension >= 1, got shape "
+                     << ShapeString(x));
+  FKV_CHECK_ARG(x.flags() & py::array::c_style, name << " must be C-contiguous");
+  if (x.dtype().is(py::dtype::of<float>())) return DType::kFloat32;
+  FKV_CHECK_ARG(x.dtype().is(py::dtype("float16")),
+                name << " must have dtype float32 or float16, got " << std::string(py::str(x.dtype())));
+  return DType::kFloat16;
+}
+
+// shape with its last dimension replaced by last.
+std::vector<py::ssize_t> WithLast(const py::array& x, int64_t last) {
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  shape.back() = last;
+  return shape;
+}
+
+py::tuple QuantizeRowsPy(const ArrayArgument& x_arg, const std::string& dtype_name,
+                         const std::string& isa_name) {
+  const py::array x = x_arg.Get("x");
+  const DType dtype = ParseDType(dtype_name);
+  FKV_CHECK_ARG(IsQuantized(dtype), "dtype must be a quantized format ('int8', 'fp8_e4m3', "
+                                    "'fp8_e5m2', 'int4'), got '" << dtype_name << "'");
+  const AttentionIsa isa = ParseAttentionIsa(isa_name);
+  const DType src_dtype = CheckRowsArray(x, "x");
+  const int64_t d = x.shape(x.ndim() - 1);
+  const int64_t rows = x.size() / d;
+  const HeadRegionLayout layout = HeadRegion(dtype, d, 1);
+  const int64_t bad = FindUnquantizableRow(dtype, x.data(), src_dtype, rows, d, isa);
+  FKV_CHECK_ARG(bad < 0, "x cannot be quantized to " << dtype_name << ": row " << bad
+                                                     << " (flattened) has a non-finite value"
+                                                     << (IsAsymmetric(dtype)
+                                                             ? " or a range beyond float32"
+                                                             : ""));
+  std::vector<uint8_t> codes(size_t(rows * layout.row_code_bytes));
+  std::vector<float> params(size_t(rows * layout.params_per_row));
+  QuantizeRows(dtype, x.data(), src_dtype, rows, d, codes.data(), layout.row_code_bytes,
+               reinterpret_cast<uint8_t*>(params.data()), layout.row_params_bytes(), isa);
+  return py::make_tuple(MoveToArray(std::move(codes), WithLast(x, layout.row_code_bytes)),
+                        MoveToArray(std::move(params), WithLast(x, layout.params_per_row)));
+}
+
+py::array DequantizeRowsPy(const ArrayArgument& codes_arg, const ArrayArgument& params_arg,
+                           const std::string& dtype_name, int64_t head_dim) {
+  const py::array codes = codes_arg.Get("codes");
+  const py::array params = params_arg.Get("params");
+  const DType dtype = ParseDType(dtype_name);
+  FKV_CHECK_ARG(IsQuantized(dtype), "dtype must be a quantized format, got '" << dtype_name
+                                                                               << "'");
+  FKV_CHECK_ARG(head_dim >= 1, "head_dim must be >= 1, got " << head_dim);
+  const HeadRegionLayout layout = HeadRegion(dtype, head_dim, 1);
+  FKV_CHECK_ARG(codes.dtype().is(py::dtype::of<uint8_t>()) && codes.ndim() >= 1 &&
+                    codes.shape(codes.ndim() - 1) == layout.row_code_bytes &&
+                    (codes.flags() & py::array::c_style),
+                "codes must be a C-contiguous uint8 array [..., " << layout.row_code_bytes
+                                                                  << "], got "
+                                                                  << std::string(py::str(codes.dtype()))
+                                                                  << " " << ShapeString(codes));
+  const std::vector<py::ssize_t> params_shape = WithLast(codes, layout.params_per_row);
+  FKV_CHECK_ARG(params.dtype().is(py::dtype::of<float>()) &&
+                    params.ndim() == codes.ndim() &&
+                    std::equal(params_shape.begin(), params_shape.end(), params.shape()) &&
+                    (params.flags() & py::array::c_style),
+                "params must be a C-contiguous float32 array " << ShapeString(params_shape)
+                                                               << ", got "
+                                                               << std::string(py::str(params.dtype()))
+                                                               << " " << ShapeString(params));
+  const int64_t rows = codes.size() / layout.row_code_bytes;
+  std::vector<float> out(size_t(rows * head_dim));
+  DequantizeRows(dtype, static_cast<const uint8_t*>(codes.data()), layout.row_code_bytes,
+                 static_cast<const uint8_t*>(params.data()), layout.row_params_bytes(), rows,
+                 head_dim, out.data());
+  return MoveToArray(std::move(out), WithLast(codes, head_dim));
+}
+
 }  // namespace
 
 void BindKvStorage(py::module_& m) {
+  m.def("quantize_rows", &QuantizeRowsPy, py::arg("x"), py::arg("dtype"), py::arg("isa") = "auto",
+        "Quantize the rows (last axis, head_dim) of a C-contiguous float32 / float16 array to a "
+        "quantized storage format, with the C++ write path's kernels (isa as for attention: "
+        "'auto' | 'portable' | 'avx2' | 'avx512'; 'reference' runs 'portable'). Returns (codes "
+        "uint8 [..., row_code_bytes], params float32 [..., params_per_row]), bit-identical to "
+        "ferrum_kv.reference.quantize. ValueError for a non-finite value (or, for int8/int4, a "
+        "row whose max - min overflows float32).");
+  m.def("dequantize_rows", &DequantizeRowsPy, py::arg("codes"), py::arg("params"),
+        py::arg("dtype"), py::arg("head_dim").noconvert(),
+        "The float32 rows [..., head_dim] that codes and params (as quantize_rows returns them) "
+        "read back as: what gather_kv and read_slot return for quantized storage.");
+
   py::class_<KvStorage, std::shared_ptr<KvStorage>>(
       m, "KvStorage",
       "K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: "

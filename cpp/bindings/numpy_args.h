@@ -56,7 +56,8 @@ pybind11::array MoveToArray(std::vector<T>&& data, std::vector<pybind11::ssize_t
 pybind11::dtype NumpyDTypeOf(DType dtype);
 
 // Checks that array is C-contiguous with exactly this shape and returns its element type:
-// float32, or the storage dtype given (float16 / bfloat16 as uint16). Raises ValueError otherwise.
+// float32, or the storage dtype given (float16 / bfloat16 as uint16); for a quantized storage
+// dtype float32 or float16. Raises ValueError otherwise.
 DType CheckFloatArray(const pybind11::array& array, const char* name,
                       const std::vector<pybind11::ssize_t>& shape, DType storage_dtype);
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_fast_isas', 'attention_isas', 'block_hashes', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'set_num_threads', 'sha256_impl']
+__all__: list[str] = ['BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'attention_isas', 'block_hashes', 'dequantize_rows', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'quantize_rows', 'set_num_threads', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -28,7 +28,7 @@ class CacheConfig:
     """
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, num_blocks: int, dtype: str = 'float32', num_host_blocks: int = 0, enable_prefix_caching: bool = False, high_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.1, critical_watermark: typing.SupportsFloat | typing.SupportsIndex = 0.02, eviction_policy: str = 'lru', enable_kv_events: bool = False, max_prompt_logits: int = 0) -> None:
         """
-        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16'; num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
+        All keyword-only. num_layers, num_kv_heads, head_dim, block_size (tokens per block), num_blocks (device tier) >= 1; dtype 'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' (or 'fp8') | 'fp8_e5m2' | 'int4' (quantized: docs/layout.md); num_host_blocks >= 0 (host tier for swap_out, 0: none); enable_prefix_caching; watermarks: memory_pressure is 'high' below high_watermark, 'critical' below critical_watermark (fractions of blocks free or evictable, 0 <= critical <= high <= 1); eviction_policy 'lru' | 'fifo' | 'priority_lru'; enable_kv_events; max_prompt_logits >= 0. Raises ValueError naming a bad value.
         """
     def __repr__(self) -> str:
         ...
@@ -43,9 +43,9 @@ class CacheConfig:
         Bytes of one block: K and V, all layers.
         """
     @property
-    def bytes_per_token(self) -> int:
+    def bytes_per_token(self) -> float:
         """
-        Bytes of one token's K and V over all layers.
+        Bytes of one token's K and V over all layers (float): bytes_per_block / block_size, so quantization parameters and padding included.
         """
     @property
     def critical_watermark(self) -> float:
@@ -55,7 +55,7 @@ class CacheConfig:
     @property
     def dtype(self) -> str:
         """
-        Storage dtype: 'float32' | 'float16' | 'bfloat16'.
+        Storage dtype: 'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' | 'fp8_e5m2' | 'int4' ('fp8' is accepted for 'fp8_e4m3').
         """
     @property
     def enable_kv_events(self) -> bool:
@@ -176,23 +176,31 @@ class KvStorage:
         ...
     def array(self) -> numpy.ndarray:
         """
-        Zero-copy view [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim].
+        Zero-copy view of the arena. Float dtypes: [num_blocks, num_layers, 2, num_kv_heads, block_size, head_dim] elements. Quantized dtypes: [num_blocks, bytes_per_block] uint8, the raw bytes of each block (docs/layout.md).
         """
     def key_cache(self, layer: int) -> numpy.ndarray:
         """
-        Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, head_dim].
+        Zero-copy strided view of layer's keys: [num_blocks, num_kv_heads, block_size, head_dim] elements; for quantized storage the codes, uint8 [num_blocks, num_kv_heads, block_size, row_code_bytes] (head_dim, or ceil(head_dim / 2) for int4: two codes per byte, the even element in the low nibble).
+        """
+    def key_scales(self, layer: int) -> numpy.ndarray:
+        """
+        Quantized storage only (ValueError otherwise): zero-copy strided view of layer's key parameters, float32 [num_blocks, num_kv_heads, block_size, params_per_row]: int8 (scale, offset); fp8 (scale,); int4 (scale, offset) per group of 32 elements.
         """
     def read_slot(self, block_id: int, layer: int, offset: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
-        Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype.
+        Copies of one token's (K, V), each [num_kv_heads, head_dim] in the storage dtype (dequantized float32 for quantized storage).
         """
     def value_cache(self, layer: int) -> numpy.ndarray:
         """
         Like key_cache, for values.
         """
+    def value_scales(self, layer: int) -> numpy.ndarray:
+        """
+        Like key_scales, for values.
+        """
     def write_slot(self, block_id: int, layer: int, offset: int, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock. k and v may be views of this storage: they are copied before the write.
+        Write one token's K and V ([num_kv_heads, head_dim] each, float32 or the storage dtype; float32 is rounded to nearest even) under the block's lock. Quantized storage takes float32 or float16 and quantizes each (token, head) row; ValueError (nothing written) for a non-finite value. k and v may be views of this storage: they are copied before the write.
         """
     @property
     def bytes_per_block(self) -> int:
@@ -207,7 +215,7 @@ class KvStorage:
     @property
     def dtype(self) -> str:
         """
-        'float32' | 'float16' | 'bfloat16' (views of bfloat16 are uint16 bits).
+        'float32' | 'float16' | 'bfloat16' | 'int8' | 'fp8_e4m3' | 'fp8_e5m2' | 'int4' (views of bfloat16 are uint16 bits, of the quantized dtypes uint8 codes).
         """
     @property
     def nbytes(self) -> int:
@@ -334,7 +342,7 @@ class PagedKvCache:
         """
     def gather_kv(self, seq_id: int, layer: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """
-        Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype, in token order, from whichever tier holds the sequence.
+        Contiguous copies (K, V), each [num_tokens, num_kv_heads, head_dim] in the storage dtype (dequantized float32 for quantized storage), in token order, from whichever tier holds the sequence.
         """
     def is_swapped(self, seq_id: int) -> bool:
         """
@@ -390,7 +398,7 @@ class PagedKvCache:
         """
     def write_kv(self, layer: int, slots: typing.Any, k: numpy.ndarray, v: numpy.ndarray) -> None:
         """
-        Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage dtype, or the storage dtype itself) into slots ([n] int32, block_id * block_size + offset); slot -1 is skipped. Every slot is validated before any write: IndexError for one out of range, InvalidStateError for one in a block that no sequence or cache entry holds (slots taken before free_sequence or swap_out); ValueError for a shape or dtype mismatch. Takes no lock over the data: the scheduler keeps the blocks from being freed meanwhile. k and v may be views of the cache's own storage: they are copied before the write.
+        Scatter K/V ([n, num_kv_heads, head_dim] each; float32, rounded to the storage dtype, or the storage dtype itself; quantized storage takes float32 or float16 and quantizes each (token, head) row) into slots ([n] int32, block_id * block_size + offset); slot -1 is skipped. Every slot is validated before any write: IndexError for one out of range, InvalidStateError for one in a block that no sequence or cache entry holds (slots taken before free_sequence or swap_out); ValueError for a shape or dtype mismatch, or a non-finite value for quantized storage. Takes no lock over the data: the scheduler keeps the blocks from being freed meanwhile. k and v may be views of the cache's own storage: they are copied before the write.
         """
     @property
     def config(self) -> CacheConfig:
@@ -412,10 +420,6 @@ class PagedKvCache:
         """
         The device-tier KvStorage.
         """
-def attention_fast_isas(dtype: str) -> list[str]:
-    """
-    The attention kernel variants whose precision="fast" runs low-precision dot products over K/V stored as dtype on this CPU; the others run the exact code for "fast".
-    """
 def attention_isas() -> list[str]:
     """
     The attention kernel variants this CPU runs, fastest first ("auto" picks the first).
@@ -423,6 +427,10 @@ def attention_isas() -> list[str]:
 def block_hashes(tokens: typing.Any, block_size: int, namespace: bytes = b'') -> list[bytes]:
     """
     Prefix hashes of the full blocks of tokens (1-D array of non-negative int32 token ids): a list of 32-byte digests, one per full block (a partial trailing block is ignored). parent_0 = SHA-256(b'ferrum-kv/v1' + namespace); block i hashes to h_i = SHA-256(parent || its token ids as little-endian uint32), and parent = h_i. ValueError for a negative token, a non-integer array or block_size < 1; TypeError when namespace is not bytes.
+    """
+def dequantize_rows(codes: numpy.ndarray, params: numpy.ndarray, dtype: str, head_dim: int) -> numpy.ndarray:
+    """
+    The float32 rows [..., head_dim] that codes and params (as quantize_rows returns them) read back as: what gather_kv and read_slot return for quantized storage.
     """
 def get_num_threads() -> int:
     """
@@ -432,7 +440,7 @@ def memory_read_probe(data: numpy.ndarray, num_threads: int = 0) -> int:
     """
     Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
     """
-def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None, precision: str = 'exact') -> numpy.ndarray:
+def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention decode over explicit block tables.
     
@@ -459,10 +467,6 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: i
         Logit soft cap (> 0): logits -> soft_cap * tanh(logits / soft_cap), on the scaled logits.
     alibi_slopes : np.ndarray, [num_q_heads], float32, optional
         ALiBi: adds alibi_slopes[h] * (key_pos - query_pos) to query head h's logits (after the cap).
-    precision : str
-        "exact" (default): float32 arithmetic on the stored values. "fast": low-precision dot products
-        where the kernel variant has them on this CPU (attention_fast_isas(dtype)); relative error
-        below 1.5e-2 against float64. Elsewhere "fast" runs the exact code.
     
     Returns
     -------
@@ -471,7 +475,7 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: i
     Raises ValueError for a bad shape, dtype or value (out overlapping q or the storage's arena
     included), IndexError for a layer out of range. The GIL is released during the computation; the caller keeps the blocks read unchanged.
     """
-def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None, precision: str = 'exact') -> numpy.ndarray:
+def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
     """
     Paged-attention (chunked) prefill over explicit block tables.
     
@@ -486,12 +490,16 @@ def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: 
     context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
         the cache)
     query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
-    scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes, precision
+    scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes
         As in paged_attention_decode_tables (the window and ALiBi distances use each row's position).
     
     Returns
     -------
     np.ndarray, [sum(query_lens), num_q_heads, head_dim], float32: out.
+    """
+def quantize_rows(x: numpy.ndarray, dtype: str, isa: str = 'auto') -> tuple:
+    """
+    Quantize the rows (last axis, head_dim) of a C-contiguous float32 / float16 array to a quantized storage format, with the C++ write path's kernels (isa as for attention: 'auto' | 'portable' | 'avx2' | 'avx512'; 'reference' runs 'portable'). Returns (codes uint8 [..., row_code_bytes], params float32 [..., params_per_row]), bit-identical to ferrum_kv.reference.quantize. ValueError for a non-finite value (or, for int8/int4, a row whose max - min overflows float32).
     """
 def set_num_threads(num_threads: int) -> None:
     """

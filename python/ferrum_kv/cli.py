@@ -25,7 +25,9 @@ from typing import NoReturn, Optional, Sequence
 
 import ferrum_kv as fkv
 
-DTYPES = ("float32", "float16", "bfloat16")
+# Storage dtypes, as CacheConfig spells them ("fp8" is accepted for "fp8_e4m3").
+STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8", "fp8_e4m3", "fp8_e5m2", "int4")
+DTYPES = STORAGE_DTYPES + ("fp8",)
 EVICTION_POLICIES = ("lru", "fifo", "priority_lru")
 
 # (num_layers, num_kv_heads, head_dim) from each model's published config.json.
@@ -247,9 +249,11 @@ def plan_capacity(num_layers: int, num_kv_heads: int, head_dim: int, dtype: str,
     Returns
     -------
     dict
-        bytes_per_token, bytes_per_block, num_blocks (whole blocks in ``memory``), tokens
-        (their capacity), blocks_per_sequence (``ceil(context_len / block_size)``) and
-        concurrent_sequences (of ``context_len`` tokens each).
+        bytes_per_token (a float: quantized blocks carry per-row parameters and padding),
+        bytes_per_block, num_blocks (whole blocks in ``memory``), tokens (their capacity),
+        blocks_per_sequence (``ceil(context_len / block_size)``), concurrent_sequences (of
+        ``context_len`` tokens each) and tokens_per_gib: for every storage dtype, the tokens
+        whole blocks of this geometry hold in 1 GiB.
     """
     config = fkv.CacheConfig(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                              block_size=block_size, num_blocks=1, dtype=dtype)
@@ -265,6 +269,13 @@ def plan_capacity(num_layers: int, num_kv_heads: int, head_dim: int, dtype: str,
         "tokens": num_blocks * block_size,
         "blocks_per_sequence": blocks_per_sequence,
         "concurrent_sequences": num_blocks // blocks_per_sequence,
+        "tokens_per_gib": {
+            name: (2**30 // fkv.CacheConfig(num_layers=num_layers, num_kv_heads=num_kv_heads,
+                                            head_dim=head_dim, block_size=block_size,
+                                            num_blocks=1, dtype=name).bytes_per_block)
+            * block_size
+            for name in STORAGE_DTYPES
+        },
     }
 
 
@@ -287,6 +298,7 @@ def _plan(args: argparse.Namespace) -> int:
                   f"{p['head_dim']}, {p['dtype']}"),
         ("bytes per token", _bytes(p["bytes_per_token"])),
         ("bytes per block", f"{_bytes(p['bytes_per_block'])} ({p['block_size']} tokens)"),
+        ("tokens per GiB", ", ".join(f"{k} {v}" for k, v in p["tokens_per_gib"].items())),
         ("memory", _bytes(p["memory_bytes"])),
         ("blocks", f"{p['num_blocks']} ({p['tokens']} tokens)"),
         ("context length", f"{p['context_len']} tokens = {p['blocks_per_sequence']} blocks"),
@@ -297,12 +309,13 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bytes(n: int) -> str:
-    """``n`` exactly, and in the largest binary unit it reaches."""
+def _bytes(n: float) -> str:
+    """``n`` exactly (to 0.01 B when not whole), and in the largest binary unit it reaches."""
+    exact = f"{int(n)}" if n == int(n) else f"{n:.2f}"
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
-            return f"{n} B ({n / size:.1f} {unit})"
-    return f"{n} B"
+            return f"{exact} B ({n / size:.1f} {unit})"
+    return f"{exact} B"
 
 
 def _bench(args: argparse.Namespace) -> int:

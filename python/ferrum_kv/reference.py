@@ -2,6 +2,12 @@
 
 bfloat16 has no NumPy dtype: ferrum-kv stores and exposes it as the upper 16 bits of a float32,
 in ``uint16`` arrays. The two helpers below convert, rounding to nearest even like the C++ core.
+
+The quantized storage formats (``int8``, ``fp8_e4m3`` alias ``fp8``, ``fp8_e5m2``, ``int4``) are
+defined by ``quantize`` / ``dequantize`` below (docs/layout.md gives the byte layout); the C++
+write path (``ferrum_kv.quantize_rows``, ``write_kv``, ``write_slot``) is bit-identical to them.
+They are written independently of the C++ code: FP8 rounding picks the nearest of the format's
+values (a table built from the bit fields), not the C++ bit manipulation.
 """
 
 from __future__ import annotations
@@ -32,15 +38,175 @@ def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+QUANTIZED_DTYPES = ("int8", "fp8_e4m3", "fp8_e5m2", "int4")
+INT4_GROUP = 32
+# name -> (exponent bias, mantissa bits, largest finite positive code)
+_FP8 = {"fp8_e4m3": (7, 3, 0x7E), "fp8_e5m2": (15, 2, 0x7B)}
+
+
+def _quantized_name(dtype: str) -> str:
+    name = "fp8_e4m3" if dtype == "fp8" else dtype
+    if name not in QUANTIZED_DTYPES:
+        raise ValueError(f"dtype must be one of {QUANTIZED_DTYPES} (or 'fp8'), got {dtype!r}")
+    return name
+
+
+def row_code_bytes(dtype: str, head_dim: int) -> int:
+    """Bytes of one row's codes: head_dim (int8, fp8) or ceil(head_dim / 2) (int4)."""
+    return (head_dim + 1) // 2 if _quantized_name(dtype) == "int4" else head_dim
+
+
+def params_per_row(dtype: str, head_dim: int) -> int:
+    """float32 parameters per row: int8 2 (scale, offset); fp8 1 (scale); int4 2 per group of 32."""
+    name = _quantized_name(dtype)
+    if name == "int4":
+        return 2 * -(-head_dim // INT4_GROUP)
+    return 2 if name == "int8" else 1
+
+
+def fp8_values(dtype: str) -> np.ndarray:
+    """The value of each of the 256 FP8 codes (float64, exact; NaN codes NaN, E5M2 inf codes inf)."""
+    bias, mbits, _ = _FP8[_quantized_name(dtype)]
+    codes = np.arange(256)
+    exponent = (codes & 0x7F) >> mbits
+    mantissa = (codes & ((1 << mbits) - 1)).astype(np.float64)
+    magnitude = np.where(
+        exponent == 0,
+        np.ldexp(mantissa, 1 - bias - mbits),
+        np.ldexp(1.0 + mantissa / (1 << mbits), exponent - bias),
+    )
+    top = exponent == (0x7F >> mbits)
+    if mbits == 3:  # E4M3FN: only S.1111.111 is special (NaN)
+        magnitude = np.where(top & (mantissa == 7), np.nan, magnitude)
+    else:  # E5M2: S.11111.00 infinity, the rest NaN
+        magnitude = np.where(top, np.where(mantissa == 0, np.inf, np.nan), magnitude)
+    return np.where(codes & 0x80, -magnitude, magnitude)
+
+
+def _fp8_encode(y: np.ndarray, dtype: str) -> np.ndarray:
+    """Round finite float32 y to the nearest FP8 code (ties to the even code), saturating."""
+    _, _, max_code = _FP8[dtype]
+    values = fp8_values(dtype)[: max_code + 1]  # the finite non-negative values, increasing
+    a = np.abs(y.astype(np.float64))
+    upper = np.minimum(np.searchsorted(values, a, side="left"), max_code)  # values[upper] >= a
+    lower = np.maximum(upper - 1, 0)
+    d_low = a - values[lower]
+    d_up = values[upper] - a
+    pick_up = (d_up < d_low) | ((d_up == d_low) & (upper % 2 == 0))
+    code = np.where(a >= values[max_code], max_code, np.where(pick_up, upper, lower))
+    return (code | np.where(np.signbit(y), 0x80, 0)).astype(np.uint8)
+
+
+def _asymmetric(rows: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, scale, offset) of float32 rows [n, m] with codes in [0, levels]."""
+    lo = rows.min(axis=1)
+    hi = rows.max(axis=1)
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if not np.all(np.isfinite(span)):
+        raise ValueError("a row's range (max - min) overflows float32: cannot quantize")
+    zero = np.float32(0)
+    scale = span / np.float32(levels) + zero  # + 0: -0 becomes +0
+    offset = lo + zero
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.rint((rows - offset[:, None]) / scale[:, None])
+    q = np.where(scale[:, None] == 0, 0, np.minimum(q, levels))
+    return q.astype(np.uint8), scale, offset
+
+
+def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize rows (the last axis, head_dim) to a storage format: the documented definition.
+
+    Parameters
+    ----------
+    x : np.ndarray [..., head_dim], float32 or float16 (widened exactly); other dtypes are cast
+        to float32 first. Every value must be finite.
+    dtype : "int8" | "fp8_e4m3" (or "fp8") | "fp8_e5m2" | "int4"
+
+    Returns
+    -------
+    (codes, params): codes uint8 [..., row_code_bytes(dtype, head_dim)] (int4: two codes per
+    byte, element 2i in the low nibble), params float32 [..., params_per_row(dtype, head_dim)].
+
+    Definitions (float32 arithmetic, round half to even, no fused multiply-add):
+    int8: scale = (max - min) / 255 + 0, offset = min + 0 (+0 turns -0 into +0),
+    code = 0 if scale == 0 else clip(rint((x - offset) / scale), 0, 255); params (scale, offset).
+    int4: the same with 15, per group of 32 elements (the last group may be shorter).
+    fp8: scale = absmax / 448 (E4M3) or / 57344 (E5M2); code = 0 if scale == 0 else the FP8
+    value nearest x / scale (ties to the even code, beyond the largest finite saturating; -0
+    gives 0x80); params (scale,).
+
+    Raises ValueError for a non-finite value, or (int8, int4) a row whose max - min overflows.
+    """
+    name = _quantized_name(dtype)
+    x = np.asarray(x)
+    x = x.astype(np.float32) if x.dtype != np.float32 else x
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must have a last axis (head_dim) >= 1, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x has a non-finite value: cannot quantize")
+    head_dim = x.shape[-1]
+    rows = x.reshape(-1, head_dim)
+    if name == "int8":
+        codes, scale, offset = _asymmetric(rows, 255)
+        params = np.stack([scale, offset], axis=1)
+    elif name == "int4":
+        groups = [_asymmetric(rows[:, g : g + INT4_GROUP], 15) for g in range(0, head_dim, INT4_GROUP)]
+        nibbles = np.concatenate([g[0] for g in groups], axis=1)
+        if head_dim % 2:
+            nibbles = np.concatenate([nibbles, np.zeros((len(rows), 1), np.uint8)], axis=1)
+        codes = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
+        params = np.stack([v for g in groups for v in (g[1], g[2])], axis=1)
+    else:
+        max_value = np.float32(fp8_values(name)[_FP8[name][2]])
+        scale = np.abs(rows).max(axis=1) / max_value
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = rows / scale[:, None]
+        codes = np.where(scale[:, None] == 0, np.uint8(0), _fp8_encode(np.nan_to_num(y), name))
+        codes = codes.astype(np.uint8)
+        params = scale[:, None]
+    shape = x.shape[:-1]
+    return (codes.reshape(*shape, codes.shape[-1]),
+            params.astype(np.float32).reshape(*shape, params.shape[-1]))
+
+
+def dequantize(codes: np.ndarray, params: np.ndarray, dtype: str, head_dim: int) -> np.ndarray:
+    """The float32 values [..., head_dim] that quantize's (codes, params) stand for.
+
+    int8 / int4: offset + float32(code * scale) (the product rounded, then the sum); fp8:
+    value(code) * scale. This is what gather_kv / read_slot return for quantized storage.
+    """
+    name = _quantized_name(dtype)
+    codes = np.asarray(codes, dtype=np.uint8)
+    params = np.asarray(params, dtype=np.float32)
+    lead = codes.shape[:-1]
+    c = codes.reshape(-1, codes.shape[-1])
+    p = params.reshape(-1, params.shape[-1])
+    if name in _FP8:
+        out = fp8_values(name).astype(np.float32)[c] * p[:, :1]
+    else:
+        if name == "int4":
+            c = np.stack([c & 0xF, c >> 4], axis=2).reshape(len(c), 2 * c.shape[1])[:, :head_dim]
+            group = np.arange(head_dim) // INT4_GROUP
+            scale, offset = p[:, 2 * group], p[:, 2 * group + 1]
+        else:
+            scale, offset = p[:, :1], p[:, 1:2]
+        out = offset + c.astype(np.float32) * scale
+    return out.astype(np.float32).reshape(*lead, head_dim)
+
+
 def round_to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     """What storing float32 ``x`` in a cache of ``dtype`` keeps, widened back to float32.
 
     Parameters
     ----------
-    x : np.ndarray, any shape, float32
-    dtype : "float32" | "float16" | "bfloat16"
+    x : np.ndarray, any shape, float32; for a quantized dtype [..., head_dim] (rows are
+        quantized along the last axis, as the cache quantizes each (token, KV head) row)
+    dtype : "float32" | "float16" | "bfloat16" | "int8" | "fp8_e4m3" | "fp8" | "fp8_e5m2" | "int4"
     """
     x = np.asarray(x, dtype=np.float32)
+    if dtype in QUANTIZED_DTYPES or dtype == "fp8":
+        return dequantize(*quantize(x, dtype), dtype, x.shape[-1])
     if dtype == "float32":
         return x.copy()
     if dtype == "float16":
@@ -51,7 +217,10 @@ def round_to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def storage_to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:
-    """Widen an array in a storage dtype (as a view or read_slot returns it) to float32."""
+    """Widen an array in a storage dtype (as a view or read_slot returns it) to float32.
+
+    Quantized storage reads back as float32 already (gather_kv, read_slot): returned as float32.
+    """
     if dtype == "bfloat16":
         return bfloat16_bits_to_float32(stored)
     return np.asarray(stored).astype(np.float32)

@@ -130,7 +130,8 @@ def test_siblings_in_one_batch_copy_only_what_is_needed():
     cache.check_invariants()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float16", "bfloat16", "int8", "fp8_e4m3", "fp8_e5m2", "int4"])
 def test_swap_round_trip_is_bit_exact(dtype):
     rng = np.random.default_rng(1)
     cache = make_cache(dtype=dtype)

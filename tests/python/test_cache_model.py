@@ -248,5 +248,13 @@ def test_random_operations_16_bit_storage(dtype):
     run_random_operations(seed=11, steps=300, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp8_e4m3", "fp8_e5m2", "int4"])
+def test_random_operations_quantized_storage(dtype):
+    # fork / copy-on-write, swap, free, write_kv and gather_kv on quantized blocks: gather_kv
+    # equals the NumPy quantize -> dequantize of what was written, bit for bit.
+    counts = run_random_operations(seed=13, steps=300, dtype=dtype)
+    assert all(count > 0 for count in counts.values()), counts
+
+
 def test_random_operations_with_a_roomy_pool():
     run_random_operations(seed=5, steps=400, dtype="float32", num_blocks=200, num_host_blocks=100)

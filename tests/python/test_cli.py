@@ -27,7 +27,7 @@ def run_main(argv, capsys):
     (["serve"], 2, "invalid choice: 'serve'"),
     (["demo", "--blocks", "0"], 2, "--blocks: must be at least 1, got 0"),
     (["demo", "--sessions", "many"], 2, "--sessions: expected an integer, got 'many'"),
-    (["demo", "--dtype", "int4"], 2, "--dtype: invalid choice: 'int4'"),
+    (["demo", "--dtype", "int3"], 2, "--dtype: invalid choice: 'int3'"),
     (["demo", "--model", "huge"], 2, "--model: invalid choice: 'huge'"),
     (["demo", "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
     (["plan", "--model", "Llama-3-8B", "--memory", "16XB"], 2, "expected a size like 16GiB"),

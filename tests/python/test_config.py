@@ -24,7 +24,7 @@ def test_bytes_per_block(dtype, size):
         ("head_dim", 2**31, "head_dim"),
         ("block_size", 0, "block_size"),
         ("num_blocks", 0, "num_blocks"),
-        ("dtype", "int4", "got 'int4'"),
+        ("dtype", "int3", "got 'int3'"),
         ("num_host_blocks", -1, "num_host_blocks"),
         ("high_watermark", 1.5, "high_watermark"),
         ("high_watermark", float("nan"), "high_watermark"),

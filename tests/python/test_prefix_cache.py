@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ferrum_kv as fkv
+from ferrum_kv import reference as ref
 
 BS = 4
 HEADS, DIM = 2, 3
@@ -379,11 +380,16 @@ class Model:
                 self.evictable[b] = True
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_random_operations_against_the_model(seed):
+@pytest.mark.parametrize("seed, dtype", [
+    (0, "float32"), (1, "float32"), (2, "float32"), (3, "float32"),
+    # Prefix hits, whole-prompt hits (stored logits and the stored last block), eviction, fork
+    # and decode on quantized blocks: reads give the NumPy quantize -> dequantize of the writes.
+    (4, "int8"), (5, "fp8_e4m3"), (6, "fp8_e5m2"), (7, "int4"),
+])
+def test_random_operations_against_the_model(seed, dtype):
     rng = np.random.default_rng(seed)
     num_blocks = 40
-    cache = make_cache(num_blocks=num_blocks, max_prompt_logits=3)
+    cache = make_cache(num_blocks=num_blocks, max_prompt_logits=3, dtype=dtype)
     model = Model(num_blocks, max_prompt_logits=3)
     prompts = [rng.integers(0, 30, int(rng.integers(4, 30))).tolist() for _ in range(5)]
     next_id = itertools.count()
@@ -398,6 +404,7 @@ def test_random_operations_against_the_model(seed):
         start, n = seq["computed"], len(seq["tokens"])
         k = rng.standard_normal((n - start, HEADS, DIM)).astype(np.float32)
         cache.write_kv(0, cache.slot_mapping(seq_id, start, n), k, k)
+        k = ref.round_to_storage(k, dtype)  # what the cache holds
         kdata[seq_id][start:] = k
         for pos in range(start, n):
             model.data.setdefault(seq["blocks"][pos // BS], np.zeros((BS, HEADS, DIM), np.float32))[pos % BS] = k[pos - start]

@@ -60,6 +60,18 @@ struct Avx2 {
     const I joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(joined));
   }
+  // Each 64-bit lane holds (even, odd); even | odd << 4 is its low byte after or-ing in the lane
+  // shifted right by 28; the four low bytes are gathered like StoreBytes'.
+  static void StoreNibblePairs(uint8_t* dst, I a) {
+    const I pairs = _mm256_or_si256(a, _mm256_srli_epi64(a, 28));
+    const I bytes = _mm256_shuffle_epi8(
+        pairs, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 8,
+                                -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const int32_t low = _mm256_extract_epi16(bytes, 0);
+    const int32_t high = _mm256_extract_epi16(bytes, 8);
+    const uint32_t packed = uint32_t(low & 0xffff) | (uint32_t(high & 0xffff) << 16);
+    std::memcpy(dst, &packed, 4);
+  }
 };
 
 }  // namespace

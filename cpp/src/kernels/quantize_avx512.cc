@@ -1,6 +1,11 @@
 // The AVX-512 (F, BW, VL, DQ) variant of the quantize kernels (quantize_impl.h): 16 lanes.
 #include <immintrin.h>
 
+// GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
+// (_mm512_undefined_ps and the like) as (maybe-)uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include "kernels/quantize_impl.h"
 
 namespace ferrum_kv::kernels {
@@ -44,6 +49,12 @@ struct Avx512 {
   }
   static void StoreBytes(uint8_t* dst, I a) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(a));
+  }
+  // Each 64-bit lane holds (even, odd); even | odd << 4 is its low byte after or-ing in the lane
+  // shifted right by 28.
+  static void StoreNibblePairs(uint8_t* dst, I a) {
+    const __m128i bytes = _mm512_cvtepi64_epi8(_mm512_or_si512(a, _mm512_srli_epi64(a, 28)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), bytes);
   }
 };
 

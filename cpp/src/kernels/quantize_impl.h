@@ -9,7 +9,8 @@
 // (int32 lanes as unsigned), And/Or, ShiftRight<k>, AddI/SubI, Set1I, LessI (signed compare ->
 // blend), Blend(mask, a, b) = mask ? a : b, AsInt/AsFloat (bit casts), ReduceMin/ReduceMax,
 // AnyExponentAllOnes (a lane that is inf or NaN), StoreBytes(uint8_t* dst, I) (the low byte of
-// each lane, kW bytes).
+// each lane, kW bytes), StoreNibblePairs(uint8_t* dst, I) (lanes in [0, 15]: lane 2i | lane
+// 2i+1 << 4, kW / 2 bytes).
 #pragma once
 
 #include <algorithm>
@@ -44,11 +45,22 @@ struct QuantizeKernels {
     return V::LoadHalf(buffer);
   }
 
+  // n codes (each in [0, 255]) to n bytes at dst.
   static void StoreCodes(uint8_t* dst, I codes, int64_t n) {
     if (n == kW) return V::StoreBytes(dst, codes);
     alignas(64) uint8_t buffer[kW];
     V::StoreBytes(buffer, codes);
     std::memcpy(dst, buffer, size_t(n));
+  }
+
+  // n codes (each in [0, 15]) packed two per byte to ceil(n / 2) bytes at dst, the even
+  // element in the low nibble (an odd n leaves the last high nibble 0).
+  static void StoreNibbles(uint8_t* dst, I codes, int64_t n) {
+    if (n == kW) return V::StoreNibblePairs(dst, codes);
+    alignas(64) uint8_t buffer[kW + 1];
+    V::StoreBytes(buffer, codes);
+    buffer[n] = 0;
+    for (int64_t i = 0; i < n; i += 2) dst[i / 2] = uint8_t(buffer[i] | (buffer[i + 1] << 4));
   }
 
   template <typename T>
@@ -64,8 +76,9 @@ struct QuantizeKernels {
     *hi = V::ReduceMax(vhi);
   }
 
-  // Asymmetric codes of n elements (one int8 row or one int4 group), written as one byte each.
-  template <typename T>
+  // Asymmetric codes of n elements (one int8 row: a byte each; one int4 group: packed nibbles,
+  // kNibbles).
+  template <bool kNibbles, typename T>
   static void AsymmetricGroup(const T* x, int64_t n, float levels, float* params,
                               uint8_t* codes) {
     float lo, hi;
@@ -75,7 +88,7 @@ struct QuantizeKernels {
     params[0] = scale;
     params[1] = offset;
     if (scale == 0.0f) {
-      std::memset(codes, 0, size_t(n));
+      std::memset(codes, 0, size_t(kNibbles ? (n + 1) / 2 : n));
       return;
     }
     const F vscale = V::Set1(scale), voffset = V::Set1(offset);
@@ -83,8 +96,12 @@ struct QuantizeKernels {
     for (int64_t i = 0; i < n; i += kW) {
       const int64_t m = std::min(kW, n - i);
       const F v = LoadChunk(x + i, m, x);
-      const I q = V::RoundToInt(V::Div(V::Sub(v, voffset), vscale));  // >= 0
-      StoreCodes(codes + i, V::MinU32(q, vlevels), m);
+      const I q = V::MinU32(V::RoundToInt(V::Div(V::Sub(v, voffset), vscale)), vlevels);
+      if constexpr (kNibbles) {
+        StoreNibbles(codes + i / 2, q, m);  // i is a multiple of kW: even
+      } else {
+        StoreCodes(codes + i, q, m);
+      }
     }
   }
 
@@ -121,16 +138,11 @@ struct QuantizeKernels {
   static void QuantizeRow(DType dtype, const T* x, int64_t d, uint8_t* codes, float* params) {
     switch (dtype) {
       case DType::kInt8:
-        return AsymmetricGroup(x, d, KvFormat<DType::kInt8>::kLevels, params, codes);
+        return AsymmetricGroup<false>(x, d, KvFormat<DType::kInt8>::kLevels, params, codes);
       case DType::kInt4: {
-        alignas(64) uint8_t group[kInt4GroupSize];
         for (int64_t begin = 0, g = 0; begin < d; begin += kInt4GroupSize, ++g) {
-          const int64_t n = std::min(kInt4GroupSize, d - begin);
-          AsymmetricGroup(x + begin, n, KvFormat<DType::kInt4>::kLevels, params + 2 * g, group);
-          if (n % 2) group[n] = 0;
-          for (int64_t i = 0; i < n; i += 2) {
-            codes[(begin + i) / 2] = uint8_t(group[i] | (group[i + 1] << 4));
-          }
+          AsymmetricGroup<true>(x + begin, std::min(kInt4GroupSize, d - begin),
+                                KvFormat<DType::kInt4>::kLevels, params + 2 * g, codes + begin / 2);
         }
         return;
       }

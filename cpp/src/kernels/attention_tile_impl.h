@@ -313,8 +313,13 @@ class TileKernel {
     const int rows = t.num_rows;
     const int padded = (rows + kW - 1) / kW * kW;
     std::vector<float> qt(size_t(d) * padded, 0.0f);
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < d; ++c) qt[size_t(c) * padded + r] = t.q[int64_t{r} * d + c];
+    // Columns in the order WidenKeys writes them (quantized kPairs formats: the visiting order).
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < d; ++c) {
+        const int position = kWideVisitOrder ? VisitPosition(c, d) : c;
+        qt[size_t(position) * padded + r] = t.q[int64_t{r} * d + c];
+      }
+    }
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
     for (int r = 0; r < rows; ++r) row_end[r] = static_cast<float>(t.row_end[r]);
     // Optional features, in lanes: window start, query position, ALiBi slope of each row.
@@ -405,6 +410,14 @@ class TileKernel {
           offset = Isa::Set1(Load::FoldOffset(params));
         }
         int c = 0;
+        if constexpr (kWideVisitOrder) {  // (not folded: int4 loads are x_hat)
+          for (; c < PairedColumns(d); c += 2 * kW) {
+            V pair[2];
+            LoadColumns<2>(row, params, c, pair);
+            Isa::Store(out + c, pair[0]);
+            Isa::Store(out + c + kW, pair[1]);
+          }
+        }
         for (; c + kW <= d; c += kW) {
           V x = Load::Load(row, params, c);
           if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
@@ -547,6 +560,17 @@ class TileKernel {
     } else {
       return i < kW ? 2 * i : 2 * (i - kW) + 1;
     }
+  }
+  // The wide path widens quantized kPairs keys (int4) in the visiting order (its q too).
+  static constexpr bool kWideVisitOrder = kPairs && Load::kQuantized;
+  // The position of column c in the visiting order.
+  static int VisitPosition(int c, int d) {
+    if (c >= PairedColumns(d)) return c;
+    const int block = c / (2 * kW) * (2 * kW);
+    for (int i = 0; i < 2 * kW; ++i) {
+      if (PairedColumn(i) == c - block) return block + i;
+    }
+    return c;  // unreachable: PairedColumn is a permutation
   }
   // Elements per query row in the narrow path.
   static int QueryStride(int d) { return kFastBf16 ? (d + 2 * kW - 1) / (2 * kW) * (2 * kW) : d; }

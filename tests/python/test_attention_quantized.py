@@ -15,7 +15,8 @@ import pytest
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
-                            FEATURES, PREFILL_GRID, feature_kwargs, poisoned, relative_error)
+                            FEATURES, PREFILL_GRID, Case, feature_kwargs, poisoned,
+                            relative_error, shuffled_tables)
 
 TOLERANCE = 1e-5
 FORMATS = ["int8", "fp8_e4m3", "fp8_e5m2", "int4"]
@@ -45,17 +46,11 @@ class QuantizedCase:
                 kv[constant] = rng.choice([0.0, 0.7])
                 for offset in range(block_size):
                     self.storage.write_slot(block, layer, offset, kv[0, offset], kv[1, offset])
-        ids = rng.permutation(num_blocks).astype(np.int32)
-        self.block_tables = np.full((len(blocks), int(blocks.max())), -1, dtype=np.int32)
-        starts = np.concatenate([[0], np.cumsum(blocks)])
-        for i, n in enumerate(blocks):
-            self.block_tables[i, :n] = ids[starts[i] : starts[i] + n]
+        self.block_tables = shuffled_tables(rng, blocks, num_blocks)
         self.num_q_heads = num_kv_heads * group
         self.rng = rng
 
-    def queries(self, rows):
-        head_dim = self.storage.config.head_dim
-        return 3.0 * self.rng.standard_normal((rows, self.num_q_heads, head_dim), dtype=np.float32)
+    queries = Case.queries
 
 
 def check(out, expected, label):

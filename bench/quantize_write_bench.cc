@@ -11,23 +11,17 @@
 // Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev), run build/<dir>/quantize_write_bench.
 #include <benchmark/benchmark.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <random>
 #include <vector>
 
+#include "alternating_timer.h"
 #include "ferrum_kv/kv_storage.h"
 
 namespace ferrum_kv {
 namespace {
 
 constexpr DType kQuantized[] = {DType::kInt8, DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4};
-
-double Median(std::vector<double> values) {
-  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
-  return values[values.size() / 2];
-}
 
 CacheConfig Config(DType dtype) {
   CacheConfig config;
@@ -59,24 +53,10 @@ void BM_QuantizedWrite(benchmark::State& state) {
     k[i] = normal(rng);
     v[i] = normal(rng);
   }
-  std::vector<double> base_ns, quantized_ns;
-  bool quantized_first = false;
-  for (auto _ : state) {
-    for (int round = 0; round < 2; ++round) {
-      const bool q = (round == 0) == quantized_first;
-      KvStorage& storage = q ? quantized : baseline;
-      const auto start = std::chrono::steady_clock::now();
-      storage.WriteTokens(0, slots.data(), n, k.data(), v.data(), DType::kFloat32);
-      const double ns =
-          std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
-              .count();
-      (q ? quantized_ns : base_ns).push_back(ns);
-    }
-    quantized_first = !quantized_first;
-    benchmark::ClobberMemory();
-  }
-  const double base = Median(base_ns);
-  const double quant = Median(quantized_ns);
+  const auto [quant, base] = bench::AlternatingMedians(
+      state,
+      [&] { quantized.WriteTokens(0, slots.data(), n, k.data(), v.data(), DType::kFloat32); },
+      [&] { baseline.WriteTokens(0, slots.data(), n, k.data(), v.data(), DType::kFloat32); });
   state.SetLabel(DTypeName(dtype) + (decode ? " decode256" : " chunk512"));
   state.counters["bf16_ns"] = base;
   state.counters["quantized_ns"] = quant;

@@ -12,12 +12,11 @@
 // Build: cmake -DFKV_BUILD_BENCH=ON (libbenchmark-dev), run build/<dir>/write_kv_bench.
 #include <benchmark/benchmark.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <random>
 #include <vector>
 
+#include "alternating_timer.h"
 #include "ferrum_kv/cache_manager.h"
 
 namespace ferrum_kv {
@@ -30,11 +29,6 @@ struct Geometry {
 };
 
 constexpr Geometry kGeometries[] = {{8, 128, DType::kFloat32}, {2, 64, DType::kBFloat16}};
-
-double Median(std::vector<double> values) {
-  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
-  return values[values.size() / 2];
-}
 
 // range(0): geometry index; range(1): 0 = decode step of 256 sequences, 1 = one 512-token chunk.
 void BM_WriteKvCheck(benchmark::State& state) {
@@ -70,27 +64,9 @@ void BM_WriteKvCheck(benchmark::State& state) {
     v[i] = uint8_t(rng() & 0x3f);
   }
   KvStorage& storage = *cache.storage();
-  std::vector<double> unchecked, checked;
-  bool check_first = false;
-  for (auto _ : state) {
-    for (int round = 0; round < 2; ++round) {
-      const bool check = (round == 0) == check_first;
-      const auto start = std::chrono::steady_clock::now();
-      if (check) {
-        cache.WriteKv(0, slots.data(), n, k.data(), v.data(), g.dtype);
-      } else {
-        storage.WriteTokens(0, slots.data(), n, k.data(), v.data(), g.dtype);
-      }
-      const double ns =
-          std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
-              .count();
-      (check ? checked : unchecked).push_back(ns);
-    }
-    check_first = !check_first;
-    benchmark::ClobberMemory();
-  }
-  const double before = Median(unchecked);
-  const double after = Median(checked);
+  const auto [after, before] = bench::AlternatingMedians(
+      state, [&] { cache.WriteKv(0, slots.data(), n, k.data(), v.data(), g.dtype); },
+      [&] { storage.WriteTokens(0, slots.data(), n, k.data(), v.data(), g.dtype); });
   state.counters["no_check_ns"] = before;
   state.counters["check_ns"] = after;
   state.counters["ratio"] = after / before;

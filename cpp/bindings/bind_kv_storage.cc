@@ -86,7 +86,8 @@ DType CheckRowsArray(const py::array& x, const char* name) {
   FKV_CHECK_ARG(x.flags() & py::array::c_style, name << " must be C-contiguous");
   if (x.dtype().is(py::dtype::of<float>())) return DType::kFloat32;
   FKV_CHECK_ARG(x.dtype().is(py::dtype("float16")),
-                name << " must have dtype float32 or float16, got " << std::string(py::str(x.dtype())));
+                name << " must have dtype float32 or float16, got "
+                     << std::string(py::str(x.dtype())));
   return DType::kFloat16;
 }
 
@@ -134,19 +135,17 @@ py::array DequantizeRowsPy(const ArrayArgument& codes_arg, const ArrayArgument& 
   FKV_CHECK_ARG(codes.dtype().is(py::dtype::of<uint8_t>()) && codes.ndim() >= 1 &&
                     codes.shape(codes.ndim() - 1) == layout.row_code_bytes &&
                     (codes.flags() & py::array::c_style),
-                "codes must be a C-contiguous uint8 array [..., " << layout.row_code_bytes
-                                                                  << "], got "
-                                                                  << std::string(py::str(codes.dtype()))
-                                                                  << " " << ShapeString(codes));
+                "codes must be a C-contiguous uint8 array [..., "
+                    << layout.row_code_bytes << "], got " << std::string(py::str(codes.dtype()))
+                    << " " << ShapeString(codes));
   const std::vector<py::ssize_t> params_shape = WithLast(codes, layout.params_per_row);
   FKV_CHECK_ARG(params.dtype().is(py::dtype::of<float>()) &&
                     params.ndim() == codes.ndim() &&
                     std::equal(params_shape.begin(), params_shape.end(), params.shape()) &&
                     (params.flags() & py::array::c_style),
-                "params must be a C-contiguous float32 array " << ShapeString(params_shape)
-                                                               << ", got "
-                                                               << std::string(py::str(params.dtype()))
-                                                               << " " << ShapeString(params));
+                "params must be a C-contiguous float32 array "
+                    << ShapeString(params_shape) << ", got "
+                    << std::string(py::str(params.dtype())) << " " << ShapeString(params));
   const int64_t rows = codes.size() / layout.row_code_bytes;
   std::vector<float> out(size_t(rows * head_dim));
   DequantizeRows(dtype, static_cast<const uint8_t*>(codes.data()), layout.row_code_bytes,
@@ -174,7 +173,10 @@ void BindKvStorage(py::module_& m) {
       m, "KvStorage",
       "K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: "
       "[num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are "
-      "zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.")
+      "zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits. "
+      "Quantized storage (int8, fp8_e4m3, fp8_e5m2, int4) keeps codes and float32 scales "
+      "in each head region (docs/layout.md): key_cache / value_cache view the codes, "
+      "key_scales / value_scales the scales, array() the raw bytes.")
       .def(py::init<const CacheConfig&>(), py::arg("config"),
            "Allocate an arena of config.num_blocks blocks (zeroed). Raises MemoryError without "
            "the memory.")

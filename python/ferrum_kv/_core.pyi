@@ -166,7 +166,7 @@ class BlockPool:
         """
 class KvStorage:
     """
-    K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits.
+    K/V bytes of a pool of blocks in one 64-byte-aligned arena, block-major: [num_blocks, num_layers, 2 (K, V), num_kv_heads, block_size, head_dim]. Views are zero-copy and keep the arena alive; bfloat16 storage is viewed as uint16 bits. Quantized storage (int8, fp8_e4m3, fp8_e5m2, int4) keeps codes and float32 scales in each head region (docs/layout.md): key_cache / value_cache view the codes, key_scales / value_scales the scales, array() the raw bytes.
     """
     def __init__(self, config: CacheConfig) -> None:
         """

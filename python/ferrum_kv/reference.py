@@ -151,7 +151,8 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
         codes, scale, offset = _asymmetric(rows, 255)
         params = np.stack([scale, offset], axis=1)
     elif name == "int4":
-        groups = [_asymmetric(rows[:, g : g + INT4_GROUP], 15) for g in range(0, head_dim, INT4_GROUP)]
+        groups = [_asymmetric(rows[:, g : g + INT4_GROUP], 15)
+                  for g in range(0, head_dim, INT4_GROUP)]
         nibbles = np.concatenate([g[0] for g in groups], axis=1)
         if head_dim % 2:
             nibbles = np.concatenate([nibbles, np.zeros((len(rows), 1), np.uint8)], axis=1)

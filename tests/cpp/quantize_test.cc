@@ -134,7 +134,8 @@ TEST(QuantizeTest, SimdVariantsAreBitIdenticalToTheScalarDefinition) {
       Quantized expected{std::vector<uint8_t>(size_t(r.rows * layout.row_code_bytes)),
                          std::vector<float>(size_t(r.rows * layout.params_per_row))};
       for (int64_t row = 0; row < r.rows; ++row) {
-        QuantizeRow(dtype, &r.x[size_t(row * d)], d, &expected.codes[size_t(row * layout.row_code_bytes)],
+        QuantizeRow(dtype, &r.x[size_t(row * d)], d,
+                    &expected.codes[size_t(row * layout.row_code_bytes)],
                     &expected.params[size_t(row * layout.params_per_row)]);
       }
       std::vector<AttentionIsa> isas = SimdIsas();
@@ -184,7 +185,9 @@ TEST(QuantizeTest, EveryElementWithinItsBound) {
           // A subnormal scale (rows below about 1e-33) has few significant bits: such rows are
           // only kept within their own magnitude.
           const float* row_x = &r.x[size_t(row * d)];
-          if (params[0] < std::numeric_limits<float>::min()) bound = std::max(bound, double(AbsMax(row_x, d)));
+          if (params[0] < std::numeric_limits<float>::min()) {
+            bound = std::max(bound, double(AbsMax(row_x, d)));
+          }
           ASSERT_LE(std::fabs(double(back[size_t(i)]) - x), bound)
               << DTypeName(dtype) << " d=" << d << " row " << row << " i " << i << " x " << x;
         }

@@ -285,3 +285,45 @@ def test_attention_output_within_the_quantization_budget(dtype):
     assert err <= BUDGET[dtype], err
     # The budget is not loose: float16 storage is much closer, so the metric sees quantization.
     assert quantization_budget("float16") < err / 4
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED + ["fp8"])
+def test_the_demo_reference_reads_what_the_cache_returns(dtype):
+    # `ferrum-kv demo --dtype ... --verify` compares the paged run with ContiguousAttention,
+    # which must see the values gather_kv returns (the kernels' float64 reference). The whole
+    # demo needs the quantized attention kernels; this checks the reference's side.
+    from ferrum_kv.demo.reference import ContiguousAttention
+
+    heads, kv_heads, d, n = 4, 2, 24, 9
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((n, heads, d)).astype(np.float32)
+    k = rows_with_outliers(rng, n * kv_heads, d).reshape(n, kv_heads, d)
+    v = rng.standard_normal((n, kv_heads, d)).astype(np.float32)
+    out = ContiguousAttention(1, kv_heads, d, n, dtype)(0, q, k, v)
+    cfg = fkv.CacheConfig(num_layers=1, num_kv_heads=kv_heads, head_dim=d, block_size=4,
+                          num_blocks=4, dtype=dtype)
+    cache = fkv.PagedKvCache(cfg)
+    cache.add_sequence(0, np.arange(n))
+    cache.write_kv(0, cache.slot_mapping(0, 0, n), k, v)
+    kq, vq = (x.astype(np.float64) for x in cache.gather_kv(0, 0))
+    assert not np.array_equal(kq, k)  # quantization changed the keys
+    for t in range(n):  # causal: token t sees keys 0..t
+        expected = attention64(q[t].astype(np.float64), kq[: t + 1], vq[: t + 1])
+        np.testing.assert_allclose(out[t], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, region", [("int8", 2048 + 16 * 8), ("fp8_e4m3", 2048 + 16 * 4),
+                                           ("fp8", 2048 + 16 * 4), ("fp8_e5m2", 2048 + 16 * 4),
+                                           ("int4", 1024 + 16 * 4 * 8)])
+def test_config_reports_the_real_block_sizes(dtype, region):
+    # head_dim 128, 16 tokens: codes, then per row 8 B (int8), 4 B (fp8), 4 groups x 8 B (int4).
+    cfg = fkv.CacheConfig(num_layers=2, num_kv_heads=8, head_dim=128, block_size=16,
+                          num_blocks=4, dtype=dtype)
+    assert cfg.dtype == ("fp8_e4m3" if dtype == "fp8" else dtype)
+    assert cfg.bytes_per_block == 2 * 2 * 8 * region
+    assert cfg.bytes_per_token == cfg.bytes_per_block / 16
+    assert fkv.KvStorage(cfg).nbytes == 4 * cfg.bytes_per_block
+    # Padding: head_dim 17 int8 rows, 3 tokens: 51 code bytes -> 64, then 3 x 8 B -> 96.
+    odd = fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=17, block_size=3, num_blocks=1,
+                          dtype="int8")
+    assert odd.bytes_per_block == 2 * 96 and odd.bytes_per_token == 64.0

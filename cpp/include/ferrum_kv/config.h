@@ -49,7 +49,9 @@ struct CacheConfig {
   // Bytes of one head region ([block_size] rows of one layer, K or V, KV head; kv_format.h).
   int64_t HeadRegionBytes() const;
   // Bytes of one block: num_layers * 2 * num_kv_heads * HeadRegionBytes().
-  int64_t BytesPerBlock() const { return int64_t{num_layers} * 2 * num_kv_heads * HeadRegionBytes(); }
+  int64_t BytesPerBlock() const {
+    return int64_t{num_layers} * 2 * num_kv_heads * HeadRegionBytes();
+  }
   // BytesPerBlock() / block_size: what one token costs, padding and parameters included (not an
   // integer when the padding does not divide evenly).
   double BytesPerToken() const { return double(BytesPerBlock()) / block_size; }

@@ -74,8 +74,10 @@ inline float AsymmetricScale(float lo, float hi, float levels) {
 inline float AsymmetricOffset(float lo) { return lo + 0.0f; }
 inline uint32_t AsymmetricCode(float x, float offset, float scale, float levels) {
   if (scale == 0.0f) return 0;
-  const float q = std::nearbyint((x - offset) / scale);  // >= 0: x >= offset
-  return uint32_t(std::min(q, levels));
+  const float q = std::nearbyint((x - offset) / scale);  // >= 0 for x >= offset
+  // Clamped with comparisons that a NaN fails, so that input changed after RowQuantizable (by a
+  // racing writer) gives an unspecified code, never an undefined conversion.
+  return q >= levels ? uint32_t(levels) : q >= 0.0f ? uint32_t(q) : 0u;
 }
 inline float AsymmetricDecode(uint32_t code, float scale, float offset) {
   const float product = float(code) * scale;  // rounded on its own: no FMA
@@ -108,7 +110,8 @@ inline uint8_t EncodeFp8(float value, const Fp8Spec& spec) {
     const float magic = BitsToFloat(uint32_t(127 + 1 - spec.exponent_bias + int32_t(drop)) << 23);
     code = FloatBits(BitsToFloat(magnitude) + magic) - FloatBits(magic);
   } else {
-    const uint32_t rounded = (magnitude + ((1u << (drop - 1)) - 1) + ((magnitude >> drop) & 1u)) >> drop;
+    const uint32_t odd = (magnitude >> drop) & 1u;
+    const uint32_t rounded = (magnitude + ((1u << (drop - 1)) - 1) + odd) >> drop;
     code = rounded - (uint32_t(127 - spec.exponent_bias) << spec.mantissa_bits);
     code = std::min(code, spec.max_code);
   }

@@ -8,7 +8,9 @@
 //
 // Errors: InvalidArgument for an unquantized dtype or a src_dtype other than float32/float16, or
 // an isa this CPU lacks. QuantizeRows requires RowQuantizable for every row: callers validate
-// all rows with FindUnquantizableRow first, so that a bad row writes nothing.
+// all rows with FindUnquantizableRow first, so that a bad row writes nothing. A row that fails it
+// anyway (changed by another thread after the check) gets unspecified codes and parameters,
+// never undefined behaviour.
 // Thread safety: pure functions over the given memory. Complexity: O(rows * head_dim).
 #pragma once
 

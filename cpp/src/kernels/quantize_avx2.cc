@@ -36,17 +36,19 @@ struct Avx2 {
   }
   static I AsInt(F a) { return _mm256_castps_si256(a); }
   static F AsFloat(I a) { return _mm256_castsi256_ps(a); }
+  // Folds the 8 lanes with op (min or max: exact; the order only decides which zero of mixed
+  // signs comes out, and the parameters turn -0 into +0).
+  template <typename Op>
+  static float Reduce(F a, Op op) {
+    __m128 m = op(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = op(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(op(m, _mm_movehdup_ps(m)));
+  }
   static float ReduceMin(F a) {
-    __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_min_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
+    return Reduce(a, [](__m128 x, __m128 y) { return _mm_min_ps(x, y); });
   }
   static float ReduceMax(F a) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
+    return Reduce(a, [](__m128 x, __m128 y) { return _mm_max_ps(x, y); });
   }
   static bool AnyExponentAllOnes(F a) {
     const I exponent = _mm256_and_si256(AsInt(a), _mm256_set1_epi32(0x7f800000));

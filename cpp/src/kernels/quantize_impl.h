@@ -28,21 +28,18 @@ struct QuantizeKernels {
   using I = typename V::I;
   static constexpr int64_t kW = V::kW;
 
-  // Elements [0, n) of a float32 / float16 row as floats, n <= kW; lanes past n hold fill
-  // (an element of the row, or 0), so they change no min, max or absmax.
-  static F LoadChunk(const float* row, int64_t n, const float* fill) {
-    if (n == kW) return V::Load(row);
-    alignas(64) float buffer[kW];
+  static F LoadFull(const float* p) { return V::Load(p); }
+  static F LoadFull(const uint16_t* p) { return V::LoadHalf(p); }
+
+  // Elements [0, n) of a float32 / float16 (uint16 bits) row as floats, n <= kW; lanes past n
+  // hold *fill (an element of the row), so they change no min, max or absmax.
+  template <typename T>
+  static F LoadChunk(const T* row, int64_t n, const T* fill) {
+    if (n == kW) return LoadFull(row);
+    alignas(64) T buffer[kW];
     std::fill(buffer, buffer + kW, *fill);
-    std::memcpy(buffer, row, size_t(n) * sizeof(float));
-    return V::Load(buffer);
-  }
-  static F LoadChunk(const uint16_t* row, int64_t n, const uint16_t* fill) {
-    if (n == kW) return V::LoadHalf(row);
-    alignas(64) uint16_t buffer[kW];
-    std::fill(buffer, buffer + kW, *fill);
-    std::memcpy(buffer, row, size_t(n) * sizeof(uint16_t));
-    return V::LoadHalf(buffer);
+    std::memcpy(buffer, row, size_t(n) * sizeof(T));
+    return LoadFull(buffer);
   }
 
   // n codes (each in [0, 255]) to n bytes at dst.

@@ -59,7 +59,9 @@ class ContiguousAttention:
     capacity : int
         Most tokens the sequence will hold.
     storage_dtype : str
-        K/V are rounded to this dtype ("float32" | "float16" | "bfloat16") as the paged cache
+        K/V are rounded to this dtype ("float32" | "float16" | "bfloat16", or quantized per
+        (token, KV head) row for "int8" | "fp8_e4m3" | "fp8" | "fp8_e5m2" | "int4", with
+        ``ferrum_kv.reference.quantize`` then ``dequantize``) as the paged cache
         stores them, and read back as float32.
     """
 

@@ -83,7 +83,7 @@ CacheConfig CacheFuzzer::RandomConfig(std::mt19937_64& rng) {
   c.head_dim = int32_t(uniform(1, 4));
   c.block_size = kBlockSizes[uniform(0, 4)];
   c.num_blocks = int32_t(uniform(4, 40));
-  c.dtype = DType(uniform(0, 2));
+  c.dtype = DType(uniform(0, 6));  // the float dtypes and the quantized ones (types.h order)
   c.num_host_blocks = uniform(0, 3) == 0 ? 0 : int32_t(uniform(1, 24));
   c.enable_prefix_caching = uniform(0, 3) != 0;
   c.enable_kv_events = c.enable_prefix_caching && uniform(0, 1) == 0;
@@ -374,14 +374,16 @@ void CacheFuzzer::WriteRange(SeqId id, int64_t end) {
     const void* k_src = k.data();
     const void* v_src = v.data();
     DType src_dtype = DType::kFloat32;
-    if (config_.dtype != DType::kFloat32 && OneIn(2)) {  // already in the storage dtype
+    // Already in the storage dtype; quantized storage takes float16 too (the values are small
+    // integers: exact in float16).
+    if (config_.dtype != DType::kFloat32 && OneIn(2)) {
+      src_dtype = IsQuantized(config_.dtype) ? DType::kFloat16 : config_.dtype;
       k16.resize(k.size());
       v16.resize(v.size());
-      ConvertFromFloat32(k.data(), config_.dtype, k16.data(), int64_t(k.size()));
-      ConvertFromFloat32(v.data(), config_.dtype, v16.data(), int64_t(v.size()));
+      ConvertFromFloat32(k.data(), src_dtype, k16.data(), int64_t(k.size()));
+      ConvertFromFloat32(v.data(), src_dtype, v16.data(), int64_t(v.size()));
       k_src = k16.data();
       v_src = v16.data();
-      src_dtype = config_.dtype;
     }
     Attempt("write_kv", Expect::kSuccess, false, [&] {
       cache_->WriteKv(layer, slots.data(), end - start, k_src, v_src, src_dtype);

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "ferrum_kv/dtype_convert.h"
+#include "ferrum_kv/kv_format.h"
 
 namespace ferrum_kv::fuzz {
 
@@ -62,6 +63,22 @@ void ExpectedKv(const CacheConfig& config, const std::vector<int32_t>& tokens, i
   }
 }
 
+namespace {
+
+// Each head_dim row of values replaced by what quantized storage keeps of it.
+void RoundRowsToStorage(const CacheConfig& config, std::vector<float>* values) {
+  const HeadRegionLayout layout = HeadRegion(config.dtype, config.head_dim, 1);
+  std::vector<uint8_t> codes(size_t(layout.row_code_bytes));
+  std::vector<float> params(size_t(layout.params_per_row));
+  for (size_t row = 0; row < values->size(); row += size_t(config.head_dim)) {
+    float* x = values->data() + row;
+    QuantizeRow(config.dtype, x, config.head_dim, codes.data(), params.data());
+    DequantizeRow(config.dtype, codes.data(), params.data(), config.head_dim, x);
+  }
+}
+
+}  // namespace
+
 void CheckSequence(const PagedKvCache& cache, SeqId seq_id, const ModelSequence& seq) {
   const CacheConfig& config = cache.config();
   if (!cache.Contains(seq_id)) Mismatch(seq_id, "missing from the cache");
@@ -78,9 +95,15 @@ void CheckSequence(const PagedKvCache& cache, SeqId seq_id, const ModelSequence&
     if (cache.GatherKv(seq_id, layer, &k_bytes, &v_bytes) != n) {
       Mismatch(seq_id, "GatherKv token count differs");
     }
-    ConvertToFloat32(k_bytes.data(), config.dtype, k.data(), n * per_token);
-    ConvertToFloat32(v_bytes.data(), config.dtype, v.data(), n * per_token);
+    // Quantized storage reads back dequantized float32.
+    const DType read_dtype = IsQuantized(config.dtype) ? DType::kFloat32 : config.dtype;
+    ConvertToFloat32(k_bytes.data(), read_dtype, k.data(), n * per_token);
+    ConvertToFloat32(v_bytes.data(), read_dtype, v.data(), n * per_token);
     ExpectedKv(config, seq.tokens, 0, seq.written, layer, &want_k, &want_v);
+    if (IsQuantized(config.dtype)) {  // what the scalar definition (kv_format.h) keeps of a row
+      RoundRowsToStorage(config, &want_k);
+      RoundRowsToStorage(config, &want_v);
+    }
     for (size_t i = 0; i < want_k.size(); ++i) {
       if (k[i] != want_k[i] || v[i] != want_v[i]) {
         std::ostringstream what;

@@ -170,7 +170,7 @@ def bench_case(vllm, dtype: str, batch: int, context: int, threads_list: list[in
     from ferrum_kv.benchmarks import attention as fa
 
     heads, kv_heads, head_dim = fa.NUM_Q_HEADS, fa.NUM_KV_HEADS, fa.HEAD_DIM
-    kv_bytes = 2 * batch * context * kv_heads * head_dim * fa.element_size(dtype)
+    kv_bytes = 2 * batch * context * kv_heads * fa.token_bytes(dtype)
     if kv_bytes > fa.MAX_CALL_BYTES:
         return None
     setup = fa.PagedSetup(dtype, batch, context)

@@ -88,7 +88,7 @@ void SetFeatures(Prepared& prepared, py::ssize_t num_q_heads, std::optional<int6
 Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& block_tables,
                  const py::array& context_lens, const std::optional<py::array>& query_lens,
                  std::optional<double> scale, std::optional<py::array> out,
-                 const py::str& isa, int32_t num_threads) {
+                 const py::str& isa, int32_t num_threads, const py::str& precision) {
   const py::dtype f32 = py::dtype::of<float>();
   const py::dtype i32 = py::dtype::of<int32_t>();
   const int32_t head_dim = storage.config().head_dim;
@@ -130,6 +130,7 @@ Prepared Prepare(const py::array& q, const KvStorage& storage, const py::array& 
   prepared.out = *out;
   prepared.scale = static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(head_dim)));
   prepared.options.isa = ParseAttentionIsa(isa);
+  prepared.options.precision = ParseAttentionPrecision(precision);
   prepared.options.num_threads = num_threads;
   return prepared;
 }
@@ -161,6 +162,10 @@ soft_cap : float, optional
     Logit soft cap (> 0): logits -> soft_cap * tanh(logits / soft_cap), on the scaled logits.
 alibi_slopes : np.ndarray, [num_q_heads], float32, optional
     ALiBi: adds alibi_slopes[h] * (key_pos - query_pos) to query head h's logits (after the cap).
+precision : str
+    "exact" (default): float32 arithmetic on the stored values. "fast": low-precision dot products
+    where the kernel variant has them on this CPU (attention_fast_isas(dtype)); relative error
+    below 1.5e-2 against float64. Elsewhere "fast" runs the exact code.
 
 Returns
 -------
@@ -182,7 +187,7 @@ block_tables : np.ndarray, [batch, max_blocks], int32
 context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
     the cache)
 query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
-scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes
+scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes, precision
     As in paged_attention_decode_tables (the window and ALiBi distances use each row's position).
 
 Returns
@@ -198,11 +203,12 @@ void BindAttention(py::module_& m) {
          const ArrayArgument& block_tables, const ArrayArgument& context_lens,
          std::optional<double> scale, std::optional<ArrayArgument> out, const py::str& isa,
          int32_t num_threads, std::optional<int64_t> sliding_window,
-         std::optional<double> soft_cap, std::optional<ArrayArgument> alibi_slopes) {
+         std::optional<double> soft_cap, std::optional<ArrayArgument> alibi_slopes,
+         const py::str& precision) {
         const py::array q = q_arg.Get("q");
         Prepared p = Prepare(q, storage, block_tables.Get("block_tables"),
                              context_lens.Get("context_lens"), std::nullopt, scale,
-                             Optional(out, "out"), isa, num_threads);
+                             Optional(out, "out"), isa, num_threads, precision);
         SetFeatures(p, q.shape(1), sliding_window, soft_cap, Optional(alibi_slopes, "alibi_slopes"));
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
@@ -218,7 +224,7 @@ void BindAttention(py::module_& m) {
       py::arg("context_lens"), py::arg("scale") = py::none(), py::arg("out") = py::none(),
       py::arg("isa") = "auto", py::arg("num_threads").noconvert() = 0, py::kw_only(),
       py::arg("sliding_window").noconvert() = py::none(), py::arg("soft_cap") = py::none(),
-      py::arg("alibi_slopes") = py::none(), kDecodeDoc);
+      py::arg("alibi_slopes") = py::none(), py::arg("precision") = "exact", kDecodeDoc);
   m.def(
       "paged_attention_prefill_tables",
       [](const ArrayArgument& q_arg, const KvStorage& storage, int32_t layer,
@@ -226,11 +232,11 @@ void BindAttention(py::module_& m) {
          const ArrayArgument& query_lens, std::optional<double> scale,
          std::optional<ArrayArgument> out, const py::str& isa, int32_t num_threads,
          std::optional<int64_t> sliding_window, std::optional<double> soft_cap,
-         std::optional<ArrayArgument> alibi_slopes) {
+         std::optional<ArrayArgument> alibi_slopes, const py::str& precision) {
         const py::array q = q_arg.Get("q");
         Prepared p = Prepare(q, storage, block_tables.Get("block_tables"),
                              context_lens.Get("context_lens"), query_lens.Get("query_lens"), scale,
-                             Optional(out, "out"), isa, num_threads);
+                             Optional(out, "out"), isa, num_threads, precision);
         SetFeatures(p, q.shape(1), sliding_window, soft_cap, Optional(alibi_slopes, "alibi_slopes"));
         const auto* q_data = static_cast<const float*>(q.data());
         auto* out_data = static_cast<float*>(p.out.mutable_data());
@@ -247,7 +253,7 @@ void BindAttention(py::module_& m) {
       py::arg("context_lens"), py::arg("query_lens"), py::arg("scale") = py::none(),
       py::arg("out") = py::none(), py::arg("isa") = "auto", py::arg("num_threads").noconvert() = 0,
       py::kw_only(), py::arg("sliding_window").noconvert() = py::none(), py::arg("soft_cap") = py::none(),
-      py::arg("alibi_slopes") = py::none(), kPrefillDoc);
+      py::arg("alibi_slopes") = py::none(), py::arg("precision") = "exact", kPrefillDoc);
   m.def(
       "attention_isas",
       [] {
@@ -259,6 +265,22 @@ void BindAttention(py::module_& m) {
         return names;
       },
       "The attention kernel variants this CPU runs, fastest first (\"auto\" picks the first).");
+  m.def(
+      "attention_fast_isas",
+      [](const std::string& dtype) {
+        const DType parsed = ParseDType(dtype);
+        std::vector<std::string> names;
+        for (AttentionIsa isa : {AttentionIsa::kAvx512, AttentionIsa::kAvx2,
+                                 AttentionIsa::kPortable}) {
+          if (AttentionIsaSupported(isa) && AttentionFastSupported(isa, parsed)) {
+            names.emplace_back(AttentionIsaName(isa));
+          }
+        }
+        return names;
+      },
+      py::arg("dtype"),
+      "The attention kernel variants whose precision=\"fast\" runs low-precision dot products "
+      "over K/V stored as dtype on this CPU; the others run the exact code for \"fast\".");
   m.def(
       "memory_read_probe",
       [](const ArrayArgument& data_arg, int32_t num_threads) {

@@ -25,7 +25,21 @@ using TileFunction = void (*)(const AttentionTile&);
 constexpr int64_t kTilesPerThread = 4;
 constexpr int32_t kMinSplitKeys = 512;
 
-TileFunction TileFunctionFor(AttentionIsa isa) {
+// Whether this CPU has the instructions of the AVX-512 fast kernel (AttentionTileAvx512Fast).
+bool Avx512FastInstructions() {
+#if defined(__x86_64__) || defined(__i386__)
+  return AttentionIsaSupported(AttentionIsa::kAvx512) &&
+         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// isa is resolved (not kAuto, not kReference).
+TileFunction TileFunctionFor(AttentionIsa isa, AttentionPrecision precision, DType dtype) {
+  if (precision == AttentionPrecision::kFast && AttentionFastSupported(isa, dtype)) {
+    return kernels::AttentionTileAvx512Fast;
+  }
   switch (isa) {
     case AttentionIsa::kAvx512: return kernels::AttentionTileAvx512;
     case AttentionIsa::kAvx2: return kernels::AttentionTileAvx2;
@@ -45,10 +59,6 @@ void Validate(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
               const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
               const float* out, const AttentionOptions& options) {
   const CacheConfig& config = storage.config();
-  FKV_CHECK_ARG(!IsQuantized(config.dtype),
-                "attention over quantized storage (dtype '"
-                    << DTypeName(config.dtype)
-                    << "') is not implemented yet; read it with gather_kv (dequantized float32)");
   FKV_CHECK_INDEX(layer >= 0 && layer < config.num_layers,
                   "layer " << layer << " out of range [0, " << config.num_layers << ")");
   FKV_CHECK_ARG(num_q_heads >= 1 && num_q_heads % config.num_kv_heads == 0,
@@ -238,8 +248,6 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
   threads = static_cast<int32_t>(std::min<int64_t>(threads, int64_t(items.size())));
   std::vector<float> scratch(plan.scratch_floats());
   std::vector<ThreadBuffers> buffers(threads, ThreadBuffers(d));
-  const int64_t element_size = DTypeSize(storage.dtype());
-  const uint8_t* layer_base = storage.Data() + layer * storage.LayerStride() * element_size;
   const int64_t num_items = int64_t(items.size());
 
   ParallelFor(num_items, threads, [&](int32_t thread, int64_t w) {
@@ -261,9 +269,10 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
     tile.key_begin = item.key_begin;
     tile.key_end = item.key_end;
     tile.block_table = batch.block_tables + int64_t{spec.seq} * batch.max_blocks;
-    tile.k_base = layer_base + spec.kv_head * storage.HeadStride() * element_size;
-    tile.v_base = tile.k_base + storage.KvStride() * element_size;
+    tile.k_base = storage.Data() + storage.HeadRegionOffset(layer, 0, spec.kv_head);
+    tile.v_base = storage.Data() + storage.HeadRegionOffset(layer, 1, spec.kv_head);
     tile.block_bytes = storage.bytes_per_block();
+    tile.params_offset = storage.head_region().params_offset;
     tile.block_size = config.block_size;
     tile.head_dim = d;
     tile.dtype = storage.dtype();
@@ -325,6 +334,9 @@ void RunTiles(const float* q, int32_t num_q_heads, const KvStorage& storage, int
 void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_heads,
                     const KvStorage& storage, int32_t layer, const PagedBatch& batch, float scale,
                     float* out, const AttentionOptions& options) {
+  FKV_CHECK_ARG(options.precision == AttentionPrecision::kExact ||
+                    options.precision == AttentionPrecision::kFast,
+                "unknown attention precision " << int{static_cast<uint8_t>(options.precision)});
   const AttentionIsa isa = ResolveIsa(options.isa);
   const int32_t threads = ResolveNumThreads(options.num_threads);
   Validate(q, num_query_tokens, num_q_heads, storage, layer, batch, scale, out, options);
@@ -333,8 +345,8 @@ void PagedAttention(const float* q, int64_t num_query_tokens, int32_t num_q_head
     kernels::PagedAttentionReference(q, num_q_heads, storage, layer, batch, scale, out, options);
     return;
   }
-  RunTiles(q, num_q_heads, storage, layer, batch, scale, out, TileFunctionFor(isa), threads,
-           options);
+  RunTiles(q, num_q_heads, storage, layer, batch, scale, out,
+           TileFunctionFor(isa, options.precision, storage.dtype()), threads, options);
 }
 
 }  // namespace
@@ -378,6 +390,27 @@ bool AttentionIsaSupported(AttentionIsa isa) {
 #endif
     default: return true;
   }
+}
+
+const char* AttentionPrecisionName(AttentionPrecision precision) {
+  switch (precision) {
+    case AttentionPrecision::kExact: return "exact";
+    case AttentionPrecision::kFast: return "fast";
+  }
+  return "unknown";
+}
+
+AttentionPrecision ParseAttentionPrecision(const std::string& name) {
+  for (AttentionPrecision precision : {AttentionPrecision::kExact, AttentionPrecision::kFast}) {
+    if (name == AttentionPrecisionName(precision)) return precision;
+  }
+  FKV_THROW(InvalidArgument, "unknown attention precision '" << name
+                                                              << "' (expected exact or fast)");
+}
+
+bool AttentionFastSupported(AttentionIsa isa, DType dtype) {
+  if (isa == AttentionIsa::kAuto) isa = BestAttentionIsa();
+  return isa == AttentionIsa::kAvx512 && dtype == DType::kBFloat16 && Avx512FastInstructions();
 }
 
 AttentionIsa BestAttentionIsa() {

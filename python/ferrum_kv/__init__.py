@@ -4,7 +4,8 @@ prefix caching, CPU paged attention).
 The core is C++ (``ferrum_kv._core``); this package re-exports its public names: the cache, its
 errors, prefix hashes, and the attention kernels both over a cache (``paged_attention_decode``,
 ``paged_attention_prefill``) and over explicit block tables (the ``_tables`` variants, with
-``attention_isas()`` naming the kernel variants this CPU runs), and the quantized formats' row
+``attention_isas()`` naming the kernel variants this CPU runs and ``attention_fast_isas(dtype)``
+those with a low-precision "fast" kernel for a storage dtype), and the quantized formats' row
 codecs (``quantize_rows`` / ``dequantize_rows``: the write and read paths of int8 / fp8 / int4
 storage; ``ferrum_kv.reference.quantize`` is their NumPy definition). ``_core.memory_read_probe`` is
 left out: it measures the machine's read bandwidth for the benchmarks' GB/s ceiling and is no part
@@ -21,6 +22,7 @@ from ferrum_kv._core import (
     KvStorage,
     OutOfBlocksError,
     __version__,
+    attention_fast_isas,
     attention_isas,
     block_hashes,
     dequantize_rows,
@@ -44,6 +46,7 @@ __all__ = [
     "OutOfBlocksError",
     "PagedKvCache",
     "__version__",
+    "attention_fast_isas",
     "attention_isas",
     "block_hashes",
     "dequantize_rows",

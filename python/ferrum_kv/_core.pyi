@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BFloat16Array', 'BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'TierCodec', 'attention_isas', 'block_hashes', 'dequantize_rows', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'quantize_rows', 'set_num_threads', 'sha256_impl']
+__all__: list[str] = ['BFloat16Array', 'BatchMetadata', 'BlockPool', 'CacheConfig', 'Error', 'InvalidStateError', 'InvariantError', 'KvStorage', 'OutOfBlocksError', 'PagedKvCache', 'TierCodec', 'attention_fast_isas', 'attention_isas', 'block_hashes', 'dequantize_rows', 'get_num_threads', 'memory_read_probe', 'paged_attention_decode_tables', 'paged_attention_prefill_tables', 'quantize_rows', 'set_num_threads', 'sha256_impl']
 class Error(RuntimeError):
     """
     Base class of ferrum-kv's domain errors (a RuntimeError).
@@ -478,6 +478,10 @@ class TierCodec:
         """
         header_bytes + payload_bytes.
         """
+def attention_fast_isas(dtype: str) -> list[str]:
+    """
+    The attention kernel variants whose precision="fast" runs low-precision dot products over K/V stored as dtype on this CPU; the others run the exact code for "fast".
+    """
 def attention_isas() -> list[str]:
     """
     The attention kernel variants this CPU runs, fastest first ("auto" picks the first).
@@ -498,7 +502,7 @@ def memory_read_probe(data: numpy.ndarray, num_threads: int = 0) -> int:
     """
     Read every 8-byte word of a C-contiguous array (nbytes a multiple of 8) on num_threads threads and return their wrapping sum: the read-bandwidth ceiling for the benchmarks.
     """
-def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
+def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None, precision: str = 'exact') -> numpy.ndarray:
     """
     Paged-attention decode over explicit block tables.
     
@@ -527,6 +531,10 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: i
         Logit soft cap (> 0): logits -> soft_cap * tanh(logits / soft_cap), on the scaled logits.
     alibi_slopes : np.ndarray, [num_q_heads], float32, optional
         ALiBi: adds alibi_slopes[h] * (key_pos - query_pos) to query head h's logits (after the cap).
+    precision : str
+        "exact" (default): float32 arithmetic on the stored values. "fast": low-precision dot products
+        where the kernel variant has them on this CPU (attention_fast_isas(dtype)); relative error
+        below 1.5e-2 against float64. Elsewhere "fast" runs the exact code.
     
     Returns
     -------
@@ -535,7 +543,7 @@ def paged_attention_decode_tables(q: numpy.ndarray, storage: KvStorage, layer: i
     Raises ValueError for a bad shape, dtype or value (out overlapping q or the storage's arena
     included), IndexError for a layer out of range. The GIL is released during the computation; the caller keeps the blocks read unchanged.
     """
-def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None) -> numpy.ndarray:
+def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: int, block_tables: numpy.ndarray, context_lens: numpy.ndarray, query_lens: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex | None = None, out: numpy.ndarray | None = None, isa: str = 'auto', num_threads: int = 0, *, sliding_window: int | None = None, soft_cap: typing.SupportsFloat | typing.SupportsIndex | None = None, alibi_slopes: numpy.ndarray | None = None, precision: str = 'exact') -> numpy.ndarray:
     """
     Paged-attention (chunked) prefill over explicit block tables.
     
@@ -550,7 +558,7 @@ def paged_attention_prefill_tables(q: numpy.ndarray, storage: KvStorage, layer: 
     context_lens : np.ndarray, [batch], int32, >= 1 (K/V of all these tokens, chunk included, is in
         the cache)
     query_lens : np.ndarray, [batch], int32, each in [1, context_lens[i]]
-    scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes
+    scale, out, isa, num_threads, sliding_window, soft_cap, alibi_slopes, precision
         As in paged_attention_decode_tables (the window and ALiBi distances use each row's position).
     
     Returns

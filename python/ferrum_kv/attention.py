@@ -33,6 +33,7 @@ def paged_attention_decode(
     alibi_slopes: Optional[np.ndarray] = None,
     isa: str = "auto",
     num_threads: int = 0,
+    precision: str = "exact",
 ) -> np.ndarray:
     """One query token per sequence attending to all of that sequence's cached tokens.
 
@@ -62,6 +63,11 @@ def paged_attention_decode(
         ``ferrum_kv.attention_isas()`` ("avx512", "avx2", "portable", "reference").
     num_threads : int
         Threads for the call; 0 (default) uses the library's default.
+    precision : str
+        "exact" (default): float32 arithmetic on the stored K/V. "fast": low-precision dot
+        products where the kernel variant has them for the cache's dtype on this CPU
+        (``ferrum_kv.attention_fast_isas(dtype)``), relative error below 1.5e-2 against float64;
+        elsewhere the exact code runs.
 
     Returns
     -------
@@ -75,7 +81,7 @@ def paged_attention_decode(
         A swapped-out sequence, or one whose tokens before the last are not all computed (the
         message names it).
     ValueError
-        q or out of the wrong shape or dtype; a bad isa, sliding_window, soft_cap or
+        q or out of the wrong shape or dtype; a bad isa, precision, sliding_window, soft_cap or
         alibi_slopes.
     """
     metadata = cache.batch_metadata(seq_ids)
@@ -83,7 +89,7 @@ def paged_attention_decode(
     return _core.paged_attention_decode_tables(
         q, cache.storage, layer, metadata.block_tables, metadata.context_lens, scale=scale, out=out,
         isa=isa, num_threads=num_threads, sliding_window=sliding_window, soft_cap=soft_cap,
-        alibi_slopes=alibi_slopes,
+        alibi_slopes=alibi_slopes, precision=precision,
     )
 
 
@@ -102,6 +108,7 @@ def paged_attention_prefill(
     alibi_slopes: Optional[np.ndarray] = None,
     isa: str = "auto",
     num_threads: int = 0,
+    precision: str = "exact",
 ) -> np.ndarray:
     """Causal attention for the last ``query_lens[i]`` tokens of each sequence (chunked prefill).
 
@@ -125,7 +132,7 @@ def paged_attention_prefill(
         over several steps). Default: ``num_tokens`` of each sequence.
     sliding_window, soft_cap, alibi_slopes : as for paged_attention_decode; the window and the
         ALiBi distances are relative to each query row's own position.
-    isa, num_threads : as for paged_attention_decode
+    isa, num_threads, precision : as for paged_attention_decode
 
     Returns
     -------
@@ -157,7 +164,7 @@ def paged_attention_prefill(
     return _core.paged_attention_prefill_tables(
         q, cache.storage, layer, metadata.block_tables, context_lens, query_lens,
         scale=scale, out=out, isa=isa, num_threads=num_threads, sliding_window=sliding_window,
-        soft_cap=soft_cap, alibi_slopes=alibi_slopes,
+        soft_cap=soft_cap, alibi_slopes=alibi_slopes, precision=precision,
     )
 
 

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="running sequences admitted at most (default %(default)s)")
     sched.add_argument("--threads", type=_positive_int, default=defaults.threads,
                        help="threads for BLAS and the attention kernels (default %(default)s)")
+    sched.add_argument("--precision", choices=("exact", "fast"), default=defaults.precision,
+                       help="attention kernels' precision: fast uses bfloat16 / int8 dot "
+                       "products where the CPU has them (default %(default)s)")
     output = demo.add_argument_group("output")
     output.add_argument("--verify", action="store_true",
                         help="check every token against a contiguous NumPy reference; exit "
@@ -259,7 +262,8 @@ def _demo(args: argparse.Namespace) -> int:
         eviction_policy=args.eviction_policy, prefix_caching=args.prefix_caching,
         token_budget=args.token_budget, max_num_seqs=args.max_num_seqs, seed=args.seed,
         resend_fraction=args.resend_fraction, prompt_logits=args.prompt_logits,
-        threads=args.threads, tiers=tuple(args.tiers))
+        threads=args.threads, tiers=tuple(args.tiers),
+        precision=args.precision)
     first = run_demo(options, verify_run=args.verify, progress=args.progress) \
         if args.restart else None
     result = run_demo(options, verify_run=args.verify, progress=args.progress)

@@ -228,12 +228,18 @@ def storage_to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _gather_kv(storage, layer: int, table: np.ndarray, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """K and V of a sequence's first ``num_tokens`` tokens, widened to float64.
+    """K and V of a sequence's first ``num_tokens`` tokens, widened (or dequantized) to float64.
 
     Returns two arrays [num_tokens, num_kv_heads, head_dim], float64.
     """
     dtype = storage.dtype
     block_size = storage.config.block_size
+    if dtype not in ("float32", "float16", "bfloat16"):
+        # Quantized storage: the dequantized rows, as read_slot (and gather_kv) return them.
+        slots = [storage.read_slot(int(table[t // block_size]), layer, t % block_size)
+                 for t in range(num_tokens)]
+        return (np.stack([k for k, _ in slots]).astype(np.float64),
+                np.stack([v for _, v in slots]).astype(np.float64))
     blocks = np.asarray(table[: -(-num_tokens // block_size)], dtype=np.int64)
     k = storage.key_cache(layer)[blocks]  # [blocks, num_kv_heads, block_size, head_dim]
     v = storage.value_cache(layer)[blocks]
@@ -266,7 +272,8 @@ def paged_attention_prefill_reference(
         Query rows, sequence after sequence; num_q_heads is a multiple of num_kv_heads and query
         head h reads KV head h // (num_q_heads // num_kv_heads).
     storage : ferrum_kv.KvStorage
-        K/V as stored (16-bit values widened exactly).
+        K/V as stored (16-bit values widened exactly; quantized rows dequantized, as read_slot
+        returns them).
     layer : int
     block_tables : np.ndarray, [batch, max_blocks], int32
         Token t of sequence i is in block block_tables[i, t // block_size], offset t % block_size.

@@ -28,6 +28,7 @@ struct Case {
   int32_t sliding_window = 0;
   float soft_cap = 0.0f;
   bool alibi = false;
+  AttentionPrecision precision = AttentionPrecision::kExact;
 };
 
 class Fixture {
@@ -48,9 +49,21 @@ class Fixture {
     config.num_blocks = total_blocks + 3;  // spare blocks that are never referenced
     storage_ = std::make_unique<KvStorage>(config);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> values(storage_->total_bytes() / DTypeSize(c.dtype));
-    for (float& x : values) x = normal(rng_);
-    ConvertFromFloat32(values.data(), c.dtype, storage_->Data(), int64_t(values.size()));
+    if (IsQuantized(c.dtype)) {  // every slot of both layers written (quantized) by WriteTokens
+      std::vector<int32_t> slots(int64_t{config.num_blocks} * c.block_size);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::vector<float> k(slots.size() * c.num_kv_heads * c.head_dim), v(k.size());
+      for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+        for (float& x : k) x = normal(rng_);
+        for (float& x : v) x = normal(rng_);
+        storage_->WriteTokens(layer, slots.data(), int64_t(slots.size()), k.data(), v.data(),
+                              DType::kFloat32);
+      }
+    } else {
+      std::vector<float> values(storage_->total_bytes() / DTypeSize(c.dtype));
+      for (float& x : values) x = normal(rng_);
+      ConvertFromFloat32(values.data(), c.dtype, storage_->Data(), int64_t(values.size()));
+    }
     // Shuffled block ids; -1 padding after each sequence's last block.
     std::vector<int32_t> ids(config.num_blocks);
     std::iota(ids.begin(), ids.end(), 0);
@@ -91,6 +104,7 @@ class Fixture {
     options.sliding_window = case_.sliding_window;
     options.soft_cap = case_.soft_cap;
     options.alibi_slopes = case_.alibi ? slopes_.data() : nullptr;
+    options.precision = case_.precision;
     if (case_.query_lens.empty()) {
       PagedAttentionDecode(q_.data(), num_q_heads(), *storage_, layer, batch_, scale(),
                            out.data(), options);
@@ -130,16 +144,23 @@ std::vector<AttentionIsa> SupportedIsas() {
   return isas;
 }
 
+// "fast" precision (attention.h): bfloat16 queries and weights cost ~2e-3 - 6e-3 here; the
+// bound is the 1.5e-2.
+constexpr double kFastTolerance = 1.5e-2;
+
 void ExpectMatchesReference(const Case& c) {
+  const double tolerance =
+      c.precision == AttentionPrecision::kFast ? kFastTolerance : kTolerance;
   for (int32_t threads : {1, 2, 3}) {
     Fixture f(c);
     const std::vector<float> ref = f.Run(AttentionIsa::kReference);
     for (AttentionIsa isa : SupportedIsas()) {
-      EXPECT_LT(RelativeError(f.Run(isa, 1, threads), ref), kTolerance)
+      EXPECT_LT(RelativeError(f.Run(isa, 1, threads), ref), tolerance)
           << AttentionIsaName(isa) << " threads=" << threads << " dtype=" << DTypeName(c.dtype)
           << " head_dim=" << c.head_dim << " block_size=" << c.block_size
           << " group=" << c.group << " window=" << c.sliding_window
-          << " soft_cap=" << c.soft_cap << " alibi=" << c.alibi;
+          << " soft_cap=" << c.soft_cap << " alibi=" << c.alibi
+          << " precision=" << AttentionPrecisionName(c.precision);
     }
   }
 }
@@ -278,6 +299,62 @@ TEST(AttentionTest, RejectsBadArguments) {
   EXPECT_THROW(PagedAttentionPrefill(f.q().data(), 3, 4, f.storage(), 0, batch, 1.0f, out.data()),
                InvalidArgument);  // sum(query_lens) = 2 rows, not 3
   EXPECT_THROW(decode(4, 0), InvalidArgument);  // decode with query_lens
+}
+
+// Quantized storage, exact precision: against the oracle on the dequantized rows (kv_format.h),
+// decode and prefill, odd head_dims (int4's last group shorter than 32), split contexts, options.
+TEST(AttentionTest, QuantizedFormatsMatchReference) {
+  for (DType dtype : {DType::kInt8, DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4}) {
+    ExpectMatchesReference({2, 4, 128, 16, dtype, {1, 17, 40, 300}, {}});
+    ExpectMatchesReference({3, 3, 72, 5, dtype, {7, 64, 65, 129}, {}});
+    ExpectMatchesReference({1, 6, 36, 8, dtype, {33, 2}, {}});
+    ExpectMatchesReference({1, 4, 80, 16, dtype, {1500}, {}});
+    ExpectMatchesReference({1, 3, 72, 5, dtype, {90, 9, 1}, {13, 9, 1}});
+    ExpectMatchesReference({2, 8, 96, 16, dtype, {120, 40}, {120, 40}});
+    ExpectMatchesReference({2, 4, 96, 8, dtype, {200, 31}, {}, 20, 3.0f, true});
+    ExpectMatchesReference({2, 8, 64, 16, dtype, {120, 40}, {50, 40}, 20, 3.0f, true});
+  }
+}
+
+// Fast precision on every variant (those without a fast kernel run the exact one), decode and
+// prefill, odd head_dims, split contexts and the optional features.
+TEST(AttentionTest, FastPrecisionMatchesReference) {
+  const auto fast = AttentionPrecision::kFast;
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    ExpectMatchesReference({2, 4, 128, 16, dtype, {1, 17, 40, 300}, {}, 0, 0.0f, false, fast});
+    ExpectMatchesReference({3, 3, 72, 5, dtype, {7, 64, 65, 129}, {}, 0, 0.0f, false, fast});
+    ExpectMatchesReference({1, 4, 80, 16, dtype, {3000}, {}, 0, 0.0f, false, fast});
+    ExpectMatchesReference({1, 3, 72, 5, dtype, {90, 9, 1}, {13, 9, 1}, 0, 0.0f, false, fast});
+    ExpectMatchesReference({2, 4, 96, 8, dtype, {200, 31}, {}, 20, 3.0f, true, fast});
+    ExpectMatchesReference({2, 8, 64, 16, dtype, {120, 40}, {50, 40}, 20, 3.0f, true, fast});
+  }
+}
+
+TEST(AttentionTest, FastKernelRunsOnlyWhereSupported) {
+  // Without a fast kernel, kFast is the exact code bit for bit; with one, the result differs.
+  for (AttentionIsa isa : SupportedIsas()) {
+    Case exact_case{2, 4, 128, 16, DType::kBFloat16, {100, 33}, {}};
+    Case fast_case = exact_case;
+    fast_case.precision = AttentionPrecision::kFast;
+    const std::vector<float> exact = Fixture(exact_case).Run(isa);
+    const std::vector<float> fast = Fixture(fast_case).Run(isa);
+    EXPECT_EQ(exact == fast, !AttentionFastSupported(isa, DType::kBFloat16))
+        << AttentionIsaName(isa);
+  }
+  EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kPortable, DType::kBFloat16));
+  EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kAvx512, DType::kFloat32));
+}
+
+TEST(AttentionTest, PrecisionNamesRoundTrip) {
+  for (AttentionPrecision precision : {AttentionPrecision::kExact, AttentionPrecision::kFast}) {
+    EXPECT_EQ(ParseAttentionPrecision(AttentionPrecisionName(precision)), precision);
+  }
+  EXPECT_THROW(ParseAttentionPrecision("Fast"), InvalidArgument);
+  EXPECT_THROW(ParseAttentionPrecision(""), InvalidArgument);
+  Case c{1, 1, 16, 4, DType::kBFloat16, {3}, {}};
+  c.precision = static_cast<AttentionPrecision>(7);
+  Fixture f(c);
+  EXPECT_THROW(f.Run(AttentionIsa::kAuto), InvalidArgument);
 }
 
 TEST(AttentionTest, IsaNamesRoundTrip) {

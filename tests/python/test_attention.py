@@ -36,11 +36,7 @@ class Case:
             self.storage.array()[...] = ref.float32_to_bfloat16_bits(values)
         else:
             self.storage.array()[...] = values.astype(dtype)
-        ids = rng.permutation(num_blocks).astype(np.int32)
-        self.block_tables = np.full((len(blocks), int(blocks.max())), -1, dtype=np.int32)
-        starts = np.concatenate([[0], np.cumsum(blocks)])
-        for i, n in enumerate(blocks):
-            self.block_tables[i, :n] = ids[starts[i] : starts[i] + n]
+        self.block_tables = shuffled_tables(rng, blocks, num_blocks)
         self.num_q_heads = num_kv_heads * group
         self.rng = rng
 
@@ -48,6 +44,17 @@ class Case:
         # Norm ~3 sqrt(head_dim) against unit-variance keys: scores of std ~3, a peaked softmax.
         head_dim = self.storage.config.head_dim
         return 3.0 * self.rng.standard_normal((rows, self.num_q_heads, head_dim), dtype=np.float32)
+
+
+def shuffled_tables(rng, blocks, num_blocks):
+    """Block tables [len(blocks), max(blocks)] int32: sequence i gets blocks[i] distinct block
+    ids drawn at random from [0, num_blocks), then -1 padding."""
+    ids = rng.permutation(num_blocks).astype(np.int32)
+    tables = np.full((len(blocks), int(blocks.max())), -1, dtype=np.int32)
+    starts = np.concatenate([[0], np.cumsum(blocks)])
+    for i, n in enumerate(blocks):
+        tables[i, :n] = ids[starts[i] : starts[i] + n]
+    return tables
 
 
 def relative_error(out, expected):

@@ -230,10 +230,13 @@ def test_batch_metadata_and_attention_on_quantized_storage(dtype):
     m = cache.batch_metadata([1, 2])
     assert m.context_lens.tolist() == [6, 3] and m.last_block_len.tolist() == [2, 3]
     assert m.num_computed.tolist() == [6, 3]
-    q = np.ones((2, 4, 16), np.float32)
-    # Until the quantized kernels land, attention refuses quantized storage clearly.
-    with pytest.raises(ValueError, match="quantized storage"):
-        fkv.paged_attention_decode(q, cache, 0, [1, 2])
+    q = rng.standard_normal((2, 4, 16)).astype(np.float32)
+    # The attention kernels read the same metadata over the quantized blocks
+    # (test_attention_quantized.py checks them in depth).
+    expected = ref.paged_attention_decode_reference(q, cache.storage, 0, m.block_tables,
+                                                    m.context_lens)
+    got = fkv.paged_attention_decode(q, cache, 0, [1, 2])
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
 
 
 def attention64(q, k, v):

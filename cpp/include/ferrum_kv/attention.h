@@ -24,6 +24,13 @@
 //                  to and including the query's own); keys before the window are skipped, never
 //                  read.
 //
+// Precision (AttentionOptions::precision): kExact (the default) computes as described above.
+// kFast uses the CPU's low-precision dot products where the chosen kernel variant has them
+// (AttentionFastSupported): for bfloat16 K/V on AVX-512 with AVX512-BF16, Q.K with vdpbf16ps on
+// the query rounded to bfloat16 (decode; prefill scores stay float32) and P.V with vdpbf16ps on
+// the weights rounded to bfloat16 (relative error ~3e-3 against float64, below 1.5e-2). Where
+// the variant has no such kernel, kFast runs exactly the kExact code.
+//
 // Errors (thrown before anything is read or written): InvalidArgument for inconsistent sizes,
 // a negative sliding_window, a negative or non-finite soft_cap, a non-finite ALiBi slope,
 // Hq not a multiple of Hkv, context or query lengths out of range, a table entry that will be
@@ -58,8 +65,17 @@ bool AttentionIsaSupported(AttentionIsa isa);
 // What kAuto resolves to on this CPU.
 AttentionIsa BestAttentionIsa();
 
+// "exact" | "fast" (see above), and back (InvalidArgument otherwise).
+enum class AttentionPrecision : uint8_t { kExact, kFast };
+const char* AttentionPrecisionName(AttentionPrecision precision);
+AttentionPrecision ParseAttentionPrecision(const std::string& name);
+// Whether kFast on variant isa (kAuto resolved) over K/V stored as dtype runs a low-precision
+// kernel on this CPU (false: it runs the kExact code).
+bool AttentionFastSupported(AttentionIsa isa, DType dtype);
+
 struct AttentionOptions {
   AttentionIsa isa = AttentionIsa::kAuto;
+  AttentionPrecision precision = AttentionPrecision::kExact;
   // Threads to use, in [0, kMaxThreads]; 0 means DefaultNumThreads() (parallel.h).
   int32_t num_threads = 0;
   // Sliding window W (attend to the last W positions, the query's own included); 0 = off.

@@ -13,6 +13,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int kWidth = 8;
+  static constexpr bool kBf16Dot = false;
 
   static V Zero() { return _mm256_setzero_ps(); }
   static V Set1(float x) { return _mm256_set1_ps(x); }
@@ -54,6 +55,42 @@ struct Avx2 {
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     out[0] = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
     out[1] = _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(~0xFFFF)));
+  }
+  static __m128i Load8Bytes(const uint8_t* p) {
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  }
+  // Bytes minus 128, as floats (int8 codes centred: attention_kv_load.h); lanes past n are 0.
+  static V LoadU8Centered(const uint8_t* p) {
+    const __m256i x = _mm256_cvtepu8_epi32(Load8Bytes(p));
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(x, _mm256_set1_epi32(128)));
+  }
+  static V LoadU8CenteredPartial(const uint8_t* p, int n) {
+    float buffer[kWidth] = {};
+    for (int i = 0; i < n; ++i) buffer[i] = float(p[i]) - 128.0f;
+    return Load(buffer);
+  }
+  // As in attention_isa_avx512.h: FP8 to float16 bits, then vcvtph2ps.
+  template <bool kE4M3>
+  static V LoadFp8(const uint8_t* p) {
+    const __m128i x = _mm_cvtepu8_epi16(Load8Bytes(p));
+    if constexpr (kE4M3) {
+      const __m128i magnitude = _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), 7);
+      const __m128i sign = _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8);
+      return _mm256_cvtph_ps(_mm_or_si128(magnitude, sign));
+    } else {
+      return _mm256_cvtph_ps(_mm_slli_epi16(x, 8));
+    }
+  }
+  template <bool kE4M3>
+  static V LoadFp8Partial(const uint8_t* p, int n) {
+    uint8_t buffer[kWidth];
+    CopyPartial(p, n, buffer);
+    return LoadFp8<kE4M3>(buffer);
+  }
+  static void LoadNibbles(const uint8_t* p, V* out) {
+    const __m256i x = _mm256_cvtepu8_epi32(Load8Bytes(p));
+    out[0] = _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xf)));
+    out[1] = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4));
   }
   static V Less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static V Select(V mask, V a, V b) { return _mm256_blendv_ps(b, a, mask); }

@@ -1,5 +1,5 @@
-// The tile kernel for AVX-512 (F/BW/VL/DQ): 16 floats per vector, masked loads for head_dim tails,
-// float16 widened with vcvtph2ps, bfloat16 with a 16-bit shift (or a mask, for odd elements).
+// The tile kernel for AVX-512 (F/BW/VL/DQ), exact precision (vector operations in
+// attention_isa_avx512.h).
 #include <immintrin.h>
 
 // GCC 12 reports the deliberately undefined source operand inside its own intrinsic headers
@@ -8,84 +8,10 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+#include "kernels/attention_isa_avx512.h"
 #include "kernels/attention_tile_impl.h"
 
 namespace ferrum_kv::kernels {
-namespace {
-
-struct Avx512 {
-  using V = __m512;
-  static constexpr int kWidth = 16;
-
-  static __mmask16 Mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
-
-  static V Zero() { return _mm512_setzero_ps(); }
-  static V Set1(float x) { return _mm512_set1_ps(x); }
-  static V Load(const float* p) { return _mm512_loadu_ps(p); }
-  static V LoadPartial(const float* p, int n) { return _mm512_maskz_loadu_ps(Mask(n), p); }
-  static void Store(float* p, V x) { _mm512_storeu_ps(p, x); }
-  static void StorePartial(float* p, V x, int n) { _mm512_mask_storeu_ps(p, Mask(n), x); }
-  static V LoadHalf(const uint16_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static V LoadHalfPartial(const uint16_t* p, int n) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(Mask(n), p));
-  }
-  static V WidenBf16(__m256i bits) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-  }
-  static V LoadBf16(const uint16_t* p) {
-    return WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static V LoadBf16Partial(const uint16_t* p, int n) {
-    return WidenBf16(_mm256_maskz_loadu_epi16(Mask(n), p));
-  }
-  static void LoadBf16Pairs(const uint16_t* p, V* out) {
-    const __m512i bits = _mm512_loadu_si512(p);
-    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
-    out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
-  }
-  static __mmask16 Less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static V Select(__mmask16 mask, V a, V b) { return _mm512_mask_blend_ps(mask, b, a); }
-  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V Div(V a, V b) { return _mm512_div_ps(a, b); }
-  static V Max(V a, V b) { return _mm512_max_ps(a, b); }
-  static float ReduceAdd(V x) { return _mm512_reduce_add_ps(x); }
-  static float ReduceMax(V x) { return _mm512_reduce_max_ps(x); }
-  // Eight horizontal sums at once (23 shuffles and adds instead of 8 x 8): fold 128-bit lanes of
-  // pairs, then pairs of pairs, then finish inside the lanes.
-  static void ReduceAdd8(const V* x, float* out) {
-    V pairs[4];
-    for (int i = 0; i < 4; ++i) {
-      pairs[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
-                               _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
-    }
-    // quads[0] lane k holds 4 partial sums of x[k], quads[1] lane k those of x[k + 4].
-    V quads[2];
-    for (int i = 0; i < 2; ++i) {
-      quads[i] = _mm512_add_ps(_mm512_shuffle_f32x4(pairs[2 * i], pairs[2 * i + 1], 0x88),
-                               _mm512_shuffle_f32x4(pairs[2 * i], pairs[2 * i + 1], 0xDD));
-    }
-    V v = _mm512_add_ps(_mm512_unpacklo_ps(quads[0], quads[1]),
-                        _mm512_unpackhi_ps(quads[0], quads[1]));
-    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, v);  // lane k: [sum x[k], sum x[k + 4], ...]
-    for (int k = 0; k < 4; ++k) {
-      out[k] = lanes[4 * k];
-      out[k + 4] = lanes[4 * k + 1];
-    }
-  }
-  static V RoundNearest(V x) {
-    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  static V Scale2(V y, V n) { return _mm512_scalef_ps(y, n); }
-};
-
-}  // namespace
 
 void AttentionTileAvx512(const AttentionTile& tile) { RunAttentionTile<Avx512>(tile); }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ferrum_kv/dtype_convert.h"
+#include "ferrum_kv/kv_format.h"
 #include "kernels/attention_tile_impl.h"
 
 namespace ferrum_kv::kernels {
@@ -11,6 +12,7 @@ namespace {
 struct Portable {
   using V = float;
   static constexpr int kWidth = 1;
+  static constexpr bool kBf16Dot = false;
 
   static V Zero() { return 0.0f; }
   static V Set1(float x) { return x; }
@@ -25,6 +27,19 @@ struct Portable {
   static void LoadBf16Pairs(const uint16_t* p, V* out) {
     out[0] = BFloat16BitsToFloat(p[0]);
     out[1] = BFloat16BitsToFloat(p[1]);
+  }
+  static V LoadU8Centered(const uint8_t* p) { return float(*p) - 128.0f; }
+  static V LoadU8CenteredPartial(const uint8_t* p, int) { return LoadU8Centered(p); }
+  // E4M3 values times 2^-8, as the SIMD variants' float16 trick gives them (exact).
+  template <bool kIsE4M3>
+  static V LoadFp8(const uint8_t* p) {
+    return kIsE4M3 ? DecodeFp8(*p, kE4M3) * (1.0f / 256.0f) : DecodeFp8(*p, kE5M2);
+  }
+  template <bool kIsE4M3>
+  static V LoadFp8Partial(const uint8_t* p, int) { return LoadFp8<kIsE4M3>(p); }
+  static void LoadNibbles(const uint8_t* p, V* out) {
+    out[0] = float(*p & 0xfu);
+    out[1] = float(*p >> 4);
   }
   static bool Less(V a, V b) { return a < b; }
   static V Select(bool mask, V a, V b) { return mask ? a : b; }

@@ -5,18 +5,33 @@
 #include <vector>
 
 #include "ferrum_kv/dtype_convert.h"
+#include "ferrum_kv/kv_format.h"
 
 namespace ferrum_kv::kernels {
 namespace {
 
-double ElementAt(const uint8_t* data, DType dtype, int64_t index) {
-  switch (dtype) {
-    case DType::kFloat32: return reinterpret_cast<const float*>(data)[index];
-    case DType::kFloat16: return HalfBitsToFloat(reinterpret_cast<const uint16_t*>(data)[index]);
-    case DType::kBFloat16:
-      return BFloat16BitsToFloat(reinterpret_cast<const uint16_t*>(data)[index]);
+// Row (token offset in block, K or V, KV head) of a layer, as stored (dequantized: kv_format.h).
+void ReadRow(const KvStorage& storage, int32_t block, int32_t layer, int kv, int32_t kv_head,
+             int32_t offset, std::vector<double>& out) {
+  const int32_t head_dim = storage.config().head_dim;
+  const uint8_t* region = storage.BlockData(block) + storage.HeadRegionOffset(layer, kv, kv_head);
+  const uint8_t* codes = region + storage.CodesOffset(offset);
+  out.resize(head_dim);
+  if (IsQuantized(storage.dtype())) {
+    std::vector<float> row(head_dim);
+    DequantizeRow(storage.dtype(), codes,
+                  reinterpret_cast<const float*>(region + storage.ParamsOffset(offset)), head_dim,
+                  row.data());
+    std::copy(row.begin(), row.end(), out.begin());
+    return;
   }
-  return 0.0;
+  for (int32_t c = 0; c < head_dim; ++c) {
+    switch (storage.dtype()) {
+      case DType::kFloat32: out[c] = reinterpret_cast<const float*>(codes)[c]; break;
+      case DType::kFloat16: out[c] = HalfBitsToFloat(reinterpret_cast<const uint16_t*>(codes)[c]); break;
+      default: out[c] = BFloat16BitsToFloat(reinterpret_cast<const uint16_t*>(codes)[c]); break;
+    }
+  }
 }
 
 }  // namespace
@@ -33,11 +48,14 @@ void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorag
     const int32_t context = batch.context_lens[i];
     const int32_t queries = batch.query_lens ? batch.query_lens[i] : 1;
     const int32_t* table = batch.block_tables + int64_t{i} * batch.max_blocks;
-    // Element index of (token, K or V, KV head, dim 0) in the arena.
-    auto element = [&](int32_t token, int kv, int32_t kv_head) {
-      return int64_t{table[token / config.block_size]} * storage.BlockStride() +
-             int64_t{layer} * storage.LayerStride() + kv * storage.KvStride() +
-             kv_head * storage.HeadStride() + (token % config.block_size) * storage.TokenStride();
+    // Rows of (token, K or V, KV head), as float64.
+    auto rows = [&](int32_t first, int32_t end, int kv, int32_t kv_head) {
+      std::vector<std::vector<double>> values(end);
+      for (int32_t t = first; t < end; ++t) {
+        ReadRow(storage, table[t / config.block_size], layer, kv, kv_head, t % config.block_size,
+                values[t]);
+      }
+      return values;
     };
     for (int32_t j = 0; j < queries; ++j, ++row) {
       const int32_t position = context - queries + j;
@@ -49,13 +67,12 @@ void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorag
       for (int32_t h = 0; h < num_q_heads; ++h) {
         const float* q_row = q + (row * num_q_heads + h) * head_dim;
         const int32_t kv_head = h / group;
+        const auto keys = rows(first, visible, 0, kv_head);
+        const auto values = rows(first, visible, 1, kv_head);
         double max_score = -INFINITY;
         for (int32_t t = first; t < visible; ++t) {
-          const int64_t base = element(t, 0, kv_head);
           double dot = 0.0;
-          for (int32_t c = 0; c < head_dim; ++c) {
-            dot += double{q_row[c]} * ElementAt(storage.Data(), storage.dtype(), base + c);
-          }
+          for (int32_t c = 0; c < head_dim; ++c) dot += double{q_row[c]} * keys[t][c];
           double logit = dot * double{scale};
           if (options.soft_cap > 0.0f) {
             logit = double{options.soft_cap} * std::tanh(logit / double{options.soft_cap});
@@ -72,8 +89,7 @@ void PagedAttentionReference(const float* q, int32_t num_q_heads, const KvStorag
         for (int32_t c = 0; c < head_dim; ++c) {
           double value = 0.0;
           for (int32_t t = first; t < visible; ++t) {
-            value += weights[t] * ElementAt(storage.Data(), storage.dtype(),
-                                            element(t, 1, kv_head) + c);
+            value += weights[t] * values[t][c];
           }
           out_row[c] = static_cast<float>(value / total);
         }

@@ -27,10 +27,12 @@ struct AttentionTile {
   // The sequence's block table row: position p is in block block_table[p / block_size]. Every
   // entry covering [key_begin, key_end) has been validated by the caller.
   const int32_t* block_table = nullptr;
-  // K (and V) of (block 0, the layer, the KV head, offset 0); block b's are block_bytes further.
+  // The K (and V) head region of (block 0, the layer, the KV head); block b's is block_bytes
+  // further. Quantized formats: row parameters start params_offset bytes into a head region.
   const uint8_t* k_base = nullptr;
   const uint8_t* v_base = nullptr;
   int64_t block_bytes = 0;
+  int64_t params_offset = 0;
   int32_t block_size = 0;
   int32_t head_dim = 0;
   DType dtype = DType::kFloat32;
@@ -54,5 +56,8 @@ struct AttentionTile {
 void AttentionTilePortable(const AttentionTile& tile);
 void AttentionTileAvx2(const AttentionTile& tile);
 void AttentionTileAvx512(const AttentionTile& tile);
+// The "fast" precision on AVX-512 with AVX512-BF16 and AVX512-VNNI (bfloat16 K/V; any other
+// dtype runs the exact AVX-512 kernel).
+void AttentionTileAvx512Fast(const AttentionTile& tile);
 
 }  // namespace ferrum_kv::kernels

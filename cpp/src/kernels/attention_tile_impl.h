@@ -5,7 +5,13 @@
 //   widened into out[0] = the even elements p[0], p[2], ..., out[1] = the odd ones), Add, Sub,
 //   Mul, Fma(a, b, c) = a * b + c, Max, ReduceAdd, ReduceMax, ReduceAdd8 (out[i] =
 //   ReduceAdd(x[i]), i < 8), RoundNearest, Scale2(y, n) = y * 2^n, Less(a, b) (a lane mask) and
-//   Select(mask, a, b) (a where mask, else b).
+//   Select(mask, a, b) (a where mask, else b); kBf16Dot: whether it has bfloat16 dot products
+//   (the "fast" precision, attention.h), and then B (2 kWidth bfloat16), LoadBf16Raw(p) /
+//   LoadBf16RawPartial(p, n) (2 kWidth bfloat16 as they are), InterleaveBf16(a, b, out) (2 kWidth
+//   columns of two rows as out[0], out[1] = pairs (a[c], b[c]) in its own column order, which its
+//   LoadBf16Pairs follows), ToBf16(x, n, out) (floats rounded to bfloat16, zero-padded to even
+//   n), Broadcast(pair) (two bfloat16 in every 32-bit lane), Dot(acc, a, b) (acc[i] += a[2i]
+//   b[2i] + a[2i+1] b[2i+1]).
 // Partial forms touch only the first n < kWidth elements (loads zero the rest).
 //
 // Loop structure, per span of at most kSpanTokens keys inside one block:
@@ -22,16 +28,24 @@
 // whole 2 kWidth block of head_dim are visited in the order (even ones, odd ones). The narrow
 // path permutes q the same way once per tile; acc stays permuted during the tile and is put back
 // in order at its end (Run). Columns past the last whole block are read in order.
+//
+// Fast precision with bfloat16 K/V (kFastBf16: an Isa with kBf16Dot) reads bfloat16 as it is:
+// the narrow path's scores are vdpbf16ps dot products of the query rounded to bfloat16 against
+// 2 kW keys' columns at a time; every path's P.V takes two keys at a time, their values
+// interleaved column by column and dotted with the two weights rounded to bfloat16. The narrow
+// path's q stays in column order; acc is in the interleaving's column order (PairedColumn).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "kernels/attention_kv_load.h"
 #include "kernels/attention_tile.h"
 
 namespace ferrum_kv::kernels {
@@ -97,7 +111,11 @@ class TileKernel {
   static constexpr int kScoreKeys = 4;
 
  public:
-  using Elem = std::conditional_t<kDType == DType::kFloat32, float, uint16_t>;
+  using Load = KvLoad<Isa, kDType>;
+  using Elem = typename Load::Elem;
+  static constexpr bool kFastBf16 = Isa::kBf16Dot && kDType == DType::kBFloat16;
+  // The narrow path's query rows: float32, or bfloat16 padded to whole 2 kW vectors (kFastBf16).
+  using QElem = std::conditional_t<kFastBf16, uint16_t, float>;
 
   static void Run(const AttentionTile& t) {
     const int d = t.head_dim;
@@ -143,11 +161,24 @@ class TileKernel {
     }
   };
 
+  // Consecutive K or V rows of one head region (a span): row j's elements at data + j *
+  // row_elems, its quantization parameters (quantized formats) at params + j * params_per_row.
+  struct Rows {
+    const Elem* data;
+    const float* params;
+    int64_t row_elems;
+    int params_per_row;
+
+    const Elem* Row(int64_t j) const { return data + j * row_elems; }
+    const float* Params(int64_t j) const { return params + j * params_per_row; }
+    Rows From(int64_t j) const { return {Row(j), Params(j), row_elems, params_per_row}; }
+  };
+
   // Keys per span of the narrow path with 16-bit K/V: at most about 8 KiB of K (and as much V),
   // when the blocks are that long. On Zen 4 from DRAM (2 threads, head_dim 128, block 64)
   // bfloat16 spans of 32 keys ran 1.2x faster than 64, float16 1.05-1.08x. docs/attention.md.
   static int NarrowSpanKeys(int d) {
-    const int keys = static_cast<int>(8192 / (int64_t{d} * int64_t{sizeof(Elem)}));
+    const int keys = static_cast<int>(8192 / (Load::RowElems(d) * int64_t{sizeof(Elem)}));
     return std::clamp(keys / kScoreKeys * kScoreKeys, kScoreKeys, int{kSpanTokens});
   }
 
@@ -162,11 +193,8 @@ class TileKernel {
       const int32_t offset = pos % t.block_size;
       const int n = std::min({t.block_size - offset, t.key_end - pos, max_keys, kSpanTokens});
       const int64_t block = t.block_table[pos / t.block_size];
-      const int64_t element_offset = int64_t{offset} * t.head_dim;
-      const Elem* k = reinterpret_cast<const Elem*>(t.k_base + block * t.block_bytes) +
-                      element_offset;
-      const Elem* v = reinterpret_cast<const Elem*>(t.v_base + block * t.block_bytes) +
-                      element_offset;
+      const Rows k = SpanRows(t, t.k_base + block * t.block_bytes, offset);
+      const Rows v = SpanRows(t, t.v_base + block * t.block_bytes, offset);
       NextSpan next;
       if (pos + n < t.key_end) next = Locate(t, pos + n, max_keys);
       fn(pos, n, k, v, next);
@@ -176,21 +204,50 @@ class TileKernel {
     }
   }
 
+  // The rows from token offset of the head region at base.
+  static Rows SpanRows(const AttentionTile& t, const uint8_t* base, int32_t offset) {
+    const int64_t row_elems = Load::RowElems(t.head_dim);
+    const int params_per_row = Load::ParamsPerRow(t.head_dim);
+    return {reinterpret_cast<const Elem*>(base) + offset * row_elems,
+            reinterpret_cast<const float*>(base + t.params_offset) + offset * params_per_row,
+            row_elems, params_per_row};
+  }
+
   // Few rows (decode): scores are dot products along head_dim, reduced horizontally.
   static void RunNarrow(const AttentionTile& t) {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     alignas(64) float scores[kMaxTileRows * kSpanTokens] = {};
-    std::vector<float> q(t.q, t.q + int64_t{rows} * d);
-    for (int r = 0; r < rows; ++r) Permute(q.data() + int64_t{r} * d, d);
+    const int qd = QueryStride(d);
+    std::vector<QElem> q(size_t(rows) * qd, QElem{0});
+    for (int r = 0; r < rows; ++r) {
+      if constexpr (kFastBf16) {
+        Isa::ToBf16(t.q + int64_t{r} * d, d, q.data() + size_t(r) * qd);
+      } else {
+        std::copy(t.q + int64_t{r} * d, t.q + int64_t{r + 1} * d, q.data() + size_t(r) * qd);
+        Permute(q.data() + int64_t{r} * d, d);
+      }
+    }
     // float32 keeps whole 64-key spans (16 keys: 1.09x from DRAM but 0.94x in cache).
     constexpr bool kCapped = kDType != DType::kFloat32;
-    ForEachSpan<kCapped>(t, NarrowSpanKeys(d), [&](int32_t pos, int n, const Elem* k, const Elem* v,
-                                          NextSpan& next) {
+    // Folded formats: each row's sum of q (a K offset adds offset * sum(q) to a score) and the
+    // span's sum of weight * V offset (added to every column of acc).
+    float q_sum[kMaxTileRows] = {}, value_offset[kMaxTileRows] = {};
+    if constexpr (Load::kOffset) {
+      for (int r = 0; r < rows; ++r) {
+        const float* row = t.q + int64_t{r} * d;
+        q_sum[r] = std::accumulate(row, row + d, 0.0f);
+      }
+    }
+    ForEachSpan<kCapped>(t, NarrowSpanKeys(d), [&](int32_t pos, int n, const Rows& k,
+                                                   const Rows& v, NextSpan& next) {
       ForRowGroups(rows, [&](auto nr, int r0) {
-        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * d, d, k, n,
+        ScoreRows<decltype(nr)::value>(q.data() + int64_t{r0} * qd, qd, d, k, n,
                                        scores + r0 * kSpanTokens, next);
       });
+      if constexpr (Load::kFolded) {
+        for (int r = 0; r < rows; ++r) FoldScores(k, n, q_sum[r], scores + r * kSpanTokens, 1);
+      }
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
           Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
@@ -206,11 +263,45 @@ class TileKernel {
           Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       }
+      if constexpr (Load::kFolded) {
+        for (int r = 0; r < rows; ++r) {
+          value_offset[r] = FoldWeights(v, n, scores + r * kSpanTokens, 1);
+        }
+      }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores + r0 * kSpanTokens, 1, v, n,
                                                t.acc + int64_t{r0} * d, next);
       });
+      if constexpr (Load::kOffset) {
+        for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+      }
     });
+  }
+
+  // Folded formats: scores s[j * stride] = q . u_j of keys j < n become scale_j * s + offset_j *
+  // q_sum, the scores of q . x_hat_j.
+  static void FoldScores(const Rows& k, int n, float q_sum, float* s, int stride) {
+    for (int j = 0; j < n; ++j) {
+      const float* params = k.Params(j);
+      s[j * stride] = s[j * stride] * Load::FoldScale(params) + Load::FoldOffset(params) * q_sum;
+    }
+  }
+
+  // Folded formats: weights p[j * stride] of values j < n become p * scale_j (weights of the
+  // loads u_j); returns sum of p * offset_j, which the caller adds to every column.
+  static float FoldWeights(const Rows& v, int n, float* p, int stride) {
+    float offset_sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float* params = v.Params(j);
+      offset_sum += p[j * stride] * Load::FoldOffset(params);
+      p[j * stride] *= Load::FoldScale(params);
+    }
+    return offset_sum;
+  }
+
+  static void AddToRow(float* acc, int d, float x) {
+    if (x == 0.0f) return;
+    for (int c = 0; c < d; ++c) acc[c] += x;
   }
 
   // At least kW rows (prefill tiles, wide GQA groups): rows go in SIMD lanes. q is transposed
@@ -222,8 +313,13 @@ class TileKernel {
     const int rows = t.num_rows;
     const int padded = (rows + kW - 1) / kW * kW;
     std::vector<float> qt(size_t(d) * padded, 0.0f);
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < d; ++c) qt[size_t(c) * padded + r] = t.q[int64_t{r} * d + c];
+    // Columns in the order WidenKeys writes them (quantized kPairs formats: the visiting order).
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < d; ++c) {
+        const int position = kWideVisitOrder ? VisitPosition(c, d) : c;
+        qt[size_t(position) * padded + r] = t.q[int64_t{r} * d + c];
+      }
+    }
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
     for (int r = 0; r < rows; ++r) row_end[r] = static_cast<float>(t.row_end[r]);
     // Optional features, in lanes: window start, query position, ALiBi slope of each row.
@@ -245,9 +341,9 @@ class TileKernel {
     std::fill(sum.begin(), sum.end(), 0.0f);
     std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
     std::vector<float> keys(kDType == DType::kFloat32 ? 0 : size_t(kSpanTokens) * d);
-    std::vector<float> correction(padded);
-    ForEachSpan<false>(t, kSpanTokens, [&](int32_t pos, int n, const Elem* k, const Elem* v,
-                                    NextSpan& next) {
+    std::vector<float> correction(padded), value_offset(Load::kOffset ? padded : 0);
+    ForEachSpan<false>(t, kSpanTokens, [&](int32_t pos, int n, const Rows& k, const Rows& v,
+                                           NextSpan& next) {
       const float* k32 = WidenKeys(k, n, d, keys.data());
       for (int r0 = 0; r0 < padded; r0 += kW) {
         int j = 0;
@@ -270,24 +366,69 @@ class TileKernel {
         float* acc = t.acc + int64_t{r} * d;
         for (int c = 0; c < d; ++c) acc[c] *= correction[r];
       }
+      if constexpr (Load::kFolded) {
+        for (int r = 0; r < rows; ++r) {
+          const float offset_sum = FoldWeights(v, n, scores.data() + r, padded);
+          if constexpr (Load::kOffset) value_offset[r] = offset_sum;
+        }
+      }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores.data() + r0, padded, v, n,
                                                t.acc + int64_t{r0} * d, next);
       });
+      if constexpr (Load::kOffset) {
+        for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+      }
     });
     std::copy(max.begin(), max.begin() + rows, t.max);
     std::copy(sum.begin(), sum.begin() + rows, t.sum);
   }
 
-  // The span's keys as float32: the storage itself for float32, else widened into buffer.
-  static const float* WidenKeys(const Elem* k, int n, int d, float* buffer) {
+  // The span's keys as float32 rows of d: the storage itself for float32, else widened (and
+  // dequantized: x_hat) into buffer, a span (at most kSpanTokens keys of one block) at a time.
+  static const float* WidenKeys(const Rows& k, int n, int d, float* buffer) {
     if constexpr (kDType == DType::kFloat32) {
-      return k;
-    } else {
+      return k.data;
+    } else if constexpr (kDType == DType::kFloat16 || kDType == DType::kBFloat16) {
+      // Rows are contiguous: widen them as one run.
       const int64_t total = int64_t{n} * d;
       int64_t i = 0;
-      for (; i + kW <= total; i += kW) Isa::Store(buffer + i, LoadKv(k + i));
-      if (i < total) Isa::StorePartial(buffer + i, LoadKvPartial(k + i, int(total - i)), int(total - i));
+      for (; i + kW <= total; i += kW) Isa::Store(buffer + i, Load::Load(k.data, nullptr, int(i)));
+      if (i < total) {
+        const int rest = int(total - i);
+        Isa::StorePartial(buffer + i, Load::LoadPartial(k.data, nullptr, int(i), rest), rest);
+      }
+      return buffer;
+    } else {
+      for (int j = 0; j < n; ++j) {
+        const Elem* row = k.Row(j);
+        const float* params = k.Params(j);
+        float* out = buffer + int64_t{j} * d;
+        V scale = Isa::Set1(1.0f), offset = Isa::Zero();
+        if constexpr (Load::kFolded) {
+          scale = Isa::Set1(Load::FoldScale(params));
+          offset = Isa::Set1(Load::FoldOffset(params));
+        }
+        int c = 0;
+        if constexpr (kWideVisitOrder) {  // (not folded: int4 loads are x_hat)
+          for (; c < PairedColumns(d); c += 2 * kW) {
+            V pair[2];
+            LoadColumns<2>(row, params, c, pair);
+            Isa::Store(out + c, pair[0]);
+            Isa::Store(out + c + kW, pair[1]);
+          }
+        }
+        for (; c + kW <= d; c += kW) {
+          V x = Load::Load(row, params, c);
+          if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
+          Isa::Store(out + c, x);
+        }
+        if (c < d) {
+          V x = Load::LoadPartial(row, params, c, d - c);
+          if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
+          Isa::StorePartial(out + c, x, d - c);
+        }
+      }
       return buffer;
     }
   }
@@ -398,37 +539,51 @@ class TileKernel {
     const int32_t offset = pos % t.block_size;
     const int n = std::min({t.block_size - offset, t.key_end - pos, max_keys, kSpanTokens});
     const int64_t block = t.block_table[pos / t.block_size];
-    const int64_t begin = block * t.block_bytes + int64_t{offset} * t.head_dim * sizeof(Elem);
+    const int64_t row_bytes = Load::RowElems(t.head_dim) * int64_t{sizeof(Elem)};
+    const int64_t begin = block * t.block_bytes + int64_t{offset} * row_bytes;
     NextSpan next;
     next.k = t.k_base + begin;
     next.v = t.v_base + begin;
-    next.bytes = int64_t{n} * t.head_dim * sizeof(Elem);
+    next.bytes = int64_t{n} * row_bytes;
     return next;
   }
 
-  static V LoadKv(const Elem* p) {
-    if constexpr (kDType == DType::kFloat32) return Isa::Load(p);
-    if constexpr (kDType == DType::kFloat16) return Isa::LoadHalf(p);
-    if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16(p);
-  }
-  static V LoadKvPartial(const Elem* p, int n) {
-    if constexpr (kDType == DType::kFloat32) return Isa::LoadPartial(p, n);
-    if constexpr (kDType == DType::kFloat16) return Isa::LoadHalfPartial(p, n);
-    if constexpr (kDType == DType::kBFloat16) return Isa::LoadBf16Partial(p, n);
-  }
-
   // Columns [0, PairedColumns(d)) are read as (even, odd) halves of 2 kW blocks.
-  static constexpr bool kPairs = kDType == DType::kBFloat16;
+  static constexpr bool kPairs = Load::kPairs;
+  // The column of its 2 kW block that the i-th visited column is: (even ones, odd ones), or with
+  // kFastBf16 the order of Isa::InterleaveBf16 (its 128-bit lane L of vector v holds columns
+  // 8L + 4v .. 8L + 4v + 3), which Isa::LoadBf16Pairs then follows too.
+  static int PairedColumn(int i) {
+    if constexpr (kFastBf16) {
+      const int lane = i % kW;
+      return 8 * (lane / 4) + 4 * (i / kW) + lane % 4;
+    } else {
+      return i < kW ? 2 * i : 2 * (i - kW) + 1;
+    }
+  }
+  // The wide path widens quantized kPairs keys (int4) in the visiting order (its q too).
+  static constexpr bool kWideVisitOrder = kPairs && Load::kQuantized;
+  // The position of column c in the visiting order.
+  static int VisitPosition(int c, int d) {
+    if (c >= PairedColumns(d)) return c;
+    const int block = c / (2 * kW) * (2 * kW);
+    for (int i = 0; i < 2 * kW; ++i) {
+      if (PairedColumn(i) == c - block) return block + i;
+    }
+    return c;  // unreachable: PairedColumn is a permutation
+  }
+  // Elements per query row in the narrow path.
+  static int QueryStride(int d) { return kFastBf16 ? (d + 2 * kW - 1) / (2 * kW) * (2 * kW) : d; }
   static int PairedColumns(int d) { return kPairs ? d / (2 * kW) * (2 * kW) : 0; }
 
-  // out[i] = the i-th kW columns at p, in the visiting order above (NC even or p past the
-  // paired columns).
+  // out[i] = the i-th kW columns of row from column c, in the visiting order above (NC even or
+  // c past the paired columns).
   template <int NC>
-  static void LoadColumns(const Elem* p, V* out) {
+  static void LoadColumns(const Elem* row, const float* params, int c, V* out) {
     if constexpr (kPairs && NC % 2 == 0) {
-      for (int i = 0; i < NC; i += 2) Isa::LoadBf16Pairs(p + i * kW, out + i);
+      for (int i = 0; i < NC; i += 2) Load::LoadPairs(row, params, c + i * kW, out + i);
     } else {
-      for (int i = 0; i < NC; ++i) out[i] = LoadKv(p + i * kW);
+      for (int i = 0; i < NC; ++i) out[i] = Load::Load(row, params, c + i * kW);
     }
   }
 
@@ -440,40 +595,49 @@ class TileKernel {
     float block[2 * kW];
     for (int c = 0; c < PairedColumns(d); c += 2 * kW) {
       std::copy(x + c, x + c + 2 * kW, block);
-      for (int i = 0; i < kW; ++i) {
+      for (int i = 0; i < 2 * kW; ++i) {
         if (kForward) {
-          x[c + i] = block[2 * i];
-          x[c + kW + i] = block[2 * i + 1];
+          x[c + i] = block[PairedColumn(i)];
         } else {
-          x[c + 2 * i] = block[i];
-          x[c + 2 * i + 1] = block[kW + i];
+          x[c + PairedColumn(i)] = block[i];
         }
       }
     }
   }
 
-  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n. Advances next's K prefetch with
-  // the keys.
+  // scores[r * kSpanTokens + j] = q[r] . k[j] for r < NR, j < n (q rows qd elements apart).
+  // Advances next's K prefetch with the keys.
   template <int NR>
-  static void ScoreRows(const float* q, int d, const Elem* k, int n, float* scores,
+  static void ScoreRows(const QElem* q, int qd, int d, const Rows& k, int n, float* scores,
                         NextSpan& next) {
     int j = 0;
     for (; j + kScoreKeys <= n; j += kScoreKeys) {
-      ScoreKeys<NR, kScoreKeys>(q, d, k + int64_t{j} * d, scores + j);
+      ScoreKeys<NR, kScoreKeys>(q, qd, d, k.From(j), scores + j);
       next.KeysUntil(j + kScoreKeys, n);
     }
-    for (; j < n; ++j) ScoreKeys<NR, 1>(q, d, k + int64_t{j} * d, scores + j);
+    for (; j < n; ++j) ScoreKeys<NR, 1>(q, qd, d, k.From(j), scores + j);
   }
 
   template <int NR, int NK>
-  static void ScoreKeys(const float* q, int d, const Elem* k, float* scores) {
+  static void ScoreKeys(const QElem* q, int qd, int d, const Rows& k, float* scores) {
     V acc[NR][NK];
+    if constexpr (kFastBf16) {
+      ScoreKeysBf16Dot<NR, NK>(q, qd, d, k, acc);
+    } else {
+      ScoreKeysFma<NR, NK>(q, d, k, acc);
+    }
+    StoreScores<NR, NK>(acc, scores);
+  }
+
+  // acc[r][j] (lanes to be summed) for q[r] . k[j]: float32 FMAs on widened keys.
+  template <int NR, int NK>
+  static void ScoreKeysFma(const float* q, int d, const Rows& k, V (&acc)[NR][NK]) {
     for (int r = 0; r < NR; ++r)
       for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
     int c = 0;
     for (; c + 2 * kW <= d; c += 2 * kW) {
       V key[NK][2];
-      for (int j = 0; j < NK; ++j) LoadColumns<2>(k + j * d + c, key[j]);
+      for (int j = 0; j < NK; ++j) LoadColumns<2>(k.Row(j), k.Params(j), c, key[j]);
       for (int r = 0; r < NR; ++r) {
         for (int i = 0; i < 2; ++i) {
           const V query = Isa::Load(q + r * d + c + i * kW);
@@ -483,7 +647,7 @@ class TileKernel {
     }
     for (; c + kW <= d; c += kW) {
       V key[NK];
-      for (int j = 0; j < NK; ++j) key[j] = LoadKv(k + j * d + c);
+      for (int j = 0; j < NK; ++j) key[j] = Load::Load(k.Row(j), k.Params(j), c);
       for (int r = 0; r < NR; ++r) {
         const V query = Isa::Load(q + r * d + c);
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
@@ -492,12 +656,37 @@ class TileKernel {
     if (c < d) {
       const int rest = d - c;
       V key[NK];
-      for (int j = 0; j < NK; ++j) key[j] = LoadKvPartial(k + j * d + c, rest);
+      for (int j = 0; j < NK; ++j) key[j] = Load::LoadPartial(k.Row(j), k.Params(j), c, rest);
       for (int r = 0; r < NR; ++r) {
         const V query = Isa::LoadPartial(q + r * d + c, rest);
         for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Fma(query, key[j], acc[r][j]);
       }
     }
+  }
+
+  // The same with bfloat16 dot products: q rows are bfloat16, zero-padded to qd (a multiple of
+  // 2 kW) elements; the keys' last partial vector is read with a mask.
+  template <int NR, int NK>
+  static void ScoreKeysBf16Dot(const uint16_t* q, int qd, int d, const Rows& k,
+                               V (&acc)[NR][NK]) {
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Zero();
+    for (int c = 0; c < d; c += 2 * kW) {
+      typename Isa::B key[NK];
+      for (int j = 0; j < NK; ++j) {
+        key[j] = c + 2 * kW <= d ? Isa::LoadBf16Raw(k.Row(j) + c)
+                                 : Isa::LoadBf16RawPartial(k.Row(j) + c, d - c);
+      }
+      for (int r = 0; r < NR; ++r) {
+        const typename Isa::B query = Isa::LoadBf16Raw(q + r * qd + c);
+        for (int j = 0; j < NK; ++j) acc[r][j] = Isa::Dot(acc[r][j], query, key[j]);
+      }
+    }
+  }
+
+  // scores[r * kSpanTokens + j] = the lane sum of acc[r][j].
+  template <int NR, int NK>
+  static void StoreScores(V (&acc)[NR][NK], float* scores) {
     if constexpr (NR * NK % 8 == 0) {  // the common case: transposing reductions of 8
       float sums[NR * NK];
       for (int i = 0; i < NR * NK; i += 8) Isa::ReduceAdd8(&acc[0][0] + i, sums + i);
@@ -562,7 +751,7 @@ class TileKernel {
   template <int NR>
   [[gnu::always_inline]] static void AccumulateVisible(const AttentionTile& t, int r0, int32_t pos,
                                                        const float* p, int key_stride,
-                                                       const Elem* v, int n, float* acc,
+                                                       const Rows& v, int n, float* acc,
                                                        NextSpan& next) {
     bool all_keys = true;
     for (int r = r0; r < r0 + NR; ++r) {
@@ -588,7 +777,7 @@ class TileKernel {
   template <int NR>
   [[gnu::noinline, gnu::cold]] static void AccumulateRagged(const AttentionTile& t, int r0,
                                                             int32_t pos, const float* p,
-                                                            int key_stride, const Elem* v, int n,
+                                                            int key_stride, const Rows& v, int n,
                                                             float* acc, NextSpan& next) {
     int all_lo = 0, all_hi = n, any_lo = n, any_hi = 0;
     for (int r = r0; r < r0 + NR; ++r) {
@@ -604,7 +793,7 @@ class TileKernel {
     const auto keys = [&](auto skip_zero, int lo, int hi) {
       if (lo >= hi) return;
       AccumulateRows<NR, decltype(skip_zero)::value>(p + int64_t{lo} * key_stride, key_stride,
-                                                     v + int64_t{lo} * d, hi - lo, d, acc, next);
+                                                     v.From(lo), hi - lo, d, acc, next);
     };
     if (all_lo >= all_hi) {
       keys(std::true_type{}, any_lo, any_hi);
@@ -622,25 +811,73 @@ class TileKernel {
   // (Forced inline: with the ragged path's extra call sites the compiler would otherwise call
   // these out of line from the hot loop, about 1.15x slower decode.)
   template <int NR, bool kSkipZero>
-  [[gnu::always_inline]] static void AccumulateRows(const float* p, int key_stride, const Elem* v, int n, int d,
+  [[gnu::always_inline]] static void AccumulateRows(const float* p, int key_stride, const Rows& v, int n, int d,
                              float* acc, NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
+    if constexpr (kFastBf16 && !kSkipZero) {
+      // Each row's weights in bfloat16: keys 2i and 2i + 1 side by side (the last key of an odd
+      // span pairs with weight 0 and reads its own row twice).
+      alignas(64) uint16_t weights[NR][kSpanTokens];
+      for (int r = 0; r < NR; ++r) {
+        if (key_stride == 1) {
+          Isa::ToBf16(p + r * row_stride, n, weights[r]);
+        } else {
+          alignas(64) float row[kSpanTokens];
+          for (int j = 0; j < n; ++j) row[j] = p[r * row_stride + j * key_stride];
+          Isa::ToBf16(row, n, weights[r]);
+        }
+      }
+      for (; c + 2 * kW <= d; c += 2 * kW) {
+        AccumulateBf16Pairs<NR>(weights, v.data + c, n, d, acc + c);
+        next.ValuesUntil(c + 2 * kW, d);
+      }
+    }
     for (; c + 2 * kW <= d; c += 2 * kW) {
-      AccumulateColumns<NR, 2, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+      AccumulateColumns<NR, 2, kSkipZero>(p, row_stride, key_stride, v, c, n, d, acc + c, kW);
       next.ValuesUntil(c + 2 * kW, d);
     }
     for (; c + kW <= d; c += kW)
-      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, kW);
+      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v, c, n, d, acc + c, kW);
     if (c < d) {
-      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v + c, n, d, acc + c, d - c);
+      AccumulateColumns<NR, 1, kSkipZero>(p, row_stride, key_stride, v, c, n, d, acc + c, d - c);
     }
   }
 
-  // NC vectors of columns starting at v / acc; width < kW only for the last, partial vector.
+  // acc[r][c] += the weighted sum of the span's values, for the 2 kW columns at v / acc, by
+  // bfloat16 dot products over pairs of keys (kFastBf16).
+  // (weights: each row's bfloat16 weights, keys 2i and 2i + 1 side by side.)
+  template <int NR>
+  [[gnu::always_inline]] static void AccumulateBf16Pairs(const uint16_t (&weights)[NR][kSpanTokens],
+                                                         const uint16_t* v, int n, int d,
+                                                         float* acc) {
+    V a[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      a[r][0] = Isa::Load(acc + r * d);
+      a[r][1] = Isa::Load(acc + r * d + kW);
+    }
+    for (int j = 0; j < n; j += 2) {
+      typename Isa::B pairs[2];
+      const uint16_t* row = v + int64_t{j} * d;
+      Isa::InterleaveBf16(row, j + 1 < n ? row + d : row, pairs);
+      for (int r = 0; r < NR; ++r) {
+        const typename Isa::B weight = Isa::Broadcast(weights[r] + j);
+        a[r][0] = Isa::Dot(a[r][0], weight, pairs[0]);
+        a[r][1] = Isa::Dot(a[r][1], weight, pairs[1]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      Isa::Store(acc + r * d, a[r][0]);
+      Isa::Store(acc + r * d + kW, a[r][1]);
+    }
+  }
+
+  // NC vectors of columns starting at column c of v's rows / at acc; width < kW only for the
+  // last, partial vector.
   template <int NR, int NC, bool kSkipZero>
-  [[gnu::always_inline]] static void AccumulateColumns(const float* p, int row_stride, int key_stride, const Elem* v,
-                                int n, int d, float* acc, int width) {
+  [[gnu::always_inline]] static void AccumulateColumns(const float* p, int row_stride,
+                                                       int key_stride, const Rows& v, int c,
+                                                       int n, int d, float* acc, int width) {
     const bool partial = width < kW;
     V a[NR][NC];
     for (int r = 0; r < NR; ++r)
@@ -649,9 +886,9 @@ class TileKernel {
     for (int j = 0; j < n; ++j) {
       V value[NC];
       if (partial) {
-        value[0] = LoadKvPartial(v + int64_t{j} * d, width);
+        value[0] = Load::LoadPartial(v.Row(j), v.Params(j), c, width);
       } else {
-        LoadColumns<NC>(v + int64_t{j} * d, value);
+        LoadColumns<NC>(v.Row(j), v.Params(j), c, value);
       }
       for (int r = 0; r < NR; ++r) {
         const float w = p[r * row_stride + j * key_stride];
@@ -679,6 +916,10 @@ void RunAttentionTile(const AttentionTile& tile) {
     case DType::kFloat32: return TileKernel<Isa, DType::kFloat32>::Run(tile);
     case DType::kFloat16: return TileKernel<Isa, DType::kFloat16>::Run(tile);
     case DType::kBFloat16: return TileKernel<Isa, DType::kBFloat16>::Run(tile);
+    case DType::kInt8: return TileKernel<Isa, DType::kInt8>::Run(tile);
+    case DType::kFp8E4M3: return TileKernel<Isa, DType::kFp8E4M3>::Run(tile);
+    case DType::kFp8E5M2: return TileKernel<Isa, DType::kFp8E5M2>::Run(tile);
+    case DType::kInt4: return TileKernel<Isa, DType::kInt4>::Run(tile);
   }
 }
 

@@ -3,6 +3,10 @@ matmul-softmax-matmul) and PyTorch SDPA on contiguous K/V, side by side in one r
 effective K/V read bandwidth as a percentage of a read ceiling measured in the same run.
 
     python bench/bench_attention.py [--preset tiny|quick|full] [--threads 2] [--json FILE]
+                                    [--formats float32,bfloat16,int8,fp8_e4m3,fp8_e5m2,int4]
+
+Every storage format runs in both precisions ("exact", "fast"); `vs_bf16` is the bfloat16
+"exact" time of the same case in the same run divided by the row's time (> 1: faster).
 
 Geometry: Llama-3-8B-like (32 query heads, 8 KV heads, head_dim 128, block size 16), one layer
 per call. Every implementation rotates over several hundred MB of K/V (layers of one cache, or
@@ -39,6 +43,11 @@ GROUP = NUM_Q_HEADS // NUM_KV_HEADS
 ROTATE_BYTES = 768 << 20  # K/V each implementation cycles through
 MAX_CALL_BYTES = 1200 << 20  # cases reading more K/V per call are skipped (memory of the machine)
 
+FORMATS = ["float32", "bfloat16", "int8", "fp8_e4m3", "fp8_e5m2", "int4"]
+FLOAT_FORMATS = ("float32", "float16", "bfloat16")
+PRECISIONS = ("exact", "fast")
+DISTINCT_BLOCKS = 256  # quantized setups: blocks written (quantized) once, then their bytes tiled
+
 PRESETS = {
     "tiny": dict(contexts=[4096], batches=[1, 8], prefill=[]),  # for `ferrum-kv bench`
     "quick": dict(contexts=[1024, 4096], batches=[1, 8], prefill=[2048]),
@@ -55,8 +64,11 @@ def read_bandwidth(threads: int) -> float:
     return data.nbytes / min(times)
 
 
-def element_size(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
+def token_bytes(dtype: str) -> float:
+    """Bytes of one token's K or V of one KV head (codes and parameters for quantized formats)."""
+    config = core.CacheConfig(num_layers=1, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
+                              block_size=BLOCK_SIZE, num_blocks=1, dtype=dtype)
+    return core.KvStorage(config).bytes_per_block / (2 * NUM_KV_HEADS * BLOCK_SIZE)
 
 
 class PagedSetup:
@@ -66,42 +78,69 @@ class PagedSetup:
         rng = np.random.default_rng(seed)
         blocks_per_seq = -(-context // BLOCK_SIZE)
         num_blocks = batch * blocks_per_seq
-        layer_bytes = num_blocks * 2 * NUM_KV_HEADS * BLOCK_SIZE * HEAD_DIM * element_size(dtype)
+        layer_bytes = num_blocks * 2 * NUM_KV_HEADS * BLOCK_SIZE * token_bytes(dtype)
         self.num_layers = max(2, math.ceil(ROTATE_BYTES / layer_bytes))
         config = core.CacheConfig(num_layers=self.num_layers, num_kv_heads=NUM_KV_HEADS,
                                   head_dim=HEAD_DIM, block_size=BLOCK_SIZE, num_blocks=num_blocks,
                                   dtype=dtype)
         self.storage = core.KvStorage(config)
         arena = self.storage.array()
-        for b in range(0, num_blocks, 256):  # fill in slices to bound temporary memory
-            values = rng.standard_normal(arena[b : b + 256].shape, dtype=np.float32)
-            arena[b : b + 256] = (ref.float32_to_bfloat16_bits(values) if dtype == "bfloat16"
-                                  else values)
+        if dtype in FLOAT_FORMATS:
+            for b in range(0, num_blocks, 256):  # fill in slices to bound temporary memory
+                values = rng.standard_normal(arena[b : b + 256].shape, dtype=np.float32)
+                arena[b : b + 256] = (ref.float32_to_bfloat16_bits(values) if dtype == "bfloat16"
+                                      else values)
+        else:
+            # N(0, 1) rows quantized by write_slot into layer 0 of the first blocks, whose
+            # bytes then repeat over the layers and blocks: real codes and scales at distinct
+            # addresses (a block's layers are consecutive regions of bytes_per_block / layers).
+            distinct = min(num_blocks, DISTINCT_BLOCKS)
+            for b in range(distinct):
+                kv = rng.standard_normal((2, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), dtype=np.float32)
+                for offset in range(BLOCK_SIZE):
+                    self.storage.write_slot(b, 0, offset, kv[0, offset], kv[1, offset])
+            layer_bytes = self.storage.bytes_per_block // self.num_layers
+            for layer in range(1, self.num_layers):
+                region = slice(layer * layer_bytes, (layer + 1) * layer_bytes)
+                arena[:distinct, region] = arena[:distinct, :layer_bytes]
+            for b in range(distinct, num_blocks, distinct):
+                arena[b : b + distinct] = arena[: min(distinct, num_blocks - b)]
         self.block_tables = rng.permutation(num_blocks).astype(np.int32).reshape(batch, -1)
         self.context_lens = np.full(batch, context, dtype=np.int32)
         self.layers = itertools.cycle(range(self.num_layers))
 
 
-def bench_decode(dtype: str, batch: int, context: int, threads: int, ceiling: float) -> dict | None:
-    kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * element_size(dtype)
+def bench_decode(dtype: str, batch: int, context: int, threads: int, ceiling: float,
+                 peers: bool = True) -> list[dict]:
+    """One row per precision ("exact" with the peers' columns when peers is set), each with the
+    time in ms ("ferrum_ms") and in seconds ("seconds", for the ratios)."""
+    kv_bytes = 2 * batch * context * NUM_KV_HEADS * token_bytes(dtype)
     if kv_bytes > MAX_CALL_BYTES:
-        return None
-    row = {"case": "decode", "dtype": dtype, "batch": batch, "context": context,
-           "kv_MB": f"{kv_bytes / 1e6:.0f}"}
+        return []
     setup = PagedSetup(dtype, batch, context)
     rng = np.random.default_rng(1)
     q = rng.standard_normal((batch, NUM_Q_HEADS, HEAD_DIM), dtype=np.float32)
     out = np.empty_like(q)
+    rows = []
+    for precision in PRECISIONS:
+        row = {"case": "decode", "dtype": dtype, "precision": precision, "batch": batch,
+               "context": context, "kv_MB": f"{kv_bytes / 1e6:.0f}"}
 
-    def ours():
-        core.paged_attention_decode_tables(q, setup.storage, next(setup.layers),
-                                           setup.block_tables, setup.context_lens, out=out,
-                                           num_threads=threads)
+        def ours():
+            core.paged_attention_decode_tables(q, setup.storage, next(setup.layers),
+                                               setup.block_tables, setup.context_lens, out=out,
+                                               num_threads=threads, precision=precision)
 
-    t = best_time(ours, repeat=5)
-    row["ferrum_ms"] = f"{t * 1e3:.3f}"
-    row["ferrum_GBps"] = f"{kv_bytes / t / 1e9:.1f}"
-    row["ferrum_%"] = f"{100 * kv_bytes / t / ceiling:.0f}"
+        t = best_time(ours, repeat=5)
+        row["seconds"] = t
+        row["ferrum_ms"] = f"{t * 1e3:.3f}"
+        row["ferrum_GBps"] = f"{kv_bytes / t / 1e9:.1f}"
+        row["ferrum_%"] = f"{100 * kv_bytes / t / ceiling:.0f}"
+        rows.append(row)
+    row = rows[0]
+    if not peers or dtype not in ("float32", "bfloat16"):
+        return rows
+    t = row["seconds"]
 
     if dtype == "float32":  # NumPy has no bfloat16 arithmetic
         def numpy_gather():
@@ -142,27 +181,35 @@ def bench_decode(dtype: str, batch: int, context: int, threads: int, ceiling: fl
         row["torch_%"] = f"{100 * kv_bytes / t_torch / ceiling:.0f}"
         row["ferrum_vs_torch"] = f"{t_torch / t:.2f}x"
         del kv
-    return row
+    return rows
 
 
-def bench_prefill(dtype: str, tokens: int, threads: int) -> dict:
-    row = {"case": "prefill", "dtype": dtype, "batch": 1, "context": tokens}
+def bench_prefill(dtype: str, tokens: int, threads: int, peers: bool = True) -> list[dict]:
     setup = PagedSetup(dtype, 1, tokens)
     rng = np.random.default_rng(2)
     q = rng.standard_normal((tokens, NUM_Q_HEADS, HEAD_DIM), dtype=np.float32)
     out = np.empty_like(q)
     query_lens = setup.context_lens.copy()
+    rows = []
+    for precision in PRECISIONS:
+        row = {"case": "prefill", "dtype": dtype, "precision": precision, "batch": 1,
+               "context": tokens}
 
-    def ours():
-        core.paged_attention_prefill_tables(q, setup.storage, next(setup.layers),
-                                            setup.block_tables, setup.context_lens, query_lens,
-                                            out=out, num_threads=threads)
+        def ours():
+            core.paged_attention_prefill_tables(q, setup.storage, next(setup.layers),
+                                                setup.block_tables, setup.context_lens,
+                                                query_lens, out=out, num_threads=threads,
+                                                precision=precision)
 
-    t = best_time(ours, repeat=3, min_time=0)
-    row["ferrum_ms"] = f"{t * 1e3:.1f}"
-    flops = 4 * NUM_Q_HEADS * HEAD_DIM * tokens * (tokens + 1) / 2
-    row["ferrum_GFLOPs"] = f"{flops / t / 1e9:.0f}"
-    if torch is not None:
+        t = best_time(ours, repeat=3, min_time=0)
+        row["seconds"] = t
+        row["ferrum_ms"] = f"{t * 1e3:.1f}"
+        flops = 4 * NUM_Q_HEADS * HEAD_DIM * tokens * (tokens + 1) / 2
+        row["ferrum_GFLOPs"] = f"{flops / t / 1e9:.0f}"
+        rows.append(row)
+    row = rows[0]
+    t = row["seconds"]
+    if peers and dtype in ("float32", "bfloat16") and torch is not None:
         torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
         tq = torch.from_numpy(q).to(torch_dtype).transpose(0, 1).unsqueeze(0).contiguous()
         # K/V already expanded to the query heads (outside the timing): SDPA's fastest CPU path.
@@ -177,11 +224,23 @@ def bench_prefill(dtype: str, tokens: int, threads: int) -> dict:
             t_torch = best_time(torch_sdpa, repeat=3, min_time=0)
         row["torch_ms"] = f"{t_torch * 1e3:.1f}"
         row["ferrum_vs_torch"] = f"{t_torch / t:.2f}x"
-    return row
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """rows[i]["vs_bf16"]: the bfloat16 "exact" time of the same case / the row's time; drops
+    the "seconds" field."""
+    base = {(r["case"], r["batch"], r["context"]): r["seconds"] for r in rows
+            if r["dtype"] == "bfloat16" and r["precision"] == "exact"}
+    for r in rows:
+        t = r.pop("seconds")
+        key = (r["case"], r["batch"], r["context"])
+        if key in base:
+            r["vs_bf16"] = f"{base[key] / t:.2f}x"
 
 
 def run(preset: str = "quick", threads: int = os.cpu_count() or 1,
-        progress: bool = False) -> list[Result]:
+        progress: bool = False, formats: list[str] | None = None) -> list[Result]:
     """Decode rows, then prefill rows (when the preset has any), as Results."""
     sizes = PRESETS[preset]
     if torch is not None:
@@ -191,28 +250,35 @@ def run(preset: str = "quick", threads: int = os.cpu_count() or 1,
                f"{torch.__version__ if torch is not None else 'not installed'}; read ceiling "
                f"({threads}-thread sum over 1 GiB) {ceiling / 1e9:.1f} GB/s; % = K/V bytes read "
                "per call / time / ceiling")
+    formats = formats or FORMATS
+    if "bfloat16" not in formats:
+        formats = ["bfloat16"] + list(formats)  # the ratios' baseline
     decode_rows, notes = [], [context]
-    for dtype in ("float32", "bfloat16"):
-        for ctx, batch in itertools.product(sizes["contexts"], sizes["batches"]):
-            row = bench_decode(dtype, batch, ctx, threads, ceiling)
-            if row is None:
+    notes.append("fast precision: low-precision kernels for " + ", ".join(
+        f"{d} {core.attention_fast_isas(d) or '(none: the exact code)'}" for d in formats))
+    for ctx, batch in itertools.product(sizes["contexts"], sizes["batches"]):
+        for dtype in formats:
+            rows = bench_decode(dtype, batch, ctx, threads, ceiling)
+            if not rows:
                 notes.append(f"skipped decode {dtype} batch {batch} context {ctx}: K/V over "
                              f"{MAX_CALL_BYTES >> 20} MiB per call")
-            else:
-                decode_rows.append(row)
-                if progress:
+            decode_rows += rows
+            if progress:
+                for row in rows:
                     print(row, flush=True)
+    add_ratios(decode_rows)
     results = [Result("Paged attention decode (Llama-3-8B-like layer: 32 q heads, 8 KV heads, "
                       "head_dim 128)", decode_rows, notes)]
-    prefill_rows = [bench_prefill(dtype, tokens, threads)
-                    for dtype in ("float32", "bfloat16") for tokens in sizes["prefill"]]
+    prefill_rows = [row for tokens in sizes["prefill"] for dtype in formats
+                    for row in bench_prefill(dtype, tokens, threads)]
     if prefill_rows:
+        add_ratios(prefill_rows)
         results.append(Result("Paged attention prefill (causal, one prompt)", prefill_rows))
     return results
 
 
 def quick() -> list[Result]:
-    return run("tiny")
+    return run("tiny", formats=["float32", "bfloat16", "int8"])
 
 
 def main() -> None:
@@ -220,9 +286,12 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="storage formats, comma-separated (bfloat16 always runs: the "
+                        "ratios' baseline; default %(default)s)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    results = run(args.preset, args.threads, progress=True)
+    results = run(args.preset, args.threads, progress=True, formats=args.formats.split(","))
     for result in results:
         result.print()
     write_json(args.json, {"machine": machine(), "threads": args.threads,

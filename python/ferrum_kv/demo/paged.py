@@ -26,12 +26,15 @@ class PagedStepAttention:
     cache : PagedKvCache
     decode_ids : sequence of int
     prefill_ids, chunk_starts, chunk_ends : sequences of int, same length
+    precision : str
+        The kernels' ``precision``: "exact" (default) or "fast".
     """
 
     def __init__(self, cache: fkv.PagedKvCache, decode_ids: Sequence[int],
                  prefill_ids: Sequence[int], chunk_starts: Sequence[int],
-                 chunk_ends: Sequence[int]) -> None:
+                 chunk_ends: Sequence[int], precision: str = "exact") -> None:
         self._cache = cache
+        self._precision = precision
         self._decode_ids = np.asarray(decode_ids, dtype=np.int64)
         self._prefill_ids = np.asarray(prefill_ids, dtype=np.int64)
         self._chunk_ends = np.asarray(chunk_ends, dtype=np.int32)
@@ -55,9 +58,11 @@ class PagedStepAttention:
         num_decode = len(self._decode_ids)
         if num_decode:
             fkv.paged_attention_decode(q[:num_decode], self._cache, layer, self._decode_ids,
-                                       scale, out[:num_decode], **options)
+                                       scale, out[:num_decode], precision=self._precision,
+                                       **options)
         if len(self._prefill_ids):
             fkv.paged_attention_prefill(q[num_decode:], self._cache, layer, self._prefill_ids,
                                         self._query_lens, scale, out[num_decode:],
-                                        context_lens=self._chunk_ends, **options)
+                                        context_lens=self._chunk_ends,
+                                        precision=self._precision, **options)
         return out

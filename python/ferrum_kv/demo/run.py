@@ -13,7 +13,7 @@ from tqdm import tqdm
 import ferrum_kv as fkv
 from ferrum_kv.demo.model import Decoder
 from ferrum_kv.demo.presets import HF_MODEL_PRESETS, MODEL_PRESETS
-from ferrum_kv.demo.reference import DEFAULT_TOLERANCE, VerifyReport, verify
+from ferrum_kv.demo.reference import VerifyReport, default_tolerance, verify
 from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig, StepRecord
 from ferrum_kv.demo.workload import Workload, WorkloadConfig
 
@@ -53,6 +53,8 @@ class DemoOptions:
         Storage tiers for the prefix cache (``ferrum_kv.tiers.spec.parse_tier``: ``disk:PATH``,
         ``redis://...``), fastest first; needs prefix caching. Their model id names the preset
         and the seed (the weights).
+    precision : str
+        The attention kernels' precision, "exact" or "fast" (``paged_attention_decode``).
     """
 
     preset: str = "base"
@@ -70,10 +72,13 @@ class DemoOptions:
     prompt_logits: int = 0
     threads: int = 1
     tiers: tuple = ()
+    precision: str = "exact"
 
     def __post_init__(self) -> None:
         if self.tiers and not self.prefix_caching:
             raise ValueError("tiers need prefix caching")
+        if self.precision not in ("exact", "fast"):
+            raise ValueError(f"precision must be 'exact' or 'fast', got {self.precision!r}")
         if self.prompt_logits < 0:
             raise ValueError(f"prompt_logits must be at least 0, got {self.prompt_logits}")
         if self.preset not in MODEL_PRESETS and self.preset not in HF_MODEL_PRESETS:
@@ -115,7 +120,7 @@ class DemoResult:
 
 
 def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[bool] = None,
-             tolerance: float = DEFAULT_TOLERANCE) -> DemoResult:
+             tolerance: Optional[float] = None) -> DemoResult:
     """Serve the synthetic workload over a PagedKvCache and summarise; optionally verify it.
 
     Parameters
@@ -125,8 +130,9 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
         Also run every sample through the contiguous reference (``reference.verify``).
     progress : bool, optional
         Show tqdm progress bars on stderr; None (default): when stderr is a terminal.
-    tolerance : float
-        Relative logit tolerance of the verification.
+    tolerance : float, optional
+        Relative logit tolerance of the verification; default ``default_tolerance`` of the
+        storage dtype and precision.
 
     Returns
     -------
@@ -168,7 +174,7 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
                         vocab_size, seed=options.seed)
     scheduler = Scheduler(model, cache, workload, SchedulerConfig(
         token_budget=options.token_budget, max_num_seqs=options.max_num_seqs,
-        record_logits=verify_run))
+        record_logits=verify_run, attention_precision=options.precision))
 
     hide_progress = None if progress is None else not progress  # tqdm: None = auto
     with _threads(options.threads):
@@ -186,6 +192,8 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
             with tqdm(total=len(scheduler.finished), desc="verifying", unit="sample",
                       disable=hide_progress, leave=False) as bar:
                 verify_start = time.perf_counter()
+                if tolerance is None:
+                    tolerance = default_tolerance(options.dtype, options.precision)
                 verification = verify(model, scheduler.finished, options.dtype, tolerance,
                                       progress=bar.update, reference=reference)
                 verify_elapsed = time.perf_counter() - verify_start

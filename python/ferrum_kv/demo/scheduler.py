@@ -102,16 +102,22 @@ class SchedulerConfig:
         can keep decoding for a while without preemption.
     record_logits : bool
         Keep every sample's logits (for ``--verify``).
+    attention_precision : str
+        ``precision`` of the attention kernels: "exact" or "fast" (``paged_attention_decode``).
     """
 
     token_budget: int = 256
     max_num_seqs: int = 24
     watermark_blocks: int = 2
     record_logits: bool = False
+    attention_precision: str = "exact"
 
     def __post_init__(self) -> None:
         if self.token_budget < 1 or self.max_num_seqs < 1 or self.watermark_blocks < 0:
             raise ValueError(f"bad scheduler limits: {self}")
+        if self.attention_precision not in ("exact", "fast"):
+            raise ValueError(f"attention_precision must be 'exact' or 'fast', got "
+                             f"{self.attention_precision!r}")
 
 
 class Status(enum.Enum):
@@ -365,7 +371,8 @@ class Scheduler:
         attention = PagedStepAttention(self.cache, [s.seq_id for s in decode],
                                        [s.seq_id for s, _, _ in chunks],
                                        [start for _, start, _ in chunks],
-                                       [end for _, _, end in chunks])
+                                       [end for _, _, end in chunks],
+                                       precision=self.config.attention_precision)
         hidden = self.model.forward(tokens, positions, attention)
         self.computed_tokens += len(tokens)
         for seq, _, end in rows:

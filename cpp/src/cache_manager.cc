@@ -1066,7 +1066,7 @@ int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
                                        &hits);
     if (h < import.first_block || h >= end) return;
     // The hits are kept from eviction while the fresh blocks are taken (held like a table's).
-    const int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
+    int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
     if (count <= 0) return;
     std::vector<PrefixKey> keys(static_cast<size_t>(count));
     keyer_.Chain(h == 0 ? keyer_.Root(namespace_id) : key_scratch_[size_t(h - 1)],
@@ -1090,9 +1090,17 @@ int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
     std::copy(scratch_.begin(), scratch_.begin() + count, fresh.begin());
     const size_t bytes = size_t(storage_->bytes_per_block());
     const uint8_t* const* payload = import.payloads + (h - import.first_block);
-    for (int64_t i = 0; i < count; ++i) {
-      std::memcpy(storage_->BlockData(fresh[size_t(i)]), payload[i], bytes);
+    int64_t copied = 0;
+    for (; copied < count; ++copied) {
+      uint8_t* block = storage_->BlockData(fresh[size_t(copied)]);
+      std::memcpy(block, payload[copied], bytes);
+      if (import.check && !import.check(h - import.first_block + copied, block)) break;
     }
+    if (copied < count) {  // a block failed its check: it and the rest go back to the pool
+      pool_.Free(fresh.data() + copied, count - copied);
+      fresh.resize(size_t(copied));
+    }
+    count = copied;
     // Each fresh block's allocation reference becomes the index's. A block whose content is
     // cached already (under a later key of the chain) is not inserted: it is freed.
     block_scratch_.clear();

@@ -133,6 +133,11 @@ struct BlockImport {
   // num_blocks pointers to bytes_per_block bytes each, in the storage layout of a block; they
   // must stay valid and unchanged during the call.
   const uint8_t* const* payloads = nullptr;
+  // If set, called under the cache's lock with each block's bytes right after they are copied
+  // into the arena (i: the index into payloads), so that the bytes checked are the bytes
+  // published even if payloads[i] changes meanwhile; false stops the import before block i
+  // (neither it nor those after it are published). Must not throw.
+  std::function<bool(int64_t i, const uint8_t* block)> check;
 };
 
 class PagedKvCache {

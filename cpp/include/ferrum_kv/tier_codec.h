@@ -59,11 +59,18 @@ class TierCodec {
   // Writes the header of value[0, value_bytes()) whose payload is already in place at
   // value + kTierHeaderBytes.
   void Seal(const BlockHash& hash, uint8_t* value) const;
-  // Checks value[0, len) as the value of the block named hash.
+  // Checks value[0, len) as the value of the block named hash: OpenHeader, then CheckPayload.
   TierValueStatus Open(const BlockHash& hash, const uint8_t* value, int64_t len) const;
+  // The two halves of Open, for a reader that checks the payload where it copied it (so that
+  // bytes another thread or process may still change are never checked and then used):
+  // OpenHeader checks every field but the checksum and the MAC (len is the whole value's);
+  // CheckPayload checks the checksum and the MAC of payload[0, payload_bytes()) against header
+  // (kTierHeaderBytes bytes that passed OpenHeader; kOk, kBadChecksum or kUnauthenticated).
+  TierValueStatus OpenHeader(const BlockHash& hash, const uint8_t* value, int64_t len) const;
+  TierValueStatus CheckPayload(const uint8_t* header, const uint8_t* payload) const;
 
  private:
-  void Mac(const uint8_t* value, uint8_t* mac) const;
+  void Mac(const uint8_t* header, const uint8_t* payload, uint8_t* mac) const;
 
   const std::string fingerprint_;
   const int64_t payload_bytes_;

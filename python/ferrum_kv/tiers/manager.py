@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -137,6 +138,11 @@ class TierManager:
         self._slots = [_Slot(t, config, model_id) for t in tiers]
         self._batch = max(1, _BATCH_BYTES // self._slots[0].codec.value_bytes)
         self._chunk = self._batch  # blocks read and imported at a time
+        self._buffers = threading.local()  # per thread that loads: _read_buffers
+        # Reads the tiers for add_sequence, one chunk ahead of the import: its thread starts on
+        # first use and ends when the manager is collected (close() leaves it: reads go on).
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ferrum-kv-tier-reader")
         self._drain_lock = threading.Lock()  # one writer at a time (thread or flush)
         self._promotions = collections.deque()  # (slot index, block hash, value from a slower tier)
         self._promotion_bytes = 0
@@ -236,7 +242,8 @@ class TierManager:
     def _load(self, cache, tokens, namespace, device) -> None:
         """Publishes the blocks after the device hits (the last token's block excepted) that the
         tiers hold, fastest tier first, each tier continuing where the ones before it stopped.
-        Values are read and imported in chunks of about 64 MiB (bounded memory)."""
+        Values are read and imported in chunks of about 64 MiB (bounded memory); the reader
+        thread reads the next chunk while this one is checked and copied into the arena."""
         from ferrum_kv import block_hashes
 
         bs = self._block_size
@@ -253,23 +260,54 @@ class TierManager:
             while run < len(present) and present[run]:
                 run += 1
             slot.count("misses", len(keys) - run)
-            for start in range(0, run, self._chunk):
-                got = slot.call(slot.tier.get_many, keys[start:start + self._chunk])
+            done += self._load_run(cache, tokens, namespace, device + done, index,
+                                   hashes[done:], keys[:run])
+
+    def _load_run(self, cache, tokens, namespace, first_block, index, hashes, keys) -> int:
+        """Reads and imports the values of keys (the blocks from first_block on) from slot index
+        until one is missing or bad; returns how many blocks were published."""
+        slot = self._slots[index]
+        starts = range(0, len(keys), self._chunk)
+        buffers = self._read_buffers()
+
+        def read(n):  # chunk n, into buffer n % 2, on the reader thread
+            return self._reader.submit(slot.call, slot.tier.get_many_into,
+                                       keys[starts[n]:starts[n] + self._chunk], buffers[n % 2])
+
+        done = 0
+        pending = read(0) if starts else None
+        try:
+            for n in range(len(starts)):
+                got, pending = pending.result(), read(n + 1) if n + 1 < len(starts) else None
                 if got is None:
                     break
                 found = 0
-                while found < len(got) and isinstance(got[found], bytes):  # None: evicted
+                while found < len(got) and got[found] is not None:  # None: evicted
                     found += 1
                 slot.count("misses", len(got) - found)
                 if found == 0:
                     break
-                first = done
                 imported, statuses = cache._import_from_tiers(
-                    tokens, namespace, device + first, got[:found], [slot.codec] * found)
+                    tokens, namespace, first_block + done, got[:found], [slot.codec] * found)
+                self._account(index, hashes[done:], got, imported, statuses)
                 done += imported
-                self._account(index, hashes[first:], got, imported, statuses)
                 if imported < self._chunk or found < len(got):
                     break
+        finally:
+            if pending is not None:  # a read ahead that is not needed: its buffer is reused
+                pending.result()
+        return done
+
+    def _read_buffers(self) -> tuple:
+        """The calling thread's two buffers of one chunk of values each, lent to get_many_into
+        (one being read into while the other is imported): reused from one chunk and one call
+        to the next, so that reading does not page-fault fresh memory."""
+        buffers = getattr(self._buffers, "buffers", None)
+        if buffers is None:
+            size = self._chunk * self._slots[0].codec.value_bytes
+            buffers = self._buffers.buffers = (memoryview(bytearray(size)),
+                                               memoryview(bytearray(size)))
+        return buffers
 
     def _account(self, index, hashes, values, imported, statuses) -> None:
         slot = self._slots[index]
@@ -287,6 +325,7 @@ class TierManager:
             slot.call(slot.tier.delete_many, [slot.key(hashes[bad])])
 
     def _queue_promotions(self, source: int, block_hash: bytes, value: bytes) -> None:
+        value = bytes(value)  # a slice of the reader's buffer: copied before it is reused
         with self._promotions_lock:
             for index in range(source):
                 if self._promotion_bytes + len(value) > _PROMOTION_QUEUE_BYTES:

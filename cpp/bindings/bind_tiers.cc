@@ -201,7 +201,7 @@ void BindTiers(py::module_& m) {
                       "blocks [" << first_block << ", " << first_block + k << ") are not all "
                                  << "full blocks of " << tokens.size() << " tokens");
         // Each value's bytes, held (buffer protocol) for the call; its header is copied and
-        // checked here, its payload is checked where ImportBlocks copied it into the arena, so
+        // checked here, its payload as ImportBlocks copies it into the arena, so
         // a value that changes meanwhile (a buffer the caller reuses, a file rewritten in place)
         // is never checked in one state and loaded in another.
         std::vector<HeldBuffer> data(static_cast<size_t>(k));
@@ -236,15 +236,21 @@ void BindTiers(py::module_& m) {
           import.first_block = first_block;
           import.num_blocks = int64_t(payloads.size());
           import.payloads = payloads.data();
-          import.check = [&](int64_t i, const uint8_t* block) {
-            const TierValueStatus status =
-                codec_of[size_t(i)]->CheckPayload(headers[size_t(i)].data(), block);
-            if (status == TierValueStatus::kOk) return true;
-            statuses.resize(size_t(i) + 1);  // the value that stopped the run is the last
-            statuses.back() = status;
-            return false;
+          std::vector<TierValueStatus> copied(payloads.size(), TierValueStatus::kOk);
+          import.copy = [&](int64_t i, uint8_t* block) {  // concurrently, for distinct i
+            copied[size_t(i)] = codec_of[size_t(i)]->CopyPayload(headers[size_t(i)].data(),
+                                                                 payloads[size_t(i)], block);
+            return copied[size_t(i)] == TierValueStatus::kOk;
           };
           imported = cache.ImportBlocks(tokens.data(), int64_t(tokens.size()), ns, import);
+          // The first payload that failed (if any) stopped the run: it is the last status.
+          for (size_t i = 0; i < copied.size(); ++i) {
+            if (copied[i] != TierValueStatus::kOk) {
+              statuses.resize(i + 1);
+              statuses.back() = copied[i];
+              break;
+            }
+          }
         }
         py::list names;
         for (TierValueStatus s : statuses) names.append(TierValueStatusName(s));

@@ -87,9 +87,17 @@ TierValueStatus TierCodec::OpenHeader(const BlockHash& hash, const uint8_t* valu
 }
 
 TierValueStatus TierCodec::CheckPayload(const uint8_t* header, const uint8_t* payload) const {
-  if (Load<uint64_t>(header + 64) != Xxh64(payload, size_t(payload_bytes_))) {
-    return TierValueStatus::kBadChecksum;
-  }
+  return Verify(header, Xxh64(payload, size_t(payload_bytes_)), payload);
+}
+
+TierValueStatus TierCodec::CopyPayload(const uint8_t* header, const uint8_t* payload,
+                                       uint8_t* out) const {
+  return Verify(header, Xxh64Copy(payload, size_t(payload_bytes_), out), out);
+}
+
+TierValueStatus TierCodec::Verify(const uint8_t* header, uint64_t checksum,
+                                  const uint8_t* payload) const {
+  if (Load<uint64_t>(header + 64) != checksum) return TierValueStatus::kBadChecksum;
   if (authenticates()) {
     uint8_t mac[32];
     Mac(header, payload, mac);

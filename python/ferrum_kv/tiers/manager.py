@@ -4,8 +4,10 @@ Writes: a background thread takes the blocks the cache queued when it published 
 (``_tier_export``: copied out and sealed in C++, without the GIL, then unpinned) and stores them in
 every tier that is up. Reads: ``add_sequence`` probes the tiers for the blocks after the device
 hits, fastest first, each tier continuing where the one before stopped, reads the leading run in
-chunks and hands each to the cache (``_import_from_tiers``), which checks every value
-(``TierCodec``) and publishes the good leading run; the cache's add_sequence then finds it.
+chunks into reused buffers (a reader thread reads the next chunk while one is imported) and hands
+each to the cache (``_import_from_tiers``), which checks every value (``TierCodec``, the payload
+as it is copied into the arena) and publishes the good leading run; the cache's add_sequence then
+finds it.
 Values that fail a check are counted and deleted. Blocks loaded from a slower tier are promoted to
 the faster tiers that missed them, by the writer thread.
 

@@ -292,6 +292,23 @@ def test_chunked_restore_reads_ahead_and_stops_at_a_bad_value(tmp_path, bad_bloc
     b.check_invariants()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_restores_in_a_child_made_by_fork(tmp_path):
+    """The reader thread of the parent does not exist in a forked child: it starts its own."""
+    a, data = written_cache(tmp_path)
+    b = fkv.PagedKvCache(config(), tiers=[DiskTier(tmp_path)], model_id="m")
+    assert b.add_sequence(1, tokens(21)) == 20  # the reader thread has started
+    b.free_sequence(1)
+    b.reset_prefix_cache()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the restore works
+        ok = (b.add_sequence(2, tokens(21)) == 20
+              and np.array_equal(block_bytes(b, b.block_table(2)[:5]), data[:5]))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_disk_get_many_into_reads_into_the_lent_buffer(tmp_path):
     tier = DiskTier(tmp_path)
     values = {f"k{i}": os.urandom(100 + i) for i in range(3)}

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import hashlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -141,10 +142,10 @@ class TierManager:
         self._batch = max(1, _BATCH_BYTES // self._slots[0].codec.value_bytes)
         self._chunk = self._batch  # blocks read and imported at a time
         self._buffers = threading.local()  # per thread that loads: _read_buffers
-        # Reads the tiers for add_sequence, one chunk ahead of the import: its thread starts on
-        # first use and ends when the manager is collected (close() leaves it: reads go on).
-        self._reader = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ferrum-kv-tier-reader")
+        # Reads the tiers for add_sequence, one chunk ahead of the import (_reader_pool).
+        self._reader = None
+        self._reader_pid = None
+        self._reader_lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one writer at a time (thread or flush)
         self._promotions = collections.deque()  # (slot index, block hash, value from a slower tier)
         self._promotion_bytes = 0
@@ -271,9 +272,10 @@ class TierManager:
         slot = self._slots[index]
         starts = range(0, len(keys), self._chunk)
         buffers = self._read_buffers()
+        reader = self._reader_pool()
 
         def read(n):  # chunk n, into buffer n % 2, on the reader thread
-            return self._reader.submit(slot.call, slot.tier.get_many_into,
+            return reader.submit(slot.call, slot.tier.get_many_into,
                                        keys[starts[n]:starts[n] + self._chunk], buffers[n % 2])
 
         done = 0
@@ -299,6 +301,17 @@ class TierManager:
             if pending is not None:  # a read ahead that is not needed: its buffer is reused
                 pending.result()
         return done
+
+    def _reader_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The reader thread's pool: started on first use, ended when the manager is collected
+        (close() leaves it: restores go on), and started again in a child made by fork() (the
+        parent's thread does not exist there)."""
+        with self._reader_lock:
+            if self._reader_pid != os.getpid():
+                self._reader = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="ferrum-kv-tier-reader")
+                self._reader_pid = os.getpid()
+            return self._reader
 
     def _read_buffers(self) -> tuple:
         """The calling thread's two buffers of one chunk of values each, lent to get_many_into

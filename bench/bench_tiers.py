@@ -18,6 +18,7 @@ Needs redis-server on PATH (apt-get install redis-server) and redis-py (pip inst
 
     python bench/bench_tiers.py                 # Llama-3-8B geometry, bfloat16, 16K tokens
     python bench/bench_tiers.py --tokens 4096   # less memory
+    python bench/bench_tiers.py --decode-steps 0  # the restore figures only
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def main(argv=None):
     if shutil.which("redis-server") is None:
         sys.exit("bench_tiers needs redis-server (apt-get install redis-server)")
     prompt = np.arange(args.tokens, dtype=np.int32) % 30000
+    title = (f"storage tiers, Llama-3-8B geometry (bfloat16, block {BLOCK}), "
+             f"{args.tokens}-token prompt")
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_redis(tmp)
@@ -206,6 +209,8 @@ def main(argv=None):
                          f"{recompute:.1f} s (2 x {LLAMA3_8B_PARAMETERS:.2e} x {args.tokens} "
                          f"FLOPs at {gflops:.0f} GFLOP/s float32 matmul): "
                          f"{recompute / redis_seconds:.0f}x faster")
+            if args.decode_steps == 0:  # restore figures only
+                return report(Result(title, rows, notes), args.json)
             with_tier, without, written = decode_steps(os.path.join(tmp, "decode"), 256, 256,
                                                        args.decode_steps)
             rows.append({"case": "decode step, 256 seqs, with disk tier", "GB": "",
@@ -218,8 +223,7 @@ def main(argv=None):
         finally:
             proc.terminate()
             proc.wait()
-    report(Result(f"storage tiers, Llama-3-8B geometry (bfloat16, block {BLOCK}), "
-                  f"{args.tokens}-token prompt", rows, notes), args.json)
+    report(Result(title, rows, notes), args.json)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -39,6 +41,32 @@ std::pair<const uint8_t*, int64_t> BytesData(py::handle value, const char* name)
   return {reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(value.ptr())),
           int64_t(PyBytes_GET_SIZE(value.ptr()))};
 }
+
+// A read-only, contiguous buffer (bytes, bytearray, memoryview, mmap, ...) held from Hold until
+// destruction; destroy with the GIL held.
+struct HeldBuffer {
+  const uint8_t* data = nullptr;
+  int64_t len = 0;
+  Py_buffer view{};
+  bool held = false;
+
+  HeldBuffer() = default;
+  HeldBuffer(const HeldBuffer&) = delete;
+  HeldBuffer& operator=(const HeldBuffer&) = delete;
+  ~HeldBuffer() {
+    if (held) PyBuffer_Release(&view);
+  }
+  void Hold(py::handle object, const char* name) {
+    if (PyObject_GetBuffer(object.ptr(), &view, PyBUF_SIMPLE) != 0) {
+      PyErr_Clear();
+      throw py::type_error(std::string(name) + " must be a contiguous bytes-like object, got " +
+                           std::string(py::str(py::type::of(object).attr("__name__"))));
+    }
+    held = true;
+    data = static_cast<const uint8_t*>(view.buf);
+    len = int64_t(view.len);
+  }
+};
 
 // Copies out up to max_blocks queued blocks, sealed with codec: (hashes uint8 [k, 32], values
 // uint8 [k, value_bytes]). The blocks are unpinned however the call ends.
@@ -172,10 +200,15 @@ void BindTiers(py::module_& m) {
         FKV_CHECK_ARG((first_block + k) * block_size <= int64_t(tokens.size()),
                       "blocks [" << first_block << ", " << first_block + k << ") are not all "
                                  << "full blocks of " << tokens.size() << " tokens");
-        std::vector<std::pair<const uint8_t*, int64_t>> data;
+        // Each value's bytes, held (buffer protocol) for the call; its header is copied and
+        // checked here, its payload as ImportBlocks copies it into the arena, so
+        // a value that changes meanwhile (a buffer the caller reuses, a file rewritten in place)
+        // is never checked in one state and loaded in another.
+        std::vector<HeldBuffer> data(static_cast<size_t>(k));
+        std::vector<std::array<uint8_t, kTierHeaderBytes>> headers(static_cast<size_t>(k));
         std::vector<const TierCodec*> codec_of;
         for (int64_t i = 0; i < k; ++i) {
-          data.push_back(BytesData(values[size_t(i)], "values[i]"));
+          data[size_t(i)].Hold(values[size_t(i)], "values[i]");
           codec_of.push_back(&codecs[size_t(i)].cast<const TierCodec&>());
           FKV_CHECK_ARG(codec_of.back()->payload_bytes() == cache.storage()->bytes_per_block(),
                         "codecs[" << i << "] is not for this cache's bytes_per_block");
@@ -184,24 +217,40 @@ void BindTiers(py::module_& m) {
         int64_t imported;
         {
           py::gil_scoped_release release;
-          // The leading run of values that open as the blocks the tokens name.
+          // The leading run of values whose headers open as the blocks the tokens name.
           CheckTokenIds(tokens.data(), 0, int64_t(tokens.size()));
           std::vector<BlockHash> hashes(static_cast<size_t>(first_block + k));
           HashBlocks(RootHash(reinterpret_cast<const uint8_t*>(ns.data()), ns.size()),
                      tokens.data(), first_block + k, block_size, hashes.data());
           std::vector<const uint8_t*> payloads;
           for (int64_t i = 0; i < k; ++i) {
-            statuses.push_back(codec_of[size_t(i)]->Open(hashes[size_t(first_block + i)],
-                                                         data[size_t(i)].first,
-                                                         data[size_t(i)].second));
+            const HeldBuffer& value = data[size_t(i)];
+            std::memcpy(headers[size_t(i)].data(), value.data,
+                        size_t(std::min<int64_t>(value.len, kTierHeaderBytes)));
+            statuses.push_back(codec_of[size_t(i)]->OpenHeader(
+                hashes[size_t(first_block + i)], headers[size_t(i)].data(), value.len));
             if (statuses.back() != TierValueStatus::kOk) break;
-            payloads.push_back(data[size_t(i)].first + kTierHeaderBytes);
+            payloads.push_back(value.data + kTierHeaderBytes);
           }
           BlockImport import;
           import.first_block = first_block;
           import.num_blocks = int64_t(payloads.size());
           import.payloads = payloads.data();
+          std::vector<TierValueStatus> copied(payloads.size(), TierValueStatus::kOk);
+          import.copy = [&](int64_t i, uint8_t* block) {  // concurrently, for distinct i
+            copied[size_t(i)] = codec_of[size_t(i)]->CopyPayload(headers[size_t(i)].data(),
+                                                                 payloads[size_t(i)], block);
+            return copied[size_t(i)] == TierValueStatus::kOk;
+          };
           imported = cache.ImportBlocks(tokens.data(), int64_t(tokens.size()), ns, import);
+          // The first payload that failed (if any) stopped the run: it is the last status.
+          for (size_t i = 0; i < copied.size(); ++i) {
+            if (copied[i] != TierValueStatus::kOk) {
+              statuses.resize(i + 1);
+              statuses.back() = copied[i];
+              break;
+            }
+          }
         }
         py::list names;
         for (TierValueStatus s : statuses) names.append(TierValueStatusName(s));
@@ -209,9 +258,9 @@ void BindTiers(py::module_& m) {
       },
       py::arg("tokens"), py::arg("namespace"), py::arg("first_block"), py::arg("values"),
       py::arg("codecs"),
-      "For ferrum_kv.tiers: values[i] (bytes, opened with codecs[i]) as the K/V of full block "
-      "first_block + i of tokens. Values are checked in order up to the first that fails; the "
-      "good leading run is published where the device lookup stops (ImportBlocks), for "
+      "For ferrum_kv.tiers: values[i] (a bytes-like object, opened with codecs[i]) as the K/V of full block "
+      "first_block + i of tokens. Headers are checked in order up to the first that fails, each "
+      "payload where it was copied into the arena; the good leading run is published where the device lookup stops (ImportBlocks), for "
       "add_sequence to find. Returns (blocks published, statuses of the checked values).");
 }
 

@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cstring>
 
+#include "ferrum_kv/parallel.h"
 #include "ferrum_kv/support/check.h"
 
 namespace ferrum_kv {
@@ -1066,7 +1067,7 @@ int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
                                        &hits);
     if (h < import.first_block || h >= end) return;
     // The hits are kept from eviction while the fresh blocks are taken (held like a table's).
-    const int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
+    int64_t count = std::min(end - h, AvailableBlocks() - CountEvictable(hits));
     if (count <= 0) return;
     std::vector<PrefixKey> keys(static_cast<size_t>(count));
     keyer_.Chain(h == 0 ? keyer_.Root(namespace_id) : key_scratch_[size_t(h - 1)],
@@ -1079,6 +1080,7 @@ int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
                  tokens, h + count, block_size, hashes.data());
     }
     std::vector<BlockId> fresh(static_cast<size_t>(count));
+    std::vector<uint8_t> valid(import.copy ? size_t(count) : 0);  // of each block, by copy
     ref_count_scratch_.reserve(hits.size());  // ReleaseDeviceBlocks below
     block_scratch_.reserve(size_t(count));
     PrepareAllocation(count);  // the last step that may fail
@@ -1090,9 +1092,29 @@ int64_t PagedKvCache::ImportBlocks(const int32_t* tokens, int64_t n,
     std::copy(scratch_.begin(), scratch_.begin() + count, fresh.begin());
     const size_t bytes = size_t(storage_->bytes_per_block());
     const uint8_t* const* payload = import.payloads + (h - import.first_block);
-    for (int64_t i = 0; i < count; ++i) {
-      std::memcpy(storage_->BlockData(fresh[size_t(i)]), payload[i], bytes);
+    int64_t copied = 0;
+    if (!import.copy) {
+      for (; copied < count; ++copied) {
+        std::memcpy(storage_->BlockData(fresh[size_t(copied)]), payload[copied], bytes);
+      }
+    } else {
+      // Copied (and checked) on the library's threads: a restore is bound by this pass.
+      const auto copy = [&](int32_t, int64_t i) {
+        valid[size_t(i)] = import.copy(h - import.first_block + i,
+                                       storage_->BlockData(fresh[size_t(i)]));
+      };
+      try {
+        ParallelFor(count, DefaultNumThreads(), copy);
+      } catch (...) {  // the threads could not run it (nothing may fail here): run it here
+        for (int64_t i = 0; i < count; ++i) copy(0, i);
+      }
+      while (copied < count && valid[size_t(copied)]) ++copied;
     }
+    if (copied < count) {  // a block failed its check: it and the rest go back to the pool
+      pool_.Free(fresh.data() + copied, count - copied);
+      fresh.resize(size_t(copied));
+    }
+    count = copied;
     // Each fresh block's allocation reference becomes the index's. A block whose content is
     // cached already (under a later key of the chain) is not inserted: it is freed.
     block_scratch_.clear();

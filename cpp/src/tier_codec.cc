@@ -48,9 +48,9 @@ TierCodec::TierCodec(const std::string& fingerprint, int64_t payload_bytes, std:
   FKV_CHECK_ARG(payload_bytes >= 1, "payload_bytes must be >= 1, got " << payload_bytes);
 }
 
-void TierCodec::Mac(const uint8_t* value, uint8_t* mac) const {
+void TierCodec::Mac(const uint8_t* header, const uint8_t* payload, uint8_t* mac) const {
   const std::pair<const uint8_t*, size_t> parts[] = {
-      {value, size_t(kMacOffset)}, {value + kTierHeaderBytes, size_t(payload_bytes_)}};
+      {header, size_t(kMacOffset)}, {payload, size_t(payload_bytes_)}};
   HmacSha256(secret_, parts, 2, mac);
 }
 
@@ -63,10 +63,16 @@ void TierCodec::Seal(const BlockHash& hash, uint8_t* value) const {
   std::memcpy(value + 24, hash.data(), hash.size());
   Store<uint64_t>(value + 56, uint64_t(payload_bytes_));
   Store<uint64_t>(value + 64, Xxh64(value + kTierHeaderBytes, size_t(payload_bytes_)));
-  if (authenticates()) Mac(value, value + kMacOffset);
+  if (authenticates()) Mac(value, value + kTierHeaderBytes, value + kMacOffset);
 }
 
 TierValueStatus TierCodec::Open(const BlockHash& hash, const uint8_t* value, int64_t len) const {
+  const TierValueStatus status = OpenHeader(hash, value, len);
+  return status == TierValueStatus::kOk ? CheckPayload(value, value + kTierHeaderBytes) : status;
+}
+
+TierValueStatus TierCodec::OpenHeader(const BlockHash& hash, const uint8_t* value,
+                                      int64_t len) const {
   if (len != value_bytes() || std::memcmp(value, kMagic, 4) != 0 ||
       Load<uint16_t>(value + 4) != kTierFormatVersion ||
       Load<uint16_t>(value + 6) != (authenticates() ? kFlagMac : 0) ||
@@ -77,15 +83,27 @@ TierValueStatus TierCodec::Open(const BlockHash& hash, const uint8_t* value, int
     return TierValueStatus::kForeign;
   }
   if (std::memcmp(value + 24, hash.data(), hash.size()) != 0) return TierValueStatus::kWrongBlock;
-  if (Load<uint64_t>(value + 64) != Xxh64(value + kTierHeaderBytes, size_t(payload_bytes_))) {
-    return TierValueStatus::kBadChecksum;
-  }
+  return TierValueStatus::kOk;
+}
+
+TierValueStatus TierCodec::CheckPayload(const uint8_t* header, const uint8_t* payload) const {
+  return Verify(header, Xxh64(payload, size_t(payload_bytes_)), payload);
+}
+
+TierValueStatus TierCodec::CopyPayload(const uint8_t* header, const uint8_t* payload,
+                                       uint8_t* out) const {
+  return Verify(header, Xxh64Copy(payload, size_t(payload_bytes_), out), out);
+}
+
+TierValueStatus TierCodec::Verify(const uint8_t* header, uint64_t checksum,
+                                  const uint8_t* payload) const {
+  if (Load<uint64_t>(header + 64) != checksum) return TierValueStatus::kBadChecksum;
   if (authenticates()) {
     uint8_t mac[32];
-    Mac(value, mac);
+    Mac(header, payload, mac);
     // Constant time: a forger learns nothing from how long a wrong MAC took to reject.
     uint8_t diff = 0;
-    for (int i = 0; i < 32; ++i) diff |= uint8_t(mac[i] ^ value[kMacOffset + i]);
+    for (int i = 0; i < 32; ++i) diff |= uint8_t(mac[i] ^ header[kMacOffset + i]);
     if (diff != 0) return TierValueStatus::kUnauthenticated;
   }
   return TierValueStatus::kOk;

@@ -36,9 +36,25 @@ uint64_t MergeRound(uint64_t acc, uint64_t lane) {
   return acc * kPrime1 + kPrime4;
 }
 
-}  // namespace
-
-uint64_t Xxh64(const uint8_t* data, size_t len, uint64_t seed) {
+// XXH64 of data[0, len); with kCopy, also stores every word it loads to out (so the hash is
+// that of the bytes written to out, even if data changes meanwhile).
+template <bool kCopy>
+uint64_t Xxh64Impl(const uint8_t* data, size_t len, uint64_t seed, uint8_t* out) {
+  const auto load64 = [&](const uint8_t* q) {
+    const uint64_t v = Load64(q);
+    if constexpr (kCopy) std::memcpy(out + (q - data), &v, 8);
+    return v;
+  };
+  const auto load32 = [&](const uint8_t* q) {
+    const uint32_t v = Load32(q);
+    if constexpr (kCopy) std::memcpy(out + (q - data), &v, 4);
+    return v;
+  };
+  const auto load8 = [&](const uint8_t* q) {
+    const uint8_t v = *q;
+    if constexpr (kCopy) out[q - data] = v;
+    return v;
+  };
   const uint8_t* p = data;
   const uint8_t* const end = data + len;
   uint64_t h;
@@ -48,10 +64,10 @@ uint64_t Xxh64(const uint8_t* data, size_t len, uint64_t seed) {
     uint64_t v3 = seed;
     uint64_t v4 = seed - kPrime1;
     for (; p + 32 <= end; p += 32) {
-      v1 = Round(v1, Load64(p));
-      v2 = Round(v2, Load64(p + 8));
-      v3 = Round(v3, Load64(p + 16));
-      v4 = Round(v4, Load64(p + 24));
+      v1 = Round(v1, load64(p));
+      v2 = Round(v2, load64(p + 8));
+      v3 = Round(v3, load64(p + 16));
+      v4 = Round(v4, load64(p + 24));
     }
     h = RotateLeft(v1, 1) + RotateLeft(v2, 7) + RotateLeft(v3, 12) + RotateLeft(v4, 18);
     h = MergeRound(h, v1);
@@ -62,18 +78,28 @@ uint64_t Xxh64(const uint8_t* data, size_t len, uint64_t seed) {
     h = seed + kPrime5;
   }
   h += uint64_t(len);
-  for (; p + 8 <= end; p += 8) h = RotateLeft(h ^ Round(0, Load64(p)), 27) * kPrime1 + kPrime4;
+  for (; p + 8 <= end; p += 8) h = RotateLeft(h ^ Round(0, load64(p)), 27) * kPrime1 + kPrime4;
   if (p + 4 <= end) {
-    h = RotateLeft(h ^ (uint64_t(Load32(p)) * kPrime1), 23) * kPrime2 + kPrime3;
+    h = RotateLeft(h ^ (uint64_t(load32(p)) * kPrime1), 23) * kPrime2 + kPrime3;
     p += 4;
   }
-  for (; p < end; ++p) h = RotateLeft(h ^ (uint64_t(*p) * kPrime5), 11) * kPrime1;
+  for (; p < end; ++p) h = RotateLeft(h ^ (uint64_t(load8(p)) * kPrime5), 11) * kPrime1;
   h ^= h >> 33;
   h *= kPrime2;
   h ^= h >> 29;
   h *= kPrime3;
   h ^= h >> 32;
   return h;
+}
+
+}  // namespace
+
+uint64_t Xxh64(const uint8_t* data, size_t len, uint64_t seed) {
+  return Xxh64Impl<false>(data, len, seed, nullptr);
+}
+
+uint64_t Xxh64Copy(const uint8_t* data, size_t len, uint8_t* out, uint64_t seed) {
+  return Xxh64Impl<true>(data, len, seed, out);
 }
 
 }  // namespace ferrum_kv

@@ -12,5 +12,9 @@
 namespace ferrum_kv {
 
 uint64_t Xxh64(const uint8_t* data, size_t len, uint64_t seed = 0);
+// Copies data[0, len) to out (not overlapping it) and returns the XXH64 of the bytes it wrote, in
+// one pass: each word is loaded once, hashed and stored, so the hash is that of out even if data
+// changes during the call.
+uint64_t Xxh64Copy(const uint8_t* data, size_t len, uint8_t* out, uint64_t seed = 0);
 
 }  // namespace ferrum_kv

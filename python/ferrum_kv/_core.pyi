@@ -297,7 +297,7 @@ class PagedKvCache:
         """
     def _import_from_tiers(self, tokens: typing.Any, namespace: bytes, first_block: typing.SupportsInt | typing.SupportsIndex, values: list, codecs: list) -> tuple:
         """
-        For ferrum_kv.tiers: values[i] (bytes, opened with codecs[i]) as the K/V of full block first_block + i of tokens. Values are checked in order up to the first that fails; the good leading run is published where the device lookup stops (ImportBlocks), for add_sequence to find. Returns (blocks published, statuses of the checked values).
+        For ferrum_kv.tiers: values[i] (a bytes-like object, opened with codecs[i]) as the K/V of full block first_block + i of tokens. Headers are checked in order up to the first that fails, each payload where it was copied into the arena; the good leading run is published where the device lookup stops (ImportBlocks), for add_sequence to find. Returns (blocks published, statuses of the checked values).
         """
     def _tier_export(self, codec: TierCodec, max_blocks: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         """

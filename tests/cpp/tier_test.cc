@@ -2,6 +2,7 @@
 // the cache manager's hooks (pinned tier writes, imports from a tier).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -10,6 +11,7 @@
 #include "ferrum_kv/block_export.h"
 #include "ferrum_kv/cache_manager.h"
 #include "ferrum_kv/errors.h"
+#include "ferrum_kv/parallel.h"
 #include "ferrum_kv/tier_codec.h"
 #include "hmac_sha256.h"
 #include "xxhash64.h"
@@ -43,6 +45,22 @@ TEST(Xxh64Test, MatchesTheReferenceImplementation) {
     for (int i = 0; i < 256; ++i) long_input.push_back(uint8_t(i));
   for (char c : std::string("xyz")) long_input.push_back(uint8_t(c));
   EXPECT_EQ(Xxh64(long_input.data(), long_input.size()), 0xe921a1b45bd779f8ull);
+}
+
+TEST(Xxh64Test, CopyWritesTheBytesItHashes) {
+  // Every length class of the tail (8-, 4- and 1-byte steps) and of the 32-byte lanes.
+  std::mt19937 rng(5);
+  for (size_t len : {size_t(0), size_t(1), size_t(3), size_t(4), size_t(7), size_t(8),
+                     size_t(31), size_t(32), size_t(33), size_t(45), size_t(1001),
+                     size_t(4096)}) {
+    std::vector<uint8_t> src(len);
+    for (uint8_t& b : src) b = uint8_t(rng());
+    std::vector<uint8_t> out(len + 1, 0xAB);  // the byte after out's len must stay
+    EXPECT_EQ(Xxh64Copy(src.data(), len, out.data()), Xxh64(src.data(), len)) << len;
+    EXPECT_EQ(Xxh64Copy(src.data(), len, out.data(), 99), Xxh64(src.data(), len, 99)) << len;
+    EXPECT_TRUE(std::equal(src.begin(), src.end(), out.begin())) << len;
+    EXPECT_EQ(out[len], 0xAB) << len;
+  }
 }
 
 TEST(HmacSha256Test, Rfc4231Vectors) {
@@ -118,6 +136,37 @@ TEST(TierCodecTest, OpensWhatItSealsAndRejectsEveryMismatch) {
   }
   EXPECT_THROW(TierCodec("short", 10, ""), InvalidArgument);
   EXPECT_THROW(TierCodec(fp, 0, ""), InvalidArgument);
+}
+
+TEST(TierCodecTest, HeaderAndCopiedPayloadCheckedApart) {
+  const std::string fp(16, 'f');
+  for (const std::string secret : {std::string(), std::string("shared secret")}) {
+    const TierCodec codec(fp, 1001, secret);
+    const BlockHash hash = HashOf(3);
+    const std::vector<uint8_t> value = SealedValue(codec, hash, 9);
+    const uint8_t* payload = value.data() + kTierHeaderBytes;
+    EXPECT_EQ(codec.OpenHeader(hash, value.data(), int64_t(value.size())), TierValueStatus::kOk);
+    EXPECT_EQ(codec.OpenHeader(HashOf(4), value.data(), int64_t(value.size())),
+              TierValueStatus::kWrongBlock);
+    std::vector<uint8_t> out(1001);
+    EXPECT_EQ(codec.CopyPayload(value.data(), payload, out.data()), TierValueStatus::kOk);
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), payload));
+    EXPECT_EQ(codec.CheckPayload(value.data(), payload), TierValueStatus::kOk);
+    // The header passes alone; the damaged payload fails as it is copied.
+    std::vector<uint8_t> corrupt = value;
+    corrupt[kTierHeaderBytes + 1000] ^= 0x80;
+    EXPECT_EQ(codec.OpenHeader(hash, corrupt.data(), int64_t(corrupt.size())),
+              TierValueStatus::kOk);
+    EXPECT_EQ(codec.CopyPayload(corrupt.data(), corrupt.data() + kTierHeaderBytes, out.data()),
+              TierValueStatus::kBadChecksum);
+    EXPECT_EQ(codec.CheckPayload(corrupt.data(), corrupt.data() + kTierHeaderBytes),
+              TierValueStatus::kBadChecksum);
+    if (!secret.empty()) {
+      const std::vector<uint8_t> forged = SealedValue(TierCodec(fp, 1001, "guess"), hash, 9);
+      EXPECT_EQ(codec.CopyPayload(forged.data(), forged.data() + kTierHeaderBytes, out.data()),
+                TierValueStatus::kUnauthenticated);
+    }
+  }
 }
 
 TEST(BlockExportQueueTest, BoundedFifoWithInFlightBlocks) {
@@ -268,6 +317,49 @@ TEST(TierHooksTest, ImportFillsTheBlocksAfterTheDeviceHits) {
   EXPECT_EQ(small.ImportBlocks(tokens.data(), 14, "", BlockImport{1, 2, pointers.data()}), 1);
   small.CheckInvariants();
   EXPECT_EQ(small.CachedPrefixLen(tokens.data(), 14), 8);
+}
+
+TEST(TierHooksTest, ImportStopsAtTheFirstBlockItsCopyRejects) {
+  const int32_t previous = DefaultNumThreads();
+  for (int32_t threads : {1, 2}) {
+    SetDefaultNumThreads(threads);
+    PagedKvCache cache(TierConfig(16), 8);
+    const int64_t bpb = cache.storage()->bytes_per_block();
+    const std::vector<int32_t> tokens = Tokens(17, 11);  // four full blocks
+    std::vector<std::vector<uint8_t>> payload(4, std::vector<uint8_t>(size_t(bpb)));
+    std::vector<const uint8_t*> pointers;
+    for (size_t b = 0; b < 4; ++b) {
+      for (size_t i = 0; i < payload[b].size(); ++i) payload[b][i] = uint8_t(b * 70 + i + 1);
+      pointers.push_back(payload[b].data());
+    }
+    const int64_t free_before = cache.Stats().free_blocks;
+    BlockImport import{0, 4, pointers.data()};
+    std::vector<int> calls(4, 0);
+    import.copy = [&](int64_t i, uint8_t* block) {
+      ++calls[size_t(i)];
+      std::memcpy(block, pointers[size_t(i)], size_t(bpb));
+      return i != 2;  // block 2 is bad: blocks 0 and 1 only
+    };
+    EXPECT_EQ(cache.ImportBlocks(tokens.data(), 17, "", import), 2);
+    cache.CheckInvariants();
+    for (int c : calls) EXPECT_EQ(c, 1);
+    CacheStats s = cache.Stats();
+    EXPECT_EQ(s.cached_blocks, 2);
+    EXPECT_EQ(s.free_blocks + s.evictable_blocks, free_before);  // the rejected ones came back
+    EXPECT_EQ(cache.CachedPrefixLen(tokens.data(), 17), 8);
+    EXPECT_EQ(cache.AddSequence(1, tokens.data(), 17), 8);
+    cache.CheckInvariants();
+    const std::vector<BlockId> table = cache.BlockTable(1);
+    EXPECT_EQ(std::memcmp(cache.storage()->BlockData(table[1]), payload[1].data(), size_t(bpb)),
+              0);
+    // The first block rejected: nothing published.
+    PagedKvCache other(TierConfig(16), 8);
+    import.copy = [&](int64_t, uint8_t*) { return false; };
+    EXPECT_EQ(other.ImportBlocks(tokens.data(), 17, "", import), 0);
+    other.CheckInvariants();
+    EXPECT_EQ(other.Stats().free_blocks, 16);
+  }
+  SetDefaultNumThreads(previous);
 }
 
 TEST(TierHooksTest, NeedsPrefixCaching) {

@@ -266,6 +266,79 @@ def test_damaged_values_are_misses_counted_and_deleted(tmp_path, damage):
     b.check_invariants()
 
 
+@pytest.mark.parametrize("bad_block", [None, 1, 2, 3, 4])
+def test_chunked_restore_reads_ahead_and_stops_at_a_bad_value(tmp_path, bad_block):
+    """Chunks of 2 blocks (the reader thread reads the next while one is imported): a damaged
+    payload in any chunk ends the run there, whatever was read ahead."""
+    a, data = written_cache(tmp_path, n=25)  # 6 restorable blocks: 3 chunks
+    if bad_block is not None:
+        target = file_of(a, tmp_path, bad_block, n=25)
+        value = bytearray(target.read_bytes())
+        value[200] ^= 1
+        target.write_bytes(bytes(value))
+    b = fkv.PagedKvCache(config(), tiers=[DiskTier(tmp_path)], model_id="m")
+    b._tiers._chunk = 2
+    good = 6 if bad_block is None else bad_block
+    assert b.add_sequence(1, tokens(25)) == 4 * good
+    assert np.array_equal(block_bytes(b, b.block_table(1)[:good]), data[:good])
+    t = b.stats()["tiers"][f"disk:{tmp_path}"]
+    assert t["hits"] == good and t["bad_values"] == (bad_block is not None)
+    b.check_invariants()
+    # The buffers are reused by the next restore.
+    b.free_sequence(1)
+    b.reset_prefix_cache()
+    assert b.add_sequence(2, tokens(25)) == 4 * good
+    assert np.array_equal(block_bytes(b, b.block_table(2)[:good]), data[:good])
+    b.check_invariants()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_restores_in_a_child_made_by_fork(tmp_path):
+    """The reader thread of the parent does not exist in a forked child: it starts its own."""
+    a, data = written_cache(tmp_path)
+    b = fkv.PagedKvCache(config(), tiers=[DiskTier(tmp_path)], model_id="m")
+    assert b.add_sequence(1, tokens(21)) == 20  # the reader thread has started
+    b.free_sequence(1)
+    b.reset_prefix_cache()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the restore works
+        ok = (b.add_sequence(2, tokens(21)) == 20
+              and np.array_equal(block_bytes(b, b.block_table(2)[:5]), data[:5]))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_disk_get_many_into_reads_into_the_lent_buffer(tmp_path):
+    tier = DiskTier(tmp_path)
+    values = {f"k{i}": os.urandom(100 + i) for i in range(3)}
+    assert tier.put_many([(k, memoryview(v)) for k, v in values.items()]) == 3
+    buffer = memoryview(bytearray(250))
+    got = tier.get_many_into(["k0", "missing", "k1", "k2"], buffer)
+    assert got[1] is None
+    assert [bytes(v) for v in (got[0], got[2], got[3])] == list(values.values())
+    assert got == tier.get_many(["k0", "missing", "k1", "k2"])
+    # k0 and k1 are in the buffer, one after the other; k2 did not fit: a bytes object.
+    assert bytes(buffer[:100]) == values["k0"] and bytes(buffer[100:201]) == values["k1"]
+    assert isinstance(got[3], bytes)
+    # The base class's default returns get_many's values.
+    assert Tier.get_many_into(tier, ["k2"], buffer) == [values["k2"]]
+
+
+def test_import_from_tiers_argument_errors(tmp_path):
+    a, _ = written_cache(tmp_path)
+    codec = a._tiers._slots[0].codec
+    b = fkv.PagedKvCache(config(), tiers=[DiskTier(tmp_path)], model_id="m")
+    with pytest.raises(TypeError, match="bytes-like"):
+        b._import_from_tiers(tokens(21), b"", 0, ["not bytes"], [codec])
+    with pytest.raises(ValueError):
+        b._import_from_tiers(tokens(21), b"", 0, [b"x"], [])
+    with pytest.raises(ValueError):
+        b._import_from_tiers(tokens(21), b"", 5, [b"x"], [codec])  # past the full blocks
+    assert b.stats()["cached_blocks"] == 0
+    b.check_invariants()
+
+
 def test_unauthenticated_values_are_refused(tmp_path):
     secret = b"shared by the replicas"
     a, data = written_cache(tmp_path, secret=secret)

@@ -133,6 +133,12 @@ struct BlockImport {
   // num_blocks pointers to bytes_per_block bytes each, in the storage layout of a block; they
   // must stay valid and unchanged during the call.
   const uint8_t* const* payloads = nullptr;
+  // If set, copies payloads[i] into block (bytes_per_block) in place of a memcpy, under the
+  // cache's lock, and returns whether the bytes it wrote are valid (checking the bytes copied,
+  // not the source, which may change meanwhile); false stops the import before block i (neither
+  // it nor those after it are published). Called for every block, concurrently from the
+  // library's threads (parallel.h); must not throw.
+  std::function<bool(int64_t i, uint8_t* block)> copy;
 };
 
 class PagedKvCache {

@@ -19,7 +19,8 @@
 // codec without a secret accepts only values without one: the fingerprint says which).
 //
 // Thread safety: immutable after construction; Seal and Open may run concurrently.
-// Complexity: one XXH64 pass over the payload (and one SHA-256 pass with a secret).
+// Complexity: one XXH64 pass over the payload (and one SHA-256 pass with a secret); CopyPayload
+// copies in the XXH64 pass.
 // Errors: the constructor throws InvalidArgument for a fingerprint that is not 16 bytes or a
 // payload length < 1.
 #pragma once
@@ -59,11 +60,23 @@ class TierCodec {
   // Writes the header of value[0, value_bytes()) whose payload is already in place at
   // value + kTierHeaderBytes.
   void Seal(const BlockHash& hash, uint8_t* value) const;
-  // Checks value[0, len) as the value of the block named hash.
+  // Checks value[0, len) as the value of the block named hash: OpenHeader, then CheckPayload.
   TierValueStatus Open(const BlockHash& hash, const uint8_t* value, int64_t len) const;
+  // The two halves of Open, for a reader that checks the payload as it copies it (so that bytes
+  // another thread or process may still change are never checked in one state and used in
+  // another): OpenHeader checks every field but the checksum and the MAC (len is the whole
+  // value's); CheckPayload checks the checksum and the MAC of payload[0, payload_bytes())
+  // against header (kTierHeaderBytes bytes that passed OpenHeader): kOk, kBadChecksum or
+  // kUnauthenticated. CopyPayload copies payload to out (payload_bytes(), not overlapping) and
+  // checks the bytes it wrote there, the checksum in the same pass (Xxh64Copy).
+  TierValueStatus OpenHeader(const BlockHash& hash, const uint8_t* value, int64_t len) const;
+  TierValueStatus CheckPayload(const uint8_t* header, const uint8_t* payload) const;
+  TierValueStatus CopyPayload(const uint8_t* header, const uint8_t* payload, uint8_t* out) const;
 
  private:
-  void Mac(const uint8_t* value, uint8_t* mac) const;
+  // The rest of CheckPayload once the payload's checksum is known.
+  TierValueStatus Verify(const uint8_t* header, uint64_t checksum, const uint8_t* payload) const;
+  void Mac(const uint8_t* header, const uint8_t* payload, uint8_t* mac) const;
 
   const std::string fingerprint_;
   const int64_t payload_bytes_;

@@ -37,6 +37,13 @@ class Tier(abc.ABC):
     def get_many(self, keys: Sequence[str]) -> list:
         """The value of each key (bytes) or None where there is none, in one round trip."""
 
+    def get_many_into(self, keys: Sequence[str], buffer: memoryview) -> list:
+        """get_many for a reader that lends ``buffer`` (a writable byte memoryview with room for
+        the values it expects): a tier may return values as slices of it instead of fresh bytes
+        objects (the reader uses them before lending the buffer again). This default returns
+        get_many(keys)."""
+        return self.get_many(keys)
+
     @abc.abstractmethod
     def put_many(self, items: Sequence[Tuple[str, memoryview]]) -> int:
         """Store each (key, value); returns how many were stored (a tier may skip values it

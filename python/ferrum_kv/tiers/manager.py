@@ -4,8 +4,10 @@ Writes: a background thread takes the blocks the cache queued when it published 
 (``_tier_export``: copied out and sealed in C++, without the GIL, then unpinned) and stores them in
 every tier that is up. Reads: ``add_sequence`` probes the tiers for the blocks after the device
 hits, fastest first, each tier continuing where the one before stopped, reads the leading run in
-chunks and hands each to the cache (``_import_from_tiers``), which checks every value
-(``TierCodec``) and publishes the good leading run; the cache's add_sequence then finds it.
+chunks into reused buffers (a reader thread reads the next chunk while one is imported) and hands
+each to the cache (``_import_from_tiers``), which checks every value (``TierCodec``, the payload
+as it is copied into the arena) and publishes the good leading run; the cache's add_sequence then
+finds it.
 Values that fail a check are counted and deleted. Blocks loaded from a slower tier are promoted to
 the faster tiers that missed them, by the writer thread.
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import hashlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -137,6 +141,11 @@ class TierManager:
         self._slots = [_Slot(t, config, model_id) for t in tiers]
         self._batch = max(1, _BATCH_BYTES // self._slots[0].codec.value_bytes)
         self._chunk = self._batch  # blocks read and imported at a time
+        self._buffers = threading.local()  # per thread that loads: _read_buffers
+        # Reads the tiers for add_sequence, one chunk ahead of the import (_reader_pool).
+        self._reader = None
+        self._reader_pid = None
+        self._reader_lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one writer at a time (thread or flush)
         self._promotions = collections.deque()  # (slot index, block hash, value from a slower tier)
         self._promotion_bytes = 0
@@ -236,7 +245,8 @@ class TierManager:
     def _load(self, cache, tokens, namespace, device) -> None:
         """Publishes the blocks after the device hits (the last token's block excepted) that the
         tiers hold, fastest tier first, each tier continuing where the ones before it stopped.
-        Values are read and imported in chunks of about 64 MiB (bounded memory)."""
+        Values are read and imported in chunks of about 64 MiB (bounded memory); the reader
+        thread reads the next chunk while this one is checked and copied into the arena."""
         from ferrum_kv import block_hashes
 
         bs = self._block_size
@@ -253,23 +263,66 @@ class TierManager:
             while run < len(present) and present[run]:
                 run += 1
             slot.count("misses", len(keys) - run)
-            for start in range(0, run, self._chunk):
-                got = slot.call(slot.tier.get_many, keys[start:start + self._chunk])
+            done += self._load_run(cache, tokens, namespace, device + done, index,
+                                   hashes[done:], keys[:run])
+
+    def _load_run(self, cache, tokens, namespace, first_block, index, hashes, keys) -> int:
+        """Reads and imports the values of keys (the blocks from first_block on) from slot index
+        until one is missing or bad; returns how many blocks were published."""
+        slot = self._slots[index]
+        starts = range(0, len(keys), self._chunk)
+        buffers = self._read_buffers()
+        reader = self._reader_pool()
+
+        def read(n):  # chunk n, into buffer n % 2, on the reader thread
+            return reader.submit(slot.call, slot.tier.get_many_into,
+                                       keys[starts[n]:starts[n] + self._chunk], buffers[n % 2])
+
+        done = 0
+        pending = read(0) if starts else None
+        try:
+            for n in range(len(starts)):
+                got, pending = pending.result(), read(n + 1) if n + 1 < len(starts) else None
                 if got is None:
                     break
                 found = 0
-                while found < len(got) and isinstance(got[found], bytes):  # None: evicted
+                while found < len(got) and got[found] is not None:  # None: evicted
                     found += 1
                 slot.count("misses", len(got) - found)
                 if found == 0:
                     break
-                first = done
                 imported, statuses = cache._import_from_tiers(
-                    tokens, namespace, device + first, got[:found], [slot.codec] * found)
+                    tokens, namespace, first_block + done, got[:found], [slot.codec] * found)
+                self._account(index, hashes[done:], got, imported, statuses)
                 done += imported
-                self._account(index, hashes[first:], got, imported, statuses)
                 if imported < self._chunk or found < len(got):
                     break
+        finally:
+            if pending is not None:  # a read ahead that is not needed: its buffer is reused
+                pending.result()
+        return done
+
+    def _reader_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The reader thread's pool: started on first use, ended when the manager is collected
+        (close() leaves it: restores go on), and started again in a child made by fork() (the
+        parent's thread does not exist there)."""
+        with self._reader_lock:
+            if self._reader_pid != os.getpid():
+                self._reader = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="ferrum-kv-tier-reader")
+                self._reader_pid = os.getpid()
+            return self._reader
+
+    def _read_buffers(self) -> tuple:
+        """The calling thread's two buffers of one chunk of values each, lent to get_many_into
+        (one being read into while the other is imported): reused from one chunk and one call
+        to the next, so that reading does not page-fault fresh memory."""
+        buffers = getattr(self._buffers, "buffers", None)
+        if buffers is None:
+            size = self._chunk * self._slots[0].codec.value_bytes
+            buffers = self._buffers.buffers = (memoryview(bytearray(size)),
+                                               memoryview(bytearray(size)))
+        return buffers
 
     def _account(self, index, hashes, values, imported, statuses) -> None:
         slot = self._slots[index]
@@ -287,6 +340,7 @@ class TierManager:
             slot.call(slot.tier.delete_many, [slot.key(hashes[bad])])
 
     def _queue_promotions(self, source: int, block_hash: bytes, value: bytes) -> None:
+        value = bytes(value)  # a slice of the reader's buffer: copied before it is reused
         with self._promotions_lock:
             for index in range(source):
                 if self._promotion_bytes + len(value) > _PROMOTION_QUEUE_BYTES:

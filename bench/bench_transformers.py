@@ -2,7 +2,8 @@
 ferrum_kv's Engine, side by side in one process (issue 15's performance section).
 
 Model: a random Llama (hidden 512, 8 layers, 8 query / 2 KV heads of 64, vocab 8192), float32
-weights, greedy, ``--threads`` threads (torch, BLAS and ferrum_kv's kernels). Workloads:
+weights, greedy, ``--threads`` threads of torch and BLAS (for the kernels see
+``--kernel-threads``). Workloads:
 
 - ``short``: 8 prompts x 128 tokens, 64 new tokens each;
 - ``long``: 4 prompts x 2048 tokens, 64 new tokens each;
@@ -21,7 +22,7 @@ step (chunks of at most 2048 prompt tokens). ``--quick`` shrinks everything (a s
 its figures are not the issue's).
 
     python bench/bench_transformers.py [--quick] [--threads 2] [--kernel-threads N] [--repeat 3]
-        [--json out.json]
+        [--workloads short,long,shared] [--json out.json]
 """
 
 from __future__ import annotations
@@ -170,11 +171,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of every mode, interleaved; the best is reported")
     parser.add_argument("--kernel-threads", type=int,
-                        help="threads of ferrum_kv's kernels (default: --threads)")
+                        help="fkv.set_num_threads: the CPUs ferrum_kv's kernels count on (default:"
+                        " the process's CPUs); inside a forward pass they use those torch's other"
+                        " threads leave free (kernel_threads in the integration)")
+    parser.add_argument("--workloads", default="short,long,shared",
+                        help="comma-separated subset of short, long, shared")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    fkv.set_num_threads(args.kernel_threads or args.threads)
+    if args.kernel_threads:
+        fkv.set_num_threads(args.kernel_threads)
     model = build_model(args.quick)
     results: dict[str, dict] = {}
 
@@ -206,7 +212,10 @@ def main() -> None:
         run_generate(model, warm, 3, lambda: FerrumCache(model, num_blocks=16))
         run_generate_batch(model, warm, 3)
         run_engine(model, warm, 3)
+        chosen = args.workloads.split(",")
         for name, (prompts, new) in workloads(args.quick).items():
+            if name not in chosen:
+                continue
             modes = modes_of(name, prompts, new)
             runs: dict[str, list[dict]] = {mode: [] for mode in modes}
             for _ in range(args.repeat):

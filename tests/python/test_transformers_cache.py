@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 import ferrum_kv as fkv  # noqa: E402
 from ferrum_kv.integrations.transformers import FerrumCache  # noqa: E402
+from ferrum_kv.integrations.transformers._model import kernel_threads  # noqa: E402
 
 NEW = 10
 
@@ -67,6 +68,35 @@ def test_single_prompt_matches_reference(model):
     # Only the paged cache holds K/V: prompt + generated tokens but the last one (never run).
     assert cache.kv_cache.num_tokens(cache.seq_ids[0]) == 41 + NEW - 1
     assert cache.get_seq_length() == 41 + NEW - 1
+
+
+@pytest.fixture
+def thread_counts():
+    """Restores torch's and ferrum_kv's thread counts after the test."""
+    torch_threads, kernel_threads = torch.get_num_threads(), fkv.get_num_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    fkv.set_num_threads(kernel_threads)
+
+
+@pytest.mark.parametrize("torch_threads, library_threads, expected",
+                         [(2, 2, 1), (1, 2, 2), (2, 4, 3), (8, 2, 1), (1, 1, 1)])
+def test_kernel_threads_leave_torchs_threads_their_cpus(thread_counts, torch_threads,
+                                                        library_threads, expected):
+    torch.set_num_threads(torch_threads)
+    fkv.set_num_threads(library_threads)
+    assert kernel_threads() == expected
+
+
+def test_multithreaded_kernels_match_reference(thread_counts):
+    """torch on one thread leaves the kernels several: the output is the same."""
+    torch.set_num_threads(1)
+    fkv.set_num_threads(3)
+    assert kernel_threads() == 3
+    model = hf_models.MODELS["llama"]()
+    ids, mask = left_padded(prompts([37, 23, 50], seed=3))
+    ref, out, _ = compare(model, ids, mask)
+    assert out.tolist() == ref.tolist()
 
 
 def test_left_padded_batch_matches_reference_and_stores_no_pads(model):

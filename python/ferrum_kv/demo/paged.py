@@ -48,13 +48,14 @@ class PagedStepAttention:
 
     def __call__(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
                  scale: Optional[float] = None, sliding_window: Optional[int] = None,
-                 soft_cap: Optional[float] = None) -> np.ndarray:
+                 soft_cap: Optional[float] = None, num_threads: int = 0) -> np.ndarray:
         """See ``KvAttention``: q [T, Hq, D], k, v [T, Hkv, D] float32 -> [T, Hq, D] float32.
-        ``scale``, ``sliding_window``, ``soft_cap``: as for ``paged_attention_decode`` (the
-        transformers engine passes its model's)."""
+        ``scale``, ``sliding_window``, ``soft_cap``, ``num_threads``: as for
+        ``paged_attention_decode`` (the transformers engine passes its model's, and the kernel
+        threads that torch's threads leave free)."""
         self._cache.write_kv(layer, self._slots, k, v)
         out = np.empty_like(q)
-        options = dict(sliding_window=sliding_window, soft_cap=soft_cap)
+        options = dict(sliding_window=sliding_window, soft_cap=soft_cap, num_threads=num_threads)
         num_decode = len(self._decode_ids)
         if num_decode:
             fkv.paged_attention_decode(q[:num_decode], self._cache, layer, self._decode_ids,

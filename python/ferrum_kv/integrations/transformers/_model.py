@@ -94,6 +94,20 @@ def namespace(model: torch.nn.Module) -> bytes:
     return tag
 
 
+def kernel_threads() -> int:
+    """Threads for ferrum_kv's kernels inside a torch forward pass: the CPUs that torch's other
+    intra-op threads leave free (``fkv.get_num_threads()`` minus ``torch.get_num_threads() - 1``),
+    at least one.
+
+    torch's OpenMP workers keep spinning on their cores for a while after each operation; a kernel
+    thread placed on such a core waits for that spin to end, and the whole call waits for its
+    slowest thread. So with torch using every core the kernels run on the calling thread alone
+    (measured in BENCHMARKS.md, "transformers"). Lower ``torch.set_num_threads`` to give the
+    kernels more.
+    """
+    return max(1, fkv.get_num_threads() - (torch.get_num_threads() - 1))
+
+
 def rows(t: torch.Tensor, index: Optional[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
     """[B, H, T, D] tensor -> [N, H, D] float32 C-contiguous array of its (batch, column) pairs in
     ``index`` (two int64 tensors), or of every column of every row (N = B * T) when None. Shares

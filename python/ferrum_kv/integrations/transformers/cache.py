@@ -45,7 +45,7 @@ from transformers.cache_utils import Cache
 import ferrum_kv as fkv
 from ferrum_kv.integrations.transformers import _attention
 from ferrum_kv.integrations.transformers._model import (
-    Geometry, check_attention, check_fits, config_for, namespace, rows, unpack)
+    Geometry, check_attention, check_fits, config_for, kernel_threads, namespace, rows, unpack)
 
 # Sequence ids of every FerrumCache come from this counter: caches sharing a PagedKvCache never
 # collide, and ids start far above the small ids other users of that cache tend to pick.
@@ -88,12 +88,13 @@ class _Pass:
         q = rows(query, self.index)
         out = np.empty_like(q)
         kv = self.cache.kv_cache
+        options = dict(sliding_window=sliding_window, soft_cap=soft_cap,
+                       num_threads=kernel_threads())
         if self.decode:
-            fkv.paged_attention_decode(q, kv, layer, self.seq_ids, scale, out,
-                                       sliding_window=sliding_window, soft_cap=soft_cap)
+            fkv.paged_attention_decode(q, kv, layer, self.seq_ids, scale, out, **options)
         else:
             fkv.paged_attention_prefill(q, kv, layer, self.seq_ids, self.query_lens, scale, out,
-                                        sliding_window=sliding_window, soft_cap=soft_cap)
+                                        **options)
         return unpack(out, query, self.index)
 
 

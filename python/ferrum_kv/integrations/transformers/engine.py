@@ -35,7 +35,7 @@ from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig
 from ferrum_kv.demo.workload import Request
 from ferrum_kv.integrations.transformers import _attention
 from ferrum_kv.integrations.transformers._model import (
-    check_attention, config_for, geometry, rows, unpack)
+    check_attention, config_for, geometry, kernel_threads, rows, unpack)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class _PackedStep:
                scale: Optional[float], sliding_window: Optional[int],
                soft_cap: Optional[float]) -> torch.Tensor:
         out = self.attention(layer, rows(query, None), rows(key, None), rows(value, None),
-                             scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
+                             scale=scale, sliding_window=sliding_window, soft_cap=soft_cap,
+                             num_threads=kernel_threads())
         return unpack(out, query, None)
 
 

@@ -114,10 +114,7 @@ PREFILL_GRID = [
 def test_prefill_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                            context_lens, query_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    query_lens = np.asarray(query_lens, dtype=np.int32)
-    q = case.queries(int(query_lens.sum()))
-    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
-                                                     case.context_lens, query_lens)
+    query_lens, q, expected = prefill_inputs(case, query_lens)
     out = poisoned(q)
     core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables, case.context_lens,
                                         query_lens, out=out)
@@ -276,6 +273,16 @@ FEATURES = [
 ]
 
 
+def prefill_inputs(case, query_lens, **kwargs):
+    """query_lens as int32, random queries for them, and the float64 reference output of
+    prefill over case's layer 0 (kwargs: the attention options)."""
+    query_lens = np.asarray(query_lens, dtype=np.int32)
+    q = case.queries(int(query_lens.sum()))
+    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
+                                                     case.context_lens, query_lens, **kwargs)
+    return query_lens, q, expected
+
+
 def feature_kwargs(features, num_q_heads):
     kwargs = {k: v for k, v in features.items() if k != "alibi"}
     if features.get("alibi"):
@@ -324,11 +331,8 @@ FEATURE_PREFILL_GRID = [
 def test_prefill_features_match_float64_reference(features, dtype, block_size, head_dim,
                                                   num_kv_heads, group, context_lens, query_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    query_lens = np.asarray(query_lens, dtype=np.int32)
-    q = case.queries(int(query_lens.sum()))
     kwargs = feature_kwargs(features, case.num_q_heads)
-    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
-                                                     case.context_lens, query_lens, **kwargs)
+    query_lens, q, expected = prefill_inputs(case, query_lens, **kwargs)
     for isa in FAST_ISAS:
         out = poisoned(q)
         core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,

@@ -14,7 +14,7 @@ import ferrum_kv
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURES, PREFILL_GRID, Case, feature_kwargs,
-                            poisoned, relative_error)
+                            poisoned, prefill_inputs, relative_error)
 
 FAST_TOLERANCE = 1.5e-2
 DTYPES = ["float32", "float16", "bfloat16"]
@@ -53,10 +53,7 @@ def test_fast_decode_matches_float64_reference(dtype, block_size, head_dim, num_
 def test_fast_prefill_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                                 context_lens, query_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    query_lens = np.asarray(query_lens, dtype=np.int32)
-    q = case.queries(int(query_lens.sum()))
-    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
-                                                     case.context_lens, query_lens)
+    query_lens, q, expected = prefill_inputs(case, query_lens)
     for isa in FAST_ISAS:
         args = (q, case.storage, 0, case.block_tables, case.context_lens, query_lens)
         exact = core.paged_attention_prefill_tables(*args, isa=isa)

@@ -16,7 +16,7 @@ import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
                             FEATURES, PREFILL_GRID, Case, feature_kwargs, poisoned,
-                            relative_error, shuffled_tables)
+                            prefill_inputs, relative_error, shuffled_tables)
 
 TOLERANCE = 1e-5
 FORMATS = ["int8", "fp8_e4m3", "fp8_e5m2", "int4"]
@@ -84,10 +84,7 @@ def test_prefill_matches_float64_reference_on_dequantized_values(dtype, block_si
                                                                  query_lens):
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(0,))
-    query_lens = np.asarray(query_lens, dtype=np.int32)
-    q = case.queries(int(query_lens.sum()))
-    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
-                                                     case.context_lens, query_lens)
+    query_lens, q, expected = prefill_inputs(case, query_lens)
     for isa in FAST_ISAS:
         out = poisoned(q)
         core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
@@ -122,11 +119,8 @@ def test_prefill_features_on_quantized_storage(features, dtype, block_size, head
                                                num_kv_heads, group, context_lens, query_lens):
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(0,))
-    query_lens = np.asarray(query_lens, dtype=np.int32)
-    q = case.queries(int(query_lens.sum()))
     kwargs = feature_kwargs(features, case.num_q_heads)
-    expected = ref.paged_attention_prefill_reference(q, case.storage, 0, case.block_tables,
-                                                     case.context_lens, query_lens, **kwargs)
+    query_lens, q, expected = prefill_inputs(case, query_lens, **kwargs)
     for isa in FAST_ISAS:
         out = poisoned(q)
         core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,

@@ -85,9 +85,7 @@ DECODE_GRID = [
 def test_decode_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                           context_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    q = case.queries(len(context_lens))
-    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
-                                                    case.context_lens)
+    q, expected = decode_inputs(case)
     for isa in FAST_ISAS:
         out = poisoned(q)
         result = core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
@@ -122,14 +120,19 @@ def test_prefill_matches_float64_reference(dtype, block_size, head_dim, num_kv_h
     assert relative_error(out, expected) < TOLERANCE
 
 
-def test_prefill_of_single_tokens_equals_decode():
-    case = Case("float16", 16, 64, 2, 4, [30, 1, 70])
-    q = case.queries(3)
+def assert_single_token_prefill_equals_decode(case):
+    """Prefill of one query token per sequence gives decode's output bit for bit (layer 0)."""
+    q = case.queries(len(case.context_lens))
     decode = core.paged_attention_decode_tables(q, case.storage, 0, case.block_tables,
                                                 case.context_lens)
     prefill = core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
-                                                  case.context_lens, np.ones(3, np.int32))
+                                                  case.context_lens,
+                                                  np.ones(len(case.context_lens), np.int32))
     np.testing.assert_array_equal(prefill, decode)
+
+
+def test_prefill_of_single_tokens_equals_decode():
+    assert_single_token_prefill_equals_decode(Case("float16", 16, 64, 2, 4, [30, 1, 70]))
 
 
 def test_cpp_oracle_and_thread_counts_agree_with_numpy_reference():
@@ -271,6 +274,14 @@ FEATURES = [
     dict(alibi=True),
     dict(sliding_window=20, soft_cap=3.0, alibi=True),
 ]
+
+
+def decode_inputs(case):
+    """Random queries, one per sequence, and the float64 reference output of decode over case's
+    layer 1."""
+    q = case.queries(len(case.context_lens))
+    return q, ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
+                                                   case.context_lens)
 
 
 def prefill_inputs(case, query_lens, **kwargs):

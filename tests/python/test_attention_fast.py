@@ -13,8 +13,8 @@ import pytest
 import ferrum_kv
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
-from test_attention import (DECODE_GRID, FAST_ISAS, FEATURES, PREFILL_GRID, Case, feature_kwargs,
-                            poisoned, prefill_inputs, relative_error)
+from test_attention import (DECODE_GRID, FAST_ISAS, FEATURES, PREFILL_GRID, Case, decode_inputs,
+                            feature_kwargs, poisoned, prefill_inputs, relative_error)
 
 FAST_TOLERANCE = 1.5e-2
 DTYPES = ["float32", "float16", "bfloat16"]
@@ -36,9 +36,7 @@ def check_fast(out, exact, expected, isa, dtype, rounds=True):
 def test_fast_decode_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                                context_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    q = case.queries(len(context_lens))
-    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
-                                                    case.context_lens)
+    q, expected = decode_inputs(case)
     for isa in FAST_ISAS:
         args = (q, case.storage, 1, case.block_tables, case.context_lens)
         exact = core.paged_attention_decode_tables(*args, isa=isa)

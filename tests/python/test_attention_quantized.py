@@ -15,8 +15,10 @@ import pytest
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
-                            FEATURES, PREFILL_GRID, Case, feature_kwargs, poisoned,
-                            prefill_inputs, relative_error, shuffled_tables)
+                            FEATURES, PREFILL_GRID, Case,
+                            assert_single_token_prefill_equals_decode, decode_inputs,
+                            feature_kwargs, poisoned, prefill_inputs, relative_error,
+                            shuffled_tables)
 
 TOLERANCE = 1e-5
 FORMATS = ["int8", "fp8_e4m3", "fp8_e5m2", "int4"]
@@ -64,9 +66,7 @@ def test_decode_matches_float64_reference_on_dequantized_values(dtype, block_siz
                                                                 num_kv_heads, group, context_lens):
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(1,))
-    q = case.queries(len(context_lens))
-    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
-                                                    case.context_lens)
+    q, expected = decode_inputs(case)
     for isa in FAST_ISAS + ["reference"]:
         for threads in (1, 2):
             out = poisoned(q)
@@ -132,12 +132,7 @@ def test_prefill_features_on_quantized_storage(features, dtype, block_size, head
 @pytest.mark.parametrize("dtype", FORMATS)
 def test_quantized_prefill_of_single_tokens_equals_decode(dtype):
     case = QuantizedCase(dtype, 16, 64, 2, 4, [30, 1, 70])
-    q = case.queries(3)
-    decode = core.paged_attention_decode_tables(q, case.storage, 0, case.block_tables,
-                                                case.context_lens)
-    prefill = core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
-                                                  case.context_lens, np.ones(3, np.int32))
-    np.testing.assert_array_equal(prefill, decode)
+    assert_single_token_prefill_equals_decode(case)
 
 
 def test_quantization_error_is_the_formats_not_the_kernels():

@@ -49,6 +49,7 @@ near 7 GB of RAM; the fp8 part holds six rotations (~4 GB) per case.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
@@ -360,6 +361,23 @@ def accuracy_rows(vllm, block_size: int, allow_amx: bool, seed: int = 0) -> list
     return rows
 
 
+def _run_cases(cases: dict) -> tuple[list[dict], list[str]]:
+    """(rows, notes): each case's rows (printed as they come), and a note for each case that
+    returned None (over ferrum_kv.benchmarks.attention.MAX_CALL_BYTES of K/V per call)."""
+    from ferrum_kv.benchmarks import attention as fa
+
+    rows, notes = [], []
+    for label, run_case in cases.items():
+        case = run_case()
+        if case is None:
+            notes.append(f"skipped {label}: K/V over {fa.MAX_CALL_BYTES >> 20} MiB per call")
+            continue
+        for row in case:
+            print(row, flush=True)
+        rows.extend(case)
+    return rows, notes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
@@ -382,18 +400,13 @@ def main() -> int:
     if set(parts) - set(PARTS) or args.vllm_fp8_block_size % 32:
         parser.error(f"--parts takes {PARTS}; --vllm-fp8-block-size a multiple of 32")
 
-    vllm = va.import_vllm()
-    if isinstance(vllm, str):
-        print(f"vLLM is not importable here ({vllm}); skipping the vLLM attention comparison.")
-        return 0
-    try:
-        import ferrum_kv._core as core
-        from ferrum_kv.benchmarks import attention as fa
-        from ferrum_kv.benchmarks.common import Result, machine, write_json
-    except ImportError as error:
-        print(f"ferrum_kv (with ferrum_kv.benchmarks.attention) is not importable ({error}); "
-              "install it in this environment first.")
-        return 1
+    vllm = va.import_both("attention")
+    if isinstance(vllm, int):
+        return vllm
+    import ferrum_kv._core as core
+    from ferrum_kv.benchmarks import attention as fa
+    from ferrum_kv.benchmarks.common import Result, machine, write_json
+
     torch = vllm[0]
     import vllm as vllm_module
 
@@ -406,18 +419,12 @@ def main() -> int:
                 f"{vllm_module.__version__} cpu_attention_with_kv_cache; torch {torch.__version__}")
     results = []
     if "float" in parts:
-        rows, notes = [], []
-        for dtype in ("float32", "bfloat16"):
-            for context, batch in itertools.product(sizes["contexts"], sizes["batches"]):
-                case = bench_case(vllm, dtype, batch, context, threads_list, ceilings,
-                                  block_sizes, args.vllm_amx)
-                if case is None:
-                    notes.append(f"skipped {dtype} batch {batch} context {context}: K/V over "
-                                 f"{fa.MAX_CALL_BYTES >> 20} MiB per call")
-                    continue
-                for row in case:
-                    print(row, flush=True)
-                rows.extend(case)
+        rows, notes = _run_cases({
+            f"{dtype} batch {batch} context {context}": functools.partial(
+                bench_case, vllm, dtype, batch, context, threads_list, ceilings, block_sizes,
+                args.vllm_amx)
+            for dtype in ("float32", "bfloat16")
+            for context, batch in itertools.product(sizes["contexts"], sizes["batches"])})
         rows.sort(key=lambda r: r["threads"])
         ceiling_text = ", ".join(f"{t} thread(s) {c / 1e9:.1f} GB/s"
                                  for t, c in ceilings.items())
@@ -431,17 +438,11 @@ def main() -> int:
         results.append(Result("Paged attention decode, ferrum_kv vs vLLM CPU op (32 q heads, "
                               "8 KV heads, head_dim 128)", rows, notes))
     if "fp8" in parts:
-        rows, notes = [], []
-        for context, batch in itertools.product(sizes["contexts"], sizes["batches"]):
-            case = bench_fp8_case(vllm, batch, context, threads_list, args.vllm_fp8_block_size,
-                                  args.vllm_amx)
-            if case is None:
-                notes.append(f"skipped fp8 batch {batch} context {context}: bfloat16 K/V over "
-                             f"{fa.MAX_CALL_BYTES >> 20} MiB per call")
-                continue
-            for row in case:
-                print(row, flush=True)
-            rows.extend(case)
+        rows, notes = _run_cases({
+            f"fp8 batch {batch} context {context}": functools.partial(
+                bench_fp8_case, vllm, batch, context, threads_list, args.vllm_fp8_block_size,
+                args.vllm_amx)
+            for context, batch in itertools.product(sizes["contexts"], sizes["batches"])})
         rows.sort(key=lambda r: (r["threads"], r["format"]))
         notes[:0] = [
             versions + f"; vLLM block {args.vllm_fp8_block_size}, per-tensor scale 1.0",

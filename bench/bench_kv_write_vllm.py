@@ -84,15 +84,11 @@ def main() -> int:
     if args.vllm_block_size % 32:
         parser.error("--vllm-block-size must be a multiple of 32")
 
-    vllm = va.import_vllm()
-    if isinstance(vllm, str):
-        print(f"vLLM is not importable here ({vllm}); skipping the vLLM write comparison.")
-        return 0
-    try:
-        from ferrum_kv.benchmarks.common import Result, machine, write_json
-    except ImportError as error:
-        print(f"ferrum_kv is not importable ({error}); install it in this environment first.")
-        return 1
+    vllm = va.import_both("write")
+    if isinstance(vllm, int):
+        return vllm
+    from ferrum_kv.benchmarks.common import Result, machine, write_json
+
     torch = vllm[0]
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; load average {os.getloadavg()}")

@@ -42,6 +42,23 @@ def import_vllm():
     return torch, ops, _get_attn_isa, envs
 
 
+def import_both(comparison: str):
+    """import_vllm()'s tuple where vLLM and ferrum_kv (with its benchmarks) both import; else
+    says why and returns the script's exit status: 0 without vLLM (optional), 1 without
+    ferrum_kv."""
+    vllm = import_vllm()
+    if isinstance(vllm, str):
+        print(f"vLLM is not importable here ({vllm}); skipping the vLLM {comparison} comparison.")
+        return 0
+    try:
+        import ferrum_kv.benchmarks.attention  # noqa: F401
+    except ImportError as error:
+        print(f"ferrum_kv (with ferrum_kv.benchmarks) is not importable ({error}); install it in "
+              "this environment first.")
+        return 1
+    return vllm
+
+
 def attn_isa(isa_fn, torch_dtype, block_size: int, head_dim: int, kv_cache_dtype: str,
              allow_amx: bool = False) -> str:
     """The ISA string vLLM's backend would pass (see the module docstring for "amx")."""

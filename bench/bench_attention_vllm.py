@@ -156,7 +156,8 @@ def _decode_query(torch, batch: int, torch_dtype):
 
 
 def bench_case(vllm, dtype: str, batch: int, context: int, threads_list: list[int],
-               ceilings: dict, block_sizes: list[int], allow_amx: bool) -> list[dict] | None:
+               ceilings: dict, block_sizes: list[int], allow_amx: bool,
+               timer: str) -> list[dict] | None:
     torch, ops, isa_fn, envs = vllm
     import ferrum_kv._core as core
     from ferrum_kv.benchmarks import attention as fa
@@ -182,8 +183,8 @@ def bench_case(vllm, dtype: str, batch: int, context: int, threads_list: list[in
         torch.set_num_threads(threads)
         for peer in peers.values():
             peer.prepare(tq, seq_lens, heads, kv_heads, head_dim, envs.VLLM_CPU_ATTN_SPLIT_KV)
-        row = {"threads": threads, "dtype": dtype, "batch": batch, "context": context,
-               "kv_MB": f"{kv_bytes / 1e6:.0f}"}
+        row = {"threads": threads, "timer": va.timer_for(timer, threads), "dtype": dtype,
+               "batch": batch, "context": context, "kv_MB": f"{kv_bytes / 1e6:.0f}"}
         with torch.inference_mode():
             # Agreement on layer 0: ours against each vLLM block size (bfloat16 output there).
             expected = ours(0, threads).copy()
@@ -191,7 +192,7 @@ def bench_case(vllm, dtype: str, batch: int, context: int, threads_list: list[in
                       for bs, peer in peers.items()}
             fns = {"ours": lambda: ours(None, threads)}
             fns.update({f"vllm{bs}": peer.call for bs, peer in peers.items()})
-            times = va.timed_rounds(fns)
+            times = va.timed_rounds(fns, va.timer_for(timer, threads))
         ceiling = ceilings[threads]
         for name, t in times.items():
             row[f"{name}_ms"] = f"{t * 1e3:.3f}"
@@ -208,7 +209,7 @@ def bench_case(vllm, dtype: str, batch: int, context: int, threads_list: list[in
 
 
 def bench_fp8_case(vllm, batch: int, context: int, threads_list: list[int], block_size: int,
-                   allow_amx: bool) -> list[dict] | None:
+                   allow_amx: bool, timer: str) -> list[dict] | None:
     """fp8 decode against bfloat16 decode, for vLLM (its fp8 cache at block_size over its bf16
     cache at block_size) and for ours (fp8 storage, "exact" and "fast", over bfloat16 "exact"),
     all timed in the same interleaved rounds. One row per (threads, fp8 format)."""
@@ -247,10 +248,11 @@ def bench_fp8_case(vllm, batch: int, context: int, threads_list: list[int], bloc
             fns[f"ours_{fmt}_fast"] = ours_call(fmt, "fast", threads)
             fns[f"vllm_{fmt}"] = peers[fmt].call
         with torch.inference_mode():
-            t = va.timed_rounds(fns)
+            t = va.timed_rounds(fns, va.timer_for(timer, threads))
         for fmt in va.FP8_CACHE_DTYPES:
             vllm_x = t["vllm_bf16"] / t[f"vllm_{fmt}"]
-            row = {"threads": threads, "format": fmt, "batch": batch, "context": context,
+            row = {"threads": threads, "timer": va.timer_for(timer, threads), "format": fmt,
+                   "batch": batch, "context": context,
                    "vllm_bf16_ms": f"{t['vllm_bf16'] * 1e3:.3f}",
                    "vllm_fp8_ms": f"{t[f'vllm_{fmt}'] * 1e3:.3f}",
                    "ours_bf16_ms": f"{t['ours_bf16'] * 1e3:.3f}",
@@ -394,6 +396,9 @@ def main() -> int:
     parser.add_argument("--vllm-amx", action="store_true",
                         help="let vLLM run its amx kernel where it picks it (SIGILL on KVM "
                              "guests that do not grant the AMX tile state)")
+    parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: 1-thread rows timed by the calling thread's CPU time (see "
+                             "bench/vllm_cpu_attn.py), others by wall time; wall: all by wall")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -422,7 +427,7 @@ def main() -> int:
         rows, notes = _run_cases({
             f"{dtype} batch {batch} context {context}": functools.partial(
                 bench_case, vllm, dtype, batch, context, threads_list, ceilings, block_sizes,
-                args.vllm_amx)
+                args.vllm_amx, args.timer)
             for dtype in ("float32", "bfloat16")
             for context, batch in itertools.product(sizes["contexts"], sizes["batches"])})
         rows.sort(key=lambda r: r["threads"])
@@ -441,7 +446,7 @@ def main() -> int:
         rows, notes = _run_cases({
             f"fp8 batch {batch} context {context}": functools.partial(
                 bench_fp8_case, vllm, batch, context, threads_list, args.vllm_fp8_block_size,
-                args.vllm_amx)
+                args.vllm_amx, args.timer)
             for context, batch in itertools.product(sizes["contexts"], sizes["batches"])})
         rows.sort(key=lambda r: (r["threads"], r["format"]))
         notes[:0] = [

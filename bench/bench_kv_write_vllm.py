@@ -4,22 +4,25 @@ storage against write_kv into bfloat16 storage, same tokens, side by side in one
 Optional: vLLM is never a dependency; where it is not importable this script says so and exits 0.
 
     OPENBLAS_NUM_THREADS=1 python bench/bench_kv_write_vllm.py [--threads 1]
-        [--vllm-block-size 128] [--json FILE]
+        [--vllm-block-sizes 32,128] [--timer cpu|wall] [--json FILE]
 
 Geometry: 8 KV heads, head_dim 128 (a Llama-3-8B-like layer), N(0, 1) K/V. Two cases, as
 bench/quantize_write_bench.cc: a decode step (256 sequences, one new token each, every token in
-its own block) and a prefill chunk (512 consecutive tokens of one sequence). Each side takes its
-natural input: vLLM the model's bfloat16 K/V (its bf16 write is then a copy into its layout; its
-fp8 write divides by the per-tensor scale 1.0 and converts), ferrum_kv float32 K/V (rounded to
-bfloat16, or quantized per (token, head) row). The ratios are each implementation's quantized
+its own block) and a prefill chunk (512 consecutive tokens of one sequence); vLLM at each of
+--vllm-block-sizes (its fp8 caches need a multiple of 32; 128 is its CPU default), ferrum_kv at
+block 16. Each side takes its natural input: vLLM the model's bfloat16 K/V (its bf16 write is
+then a copy into its layout; its fp8 write divides by the per-tensor scale 1.0 and converts),
+ferrum_kv float32 K/V (rounded to bfloat16, or quantized per (token, head) row). The ratios are each implementation's quantized
 write over its own bfloat16 write (issue 13: ours at most 1.5x; vLLM measured 2.7-3.3x). vLLM's
 op runs on torch's threads (--threads), ferrum_kv's write_kv on the calling thread. All
-callables are timed in interleaved rounds, best of 7.
+callables are timed in interleaved rounds, best of 7, by the calling thread's CPU time with one
+thread (--timer cpu, the default) or by wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -75,14 +78,19 @@ def vllm_write(vllm, kv_cache_dtype: str, decode: bool, k, v, block_size: int, a
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for vLLM's op")
-    parser.add_argument("--vllm-block-size", type=int, default=128,
-                        help="a multiple of 32 (vLLM's vec16 kernel has no fp8)")
+    parser.add_argument("--vllm-block-sizes", default="32,128",
+                        help="comma-separated multiples of 32 (vLLM's vec16 kernel has no fp8); "
+                             "one row per case and block size")
     parser.add_argument("--vllm-amx", action="store_true",
                         help="let vLLM pick its amx ISA (see bench/vllm_cpu_attn.py)")
+    parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
+                        help="cpu (with --threads 1): the calling thread's CPU time (see "
+                             "bench/vllm_cpu_attn.py); wall: wall time")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    if args.vllm_block_size % 32:
-        parser.error("--vllm-block-size must be a multiple of 32")
+    block_sizes = [int(x) for x in args.vllm_block_sizes.split(",")]
+    if any(bs % 32 for bs in block_sizes):
+        parser.error("--vllm-block-sizes must be multiples of 32")
 
     vllm = va.import_both("write")
     if isinstance(vllm, int):
@@ -92,23 +100,25 @@ def main() -> int:
     torch = vllm[0]
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; load average {os.getloadavg()}")
+    timer = va.timer_for(args.timer, args.threads)
     rng = np.random.default_rng(0)
     rows, isas = [], set()
-    for case, n in CASES.items():
+    for (case, n), block_size in itertools.product(CASES.items(), block_sizes):
         decode = case.startswith("decode")
         k = rng.standard_normal((n, KV_HEADS, HEAD_DIM), dtype=np.float32)
         v = rng.standard_normal((n, KV_HEADS, HEAD_DIM), dtype=np.float32)
         tk, tv = (torch.from_numpy(x).to(torch.bfloat16) for x in (k, v))
         fns = {}
         for kvd in ("auto",) + va.FP8_CACHE_DTYPES:
-            fns[f"vllm {kvd}"], isa = vllm_write(vllm, kvd, decode, tk, tv,
-                                                 args.vllm_block_size, args.vllm_amx)
+            fns[f"vllm {kvd}"], isa = vllm_write(vllm, kvd, decode, tk, tv, block_size,
+                                                 args.vllm_amx)
             isas.add(isa)
         for fmt in OUR_FORMATS:
             fns[f"ours {fmt}"] = our_write(fmt, decode, k, v)
         with torch.inference_mode():
-            t = va.timed_rounds(fns)
-        row = {"case": case, "vllm_bf16_us": f"{t['vllm auto'] * 1e6:.1f}"}
+            t = va.timed_rounds(fns, timer)
+        row = {"case": case, "vllm_block": block_size,
+               "vllm_bf16_us": f"{t['vllm auto'] * 1e6:.1f}"}
         for kvd in va.FP8_CACHE_DTYPES:
             row[f"vllm_{kvd}/bf16"] = f"{t[f'vllm {kvd}'] / t['vllm auto']:.2f}x"
         row["ours_bf16_us"] = f"{t['ours bfloat16'] * 1e6:.1f}"
@@ -121,9 +131,10 @@ def main() -> int:
     result = Result(
         "Quantize-on-write cost over each implementation's own bfloat16 write (8 KV heads, "
         "head_dim 128)", rows,
-        [f"vLLM {vllm_module.__version__} cpu_attn_reshape_and_cache, block "
-         f"{args.vllm_block_size}, isa {'/'.join(sorted(isas))}, {args.threads} torch "
-         "thread(s), bfloat16 input; ferrum_kv PagedKvCache.write_kv, block 16, float32 input",
+        [f"vLLM {vllm_module.__version__} cpu_attn_reshape_and_cache, isa "
+         f"{'/'.join(sorted(isas))}, {args.threads} torch "
+         "thread(s), bfloat16 input; ferrum_kv PagedKvCache.write_kv, block 16, float32 input; "
+         f"timed by {timer} time, best of 7 interleaved rounds",
          "X/bf16 = time of the quantized write / time of the same implementation's bfloat16 "
          "write of the same tokens (< 1.5x: issue 13's target for ours)"])
     result.print()

@@ -83,24 +83,36 @@ def cache_values(torch, cache, kv_cache_dtype: str, scale: float):
     return cache.to(torch.float32)
 
 
-def timed_rounds(fns: dict, rounds: int = 7, min_time: float = 0.05) -> dict:
-    """Best seconds per call of each fn, timed in interleaved rounds (noisy shared machine)."""
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def timer_for(timer: str, threads: int) -> str:
+    """The clock (a CLOCKS key) of a timed_rounds run: with --timer cpu and one thread, the
+    calling thread's CPU time (vLLM's op under torch.set_num_threads(1) and ferrum_kv's calls
+    with num_threads=1 both run on the calling thread), which time slices lost to other
+    processes on a shared machine do not inflate; otherwise wall time."""
+    return "cpu" if timer == "cpu" and threads == 1 else "wall"
+
+
+def timed_rounds(fns: dict, timer: str = "wall", rounds: int = 7, min_time: float = 0.05) -> dict:
+    """Best seconds per call of each fn by CLOCKS[timer], timed in interleaved rounds."""
+    clock = CLOCKS[timer]
     loops = {}
     for name, fn in fns.items():  # calibrate each (also warms it up)
         n = 1
         while True:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 fn()
-            if time.perf_counter() - start >= min_time:
+            if clock() - start >= min_time:
                 break
             n *= 2
         loops[name] = n
     best = {name: math.inf for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(loops[name]):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / loops[name])
+            best[name] = min(best[name], (clock() - start) / loops[name])
     return best

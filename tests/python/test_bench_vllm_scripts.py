@@ -32,7 +32,7 @@ def test_help_parses(script):
 @pytest.mark.parametrize("script, args, message", [
     ("bench_attention_vllm.py", ["--parts", "float,prefill"], "--parts takes"),
     ("bench_attention_vllm.py", ["--vllm-fp8-block-size", "48"], "a multiple of 32"),
-    ("bench_kv_write_vllm.py", ["--vllm-block-size", "16"], "a multiple of 32"),
+    ("bench_kv_write_vllm.py", ["--vllm-block-sizes", "32,16"], "multiples of 32"),
 ])
 def test_bad_options_exit_2_before_importing_vllm(script, args, message):
     done = run(script, *args)

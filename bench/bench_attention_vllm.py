@@ -6,7 +6,7 @@ Optional: vLLM is never a dependency; where it is not importable this script say
 
     OPENBLAS_NUM_THREADS=1 python bench/bench_attention_vllm.py [--preset quick|full]
         [--threads 1,2] [--parts float,fp8,accuracy] [--vllm-block-sizes 16,128]
-        [--vllm-fp8-block-size 128] [--vllm-amx] [--json FILE]
+        [--vllm-fp8-block-size 128] [--vllm-amx] [--timer cpu|wall] [--json FILE]
 
 Geometry as in bench_attention.py: Llama-3-8B-like decode layer (32 query heads, 8 KV heads,
 head_dim 128), ferrum_kv block size 16, blocks of each sequence shuffled. vLLM is run through the
@@ -36,7 +36,9 @@ Parts:
 
 Each implementation rotates over ~768 MB of layers, so no call finds its K/V in the caches; the
 implementations are timed in interleaved rounds (best of the rounds), with the same thread count
-(torch.set_num_threads for vLLM, num_threads for ferrum_kv). The read ceiling is
+(torch.set_num_threads for vLLM, num_threads for ferrum_kv); 1-thread rows by the calling
+thread's CPU time (--timer cpu, the default: both run on the calling thread, and time slices
+lost to other processes do not count), the others by wall time. The read ceiling is
 ferrum_kv._core.memory_read_probe's threads-thread sum over 1 GiB, best of 5, measured in this
 run. vLLM's op runs on torch's OpenMP threads, ferrum_kv's kernels on their own (see
 docs/attention.md). On a 2-core shared machine the 2-thread rows are only meaningful when nothing
@@ -435,8 +437,8 @@ def main() -> int:
                                  for t, c in ceilings.items())
         notes[:0] = [
             versions + ", isa per block size in the isa column",
-            f"read ceiling (sum over 1 GiB, best of 5, this run): {ceiling_text}; % = K/V bytes "
-            "read per call / time / ceiling",
+            f"read ceiling (sum over 1 GiB, best of 5, wall time, this run): {ceiling_text}; % "
+            "= K/V bytes read per call / time / ceiling (timer column: the call's clock)",
             "ours/vllmN = vLLM ms / ours ms (>1: ours faster); relerrN = ||ours - vLLM|| / "
             "||ours|| on layer 0 (vLLM's output is bfloat16 in the bfloat16 cases)",
         ]

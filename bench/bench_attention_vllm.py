@@ -327,7 +327,7 @@ def accuracy_rows(vllm, block_size: int, allow_amx: bool, seed: int = 0) -> list
             rows.append(row(fmt, f"ferrum_kv {precision}",
                             "-" if fmt == "bfloat16" else "per row", got, stored))
 
-    blocks = tokens // block_size
+    blocks = -(-tokens // block_size)
     table = torch.arange(blocks, dtype=torch.int32).repeat(n, 1)
     seq_lens = torch.full((n,), tokens, dtype=torch.int32)
     starts = torch.arange(n + 1, dtype=torch.int32)
@@ -358,8 +358,9 @@ def accuracy_rows(vllm, block_size: int, allow_amx: bool, seed: int = 0) -> list
                 causal=True, alibi_slopes=None, sliding_window=-1, block_table=table,
                 softcap=0.0, scheduler_metadata=metadata, s_aux=None, k_scale=k_scale,
                 v_scale=v_scale, kv_cache_dtype=kvd)
-        stored = sum(va.cache_values(torch, c, kvd, s).abs().mean().item()
-                     for c, s in ((key_cache, k_scale), (value_cache, v_scale)))
+        # Slots past the last token hold zeros: sum over the cache, divide by the tokens' count.
+        stored = sum(va.cache_values(torch, c, kvd, s).abs().sum().item()
+                     for c, s in ((key_cache, k_scale), (value_cache, v_scale))) / k.size
         rows.append(row("bfloat16" if kvd == "auto" else kvd, f"vLLM {isa}", label,
                         out.to(torch.float32).numpy(), stored))
     return rows
@@ -420,7 +421,7 @@ def main() -> int:
     threads_list = [int(x) for x in args.threads.split(",")]
     block_sizes = [int(x) for x in args.vllm_block_sizes.split(",")]
     print(f"machine: {machine()}; load average {os.getloadavg()}")
-    ceilings = {t: fa.read_bandwidth(t) for t in threads_list}
+    ceilings = {t: fa.read_bandwidth(t) for t in threads_list} if "float" in parts else {}
     sizes = PRESETS[args.preset]
     versions = (f"ferrum_kv kernel {core.attention_isas()[0]} (block 16); vLLM "
                 f"{vllm_module.__version__} cpu_attention_with_kv_cache; torch {torch.__version__}")

@@ -44,8 +44,10 @@ run. vLLM's op runs on torch's OpenMP threads, ferrum_kv's kernels on their own 
 docs/attention.md). On a 2-core shared machine the 2-thread rows are only meaningful when nothing
 else runs: one preempted thread stalls every call of either.
 
-The float part of the full preset with --threads 1,2 takes about 5 minutes on 2 cores and peaks
-near 7 GB of RAM; the fp8 part holds six rotations (~4 GB) per case.
+The quick preset with --threads 1,2 took 8 minutes on 2 busy cores (load average 3-9), about 4
+for each of the float and fp8 parts (mostly filling our bfloat16 setups with random values), 20 s
+for the accuracy part. The float part of the full preset with --threads 1,2 takes about 5 minutes
+on 2 quiet cores and peaks near 7 GB of RAM; the fp8 part holds six rotations (~4 GB) per case.
 """
 
 from __future__ import annotations

@@ -400,8 +400,8 @@ def main() -> int:
                         help="vLLM cache block size of the fp8 and accuracy parts (a multiple "
                              "of 32: vLLM's vec16 kernel has no fp8)")
     parser.add_argument("--vllm-amx", action="store_true",
-                        help="let vLLM run its amx kernel where it picks it (SIGILL on KVM "
-                             "guests that do not grant the AMX tile state)")
+                        help="let vLLM run its amx kernel where it picks it (it died with "
+                             "SIGILL on the Xeon KVM guests here)")
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                         help="cpu: 1-thread rows timed by the calling thread's CPU time (see "
                              "bench/vllm_cpu_attn.py), others by wall time; wall: all by wall")

@@ -12,7 +12,7 @@ vLLM uses when a checkpoint brings none.
 
 ISA: vLLM's own _get_attn_isa, except that "amx" is replaced by "vec" unless allow_amx is set:
 on the Xeon KVM guests here torch reports AMX tiles but vLLM's amx kernel dies with SIGILL
-(the guest does not grant the AMX tile state). fp8 caches need "vec" or "amx" (block size a
+(illegal instruction; presumably the guest does not enable the AMX tile state). fp8 caches need "vec" or "amx" (block size a
 multiple of 32); vLLM's "vec16" (block 16) rejects them.
 """
 

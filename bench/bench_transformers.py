@@ -8,20 +8,22 @@ weights, greedy, ``--threads`` threads of torch and BLAS (for the kernels see
 - ``short``: 8 prompts x 128 tokens, 64 new tokens each;
 - ``long``: 4 prompts x 2048 tokens, 64 new tokens each;
 - ``shared``: 32 requests of uneven lengths (a 1024-token system prompt plus 16..256 tokens),
-  16 new tokens each: mean time to first token (TTFT) of the engine with and without prefix
-  caching (all requests arrive at once), and of the first 8 requests one by one through
+  16 new tokens each: time to first token (TTFT) of the engine with and without prefix
+  caching (all requests arrive at once), with prefix caching but without waiting for a shared
+  prefix (``wait_for_shared_prefix=False``), and of the first 8 requests one by one through
   generate with DynamicCache and with FerrumCache over one PagedKvCache (prefix hits).
 
 After one warm-up call of every mode, every mode runs ``--repeat`` times, interleaved, and the
 best wall time, CPU time (all threads of the process), TTFT and decode step are kept (the
 machine is shared and noisy: CPU time is the steadier measure of work when other processes
-take the cores). Reported per workload and mode: wall and CPU time, generated tokens/s, mean TTFT, and for generate the median
+take the cores). Reported per workload and mode: wall and CPU time, generated tokens/s, TTFT
+(mean, median and 90th percentile over the requests; for the engine also ``ttft_cpu``, the mean
+process CPU time from the start of the call to each first token), and for generate the median
 decode-step time (a logits processor timestamps every step). Ratios are printed against plain
-generate (and the engine against generate_batch). The engine runs with a 2048-token budget per
-step (chunks of at most 2048 prompt tokens; ``--engine-budget``). TTFT: mean, median and 90th
-percentile over the requests, and for the engine the mean process CPU time (all threads) from
-the start of the call to each first token (``ttft_cpu``: the work done before it, steadier than
-wall time when other processes take the cores). The thread settings and the load average are printed. ``--quick`` shrinks everything (a smoke run;
+generate (and the engine against generate_batch), with plain generate's wall time over its
+prefill: the most an engine whose prefill costs as much can gain. The engine runs with a
+2048-token budget per step (chunks of at most 2048 prompt tokens; ``--engine-budget``). The
+thread settings and the load average are printed. ``--quick`` shrinks everything (a smoke run;
 its figures are not the issue's).
 
     python bench/bench_transformers.py [--quick] [--threads 2] [--kernel-threads N] [--repeat 3]

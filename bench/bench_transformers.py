@@ -8,27 +8,34 @@ weights, greedy, ``--threads`` threads of torch and BLAS (for the kernels see
 - ``short``: 8 prompts x 128 tokens, 64 new tokens each;
 - ``long``: 4 prompts x 2048 tokens, 64 new tokens each;
 - ``shared``: 32 requests of uneven lengths (a 1024-token system prompt plus 16..256 tokens),
-  16 new tokens each: mean time to first token (TTFT) of the engine with and without prefix
-  caching (all requests arrive at once), and of the first 8 requests one by one through
+  16 new tokens each: time to first token (TTFT) of the engine with and without prefix
+  caching (all requests arrive at once), with prefix caching but without waiting for a shared
+  prefix (``wait_for_shared_prefix=False``), and of the first 8 requests one by one through
   generate with DynamicCache and with FerrumCache over one PagedKvCache (prefix hits).
 
 After one warm-up call of every mode, every mode runs ``--repeat`` times, interleaved, and the
 best wall time, CPU time (all threads of the process), TTFT and decode step are kept (the
 machine is shared and noisy: CPU time is the steadier measure of work when other processes
-take the cores). Reported per workload and mode: wall and CPU time, generated tokens/s, mean TTFT, and for generate the median
+take the cores). Reported per workload and mode: wall and CPU time, generated tokens/s, TTFT
+(mean, median and 90th percentile over the requests; for the engine also ``ttft_cpu``, the mean
+process CPU time from the start of the call to each first token), and for generate the median
 decode-step time (a logits processor timestamps every step). Ratios are printed against plain
-generate (and the engine against generate_batch). The engine runs with a 2048-token budget per
-step (chunks of at most 2048 prompt tokens). ``--quick`` shrinks everything (a smoke run;
+generate (and the engine against generate_batch), with plain generate's wall time over its
+prefill: the most an engine whose prefill costs as much can gain. The engine runs with a
+2048-token budget per step (chunks of at most 2048 prompt tokens; ``--engine-budget``). The
+thread settings and the load average are printed. ``--quick`` shrinks everything (a smoke run;
 its figures are not the issue's).
 
     python bench/bench_transformers.py [--quick] [--threads 2] [--kernel-threads N] [--repeat 3]
-        [--workloads short,long,shared] [--json out.json]
+        [--workloads short,long,shared] [--engine-budget 2048] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import statistics
 import time
 from typing import Callable
@@ -41,6 +48,7 @@ from transformers import (ContinuousBatchingConfig, GenerationConfig, LogitsProc
 
 import ferrum_kv as fkv
 from ferrum_kv.integrations.transformers import Engine, FerrumCache
+from ferrum_kv.integrations.transformers._model import kernel_threads
 
 BLOCK = 16
 
@@ -131,19 +139,35 @@ def run_generate_batch(model, prompts, new) -> dict:
     return {"seconds": elapsed, "cpu_s": cpu, "tokens": [o.generated_tokens for o in ordered]}
 
 
-def run_engine(model, prompts, new, prefix_caching: bool = True) -> dict:
+def run_engine(model, prompts, new, budget: int, prefix_caching: bool = True,
+               wait_for_shared_prefix: bool = True) -> dict:
+    """The engine (a step budget of ``budget`` tokens); wait_for_shared_prefix False:
+    requests that arrive together do not wait for one another's shared prefix."""
     blocks = sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
     engine = Engine(model, num_blocks=blocks, enable_prefix_caching=prefix_caching,
-                    token_budget=2048, max_num_seqs=len(prompts))
+                    token_budget=budget, max_num_seqs=len(prompts))
+    engine.scheduler_config = dataclasses.replace(engine.scheduler_config,
+                                                  wait_for_shared_prefix=wait_for_shared_prefix)
     first: dict[int, float] = {}
+    first_cpu: dict[int, float] = {}
     replies: list[list[int]] = [[] for _ in prompts]
     cpu, start = time.process_time(), time.perf_counter()
     for index, token in engine.stream(prompts, max_new_tokens=new):
-        first.setdefault(index, time.perf_counter() - start)
+        if index not in first:
+            first[index] = time.perf_counter() - start
+            first_cpu[index] = time.process_time() - cpu
         replies[index].append(token)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"seconds": elapsed, "cpu_s": cpu, "tokens": replies, "ttft_s": statistics.mean(first.values()),
+    return {"seconds": elapsed, "cpu_s": cpu, "tokens": replies, **ttft_stats(list(first.values())),
+            "ttft_cpu_s": statistics.mean(first_cpu.values()),
             "prefix_hit_tokens": engine.cache.stats()["prefix_hit_tokens"]}
+
+
+def ttft_stats(ttfts: list[float]) -> dict:
+    """Mean, median and 90th percentile of the requests' times to first token."""
+    deciles = statistics.quantiles(ttfts, n=10, method="inclusive")
+    return {"ttft_s": statistics.mean(ttfts), "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p90_s": deciles[8]}
 
 
 def run_generate_each(model, prompts, new, cache_factory) -> dict:
@@ -151,14 +175,20 @@ def run_generate_each(model, prompts, new, cache_factory) -> dict:
     runs = [run_generate(model, [prompt], new, cache_factory) for prompt in prompts]
     return {"seconds": sum(r["seconds"] for r in runs), "cpu_s": sum(r["cpu_s"] for r in runs),
             "tokens": [r["tokens"][0] for r in runs],
-            "ttft_s": statistics.mean(r["ttft_s"] for r in runs)}
+            **ttft_stats([r["ttft_s"] for r in runs])}
+
+
+def load() -> str:
+    """The 1, 5 and 15-minute load averages (the machine is shared)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def best(runs: list[dict]) -> dict:
     """Best of repeated runs on a noisy machine: the shortest wall time, TTFT and decode step
     (each its own minimum) and the tokens of the first run."""
     result = dict(runs[0])
-    for key in ("seconds", "cpu_s", "ttft_s", "decode_step_s"):
+    for key in ("seconds", "cpu_s", "ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_cpu_s",
+                "decode_step_s"):
         if key in result:
             result[key] = min(run[key] for run in runs)
     return result
@@ -176,13 +206,21 @@ def main() -> None:
                         " threads leave free (kernel_threads in the integration)")
     parser.add_argument("--workloads", default="short,long,shared",
                         help="comma-separated subset of short, long, shared")
+    parser.add_argument("--engine-budget", type=int, default=2048,
+                        help="the engine's token budget per step (longer prompts are prefilled in "
+                        "chunks of at most this many tokens)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    budget = args.engine_budget
     torch.set_num_threads(args.threads)
     if args.kernel_threads:
         fkv.set_num_threads(args.kernel_threads)
     model = build_model(args.quick)
     results: dict[str, dict] = {}
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}: torch threads "
+          f"{torch.get_num_threads()}, kernel threads inside a forward pass {kernel_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"load average {load()}", flush=True)
 
     def blocks(prompts, new) -> int:
         return sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
@@ -190,20 +228,24 @@ def main() -> None:
     def modes_of(name: str, prompts: list[list[int]], new: int) -> dict[str, Callable[[], dict]]:
         if name == "shared":
             first = prompts[:8]  # one by one: the first 8 requests only (a server without batching)
-            kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=blocks(first, new)))
+
+            def one_by_one_ferrum() -> dict:  # a fresh PagedKvCache per run: no hits from the last
+                kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=blocks(first, new)))
+                return run_generate_each(model, first, new, lambda: FerrumCache(model, kv_cache=kv))
+
             return {
-                "engine, no prefix caching": lambda: run_engine(model, prompts, new, False),
-                "engine": lambda: run_engine(model, prompts, new),
+                "engine, no prefix caching": lambda: run_engine(model, prompts, new, budget, False),
+                "engine, no waiting": lambda: run_engine(model, prompts, new, budget, True, False),
+                "engine": lambda: run_engine(model, prompts, new, budget),
                 "8 one by one (Dynamic)": lambda: run_generate_each(model, first, new, None),
-                "8 one by one (Ferrum)": lambda: run_generate_each(
-                    model, first, new, lambda: FerrumCache(model, kv_cache=kv)),
+                "8 one by one (Ferrum)": one_by_one_ferrum,
             }
         return {
             "generate (Dynamic+SDPA)": lambda: run_generate(model, prompts, new, None),
             "generate_batch": lambda: run_generate_batch(model, prompts, new),
             "generate (FerrumCache)": lambda: run_generate(
                 model, prompts, new, lambda: FerrumCache(model, num_blocks=blocks(prompts, new))),
-            "engine": lambda: run_engine(model, prompts, new),
+            "engine": lambda: run_engine(model, prompts, new, budget),
         }
 
     with threadpool_limits(limits=args.threads):
@@ -211,7 +253,7 @@ def main() -> None:
         run_generate(model, warm, 3, None)
         run_generate(model, warm, 3, lambda: FerrumCache(model, num_blocks=16))
         run_generate_batch(model, warm, 3)
-        run_engine(model, warm, 3)
+        run_engine(model, warm, 3, budget)
         chosen = args.workloads.split(",")
         for name, (prompts, new) in workloads(args.quick).items():
             if name not in chosen:
@@ -221,14 +263,19 @@ def main() -> None:
             for _ in range(args.repeat):
                 for mode, run in modes.items():
                     runs[mode].append(run())
+            print(f"{name}: load average {load()} after its runs", flush=True)
             for mode in modes:
                 result = best(runs[mode])
                 count = 8 if mode.startswith("8 ") else len(prompts)
                 result["generated_per_s"] = count * new / result["seconds"]
                 result["generated_per_cpu_s"] = count * new / result["cpu_s"]
                 results.setdefault(name, {})[mode] = result
-                extra = "".join(f"  {k} {result[k] * 1e3:8.1f} ms"
-                                for k in ("ttft_s", "decode_step_s") if k in result)
+                extra = "".join(f"  {k[:-2]} {result[k] * 1e3:8.1f} ms"
+                                for k in ("ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_cpu_s",
+                                          "decode_step_s")
+                                if k in result)
+                if "prefix_hit_tokens" in result:
+                    extra += f"  prefix hits {result['prefix_hit_tokens']} tokens"
                 print(f"{name:7s} {mode:26s} {result['seconds']:7.2f} s {result['cpu_s']:7.2f} cpu-s"
                       f"  {result['generated_per_s']:8.1f} gen tok/s{extra}", flush=True)
 
@@ -236,10 +283,14 @@ def main() -> None:
     for name, modes in results.items():
         if name == "shared":
             off, on = modes["engine, no prefix caching"], modes["engine"]
+            no_wait = modes["engine, no waiting"]
             dyn, fer = modes["8 one by one (Dynamic)"], modes["8 one by one (Ferrum)"]
-            print(f"  shared: mean TTFT, engine without / with prefix caching = "
-                  f"{off['ttft_s'] / on['ttft_s']:.2f}x; one by one, DynamicCache / FerrumCache "
-                  f"(prefix hits) = {dyn['ttft_s'] / fer['ttft_s']:.2f}x")
+            for key in ("ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_cpu_s"):
+                print(f"  shared: {key[:-2]}, engine without / with prefix caching = "
+                      f"{off[key] / on[key]:.2f}x (without waiting for a shared prefix "
+                      f"{off[key] / no_wait[key]:.2f}x)")
+            print(f"  shared: mean TTFT one by one, DynamicCache / FerrumCache (prefix hits) = "
+                  f"{dyn['ttft_s'] / fer['ttft_s']:.2f}x")
             continue
         base, batch = modes["generate (Dynamic+SDPA)"], modes["generate_batch"]
         engine, ferrum = modes["engine"], modes["generate (FerrumCache)"]
@@ -254,6 +305,9 @@ def main() -> None:
               f"({ferrum['generated_per_cpu_s'] / base['generated_per_cpu_s']:.2f}x); decode step, "
               f"DynamicCache / FerrumCache = {base['decode_step_s'] / ferrum['decode_step_s']:.2f}x;"
               f" engine replies equal to generate's: {same}/{len(base['tokens'])}")
+        print(f"  {name}: generate's wall time / its prefill (TTFT) = "
+              f"{base['seconds'] / base['ttft_s']:.2f}x: the most any engine whose prefill costs "
+              f"what generate's does can reach, with free decode steps")
     if args.json:
         for modes in results.values():
             for result in modes.values():

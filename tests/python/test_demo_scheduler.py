@@ -195,3 +195,60 @@ def test_resent_requests_are_whole_prompt_hits_that_match_the_reference():
     assert v.ok and v.samples == s["samples"] and v.steps == s["generated_tokens"]
     assert s["generated_tokens"] == without.summary["generated_tokens"]
     assert s["computed_tokens"] < without.summary["computed_tokens"]  # their prefill was skipped
+
+
+def shared_prefix_requests(rng, count, system_len=12):
+    """``count`` requests arriving together: a ``system_len``-token system prompt plus 1-4 own
+    tokens each."""
+    system = rng.integers(0, MODEL.vocab_size, system_len)
+    return [request(i, np.concatenate([system, rng.integers(0, MODEL.vocab_size, 1 + i % 4)]), 3)
+            for i in range(count)]
+
+
+def test_requests_arriving_together_prefill_a_shared_prefix_once():
+    requests = shared_prefix_requests(np.random.default_rng(4), 6)
+    scheduler = serve(requests, num_blocks=64, token_budget=128)
+    stats = scheduler.cache.stats()
+    # The first request computes the 3 shared blocks; the 5 others wait one step and hit them.
+    assert stats["prefix_hit_tokens"] == 5 * 12
+    own = sum(len(r.prompt) - 12 for r in requests[1:])
+    assert scheduler.computed_tokens == len(requests[0].prompt) + own + 6 * 2
+    first_step = scheduler.history[0]
+    assert first_step.prefill_tokens == len(requests[0].prompt) and first_step.waiting == 5
+    assert_matches_reference(scheduler)
+
+
+def test_without_waiting_requests_admitted_together_all_compute_the_shared_prefix():
+    requests = shared_prefix_requests(np.random.default_rng(4), 6)
+    scheduler = serve(requests, num_blocks=64, token_budget=128, wait_for_shared_prefix=False)
+    assert scheduler.cache.stats()["prefix_hit_tokens"] == 0
+    assert scheduler.computed_tokens == sum(len(r.prompt) for r in requests) + 6 * 2
+    assert_matches_reference(scheduler)
+
+
+def test_a_request_sharing_nothing_is_admitted_past_one_that_waits_for_a_prefix():
+    rng = np.random.default_rng(5)
+    sharing = shared_prefix_requests(rng, 2)
+    other = request(2, rng.integers(0, MODEL.vocab_size, 9), 3)
+    scheduler = serve([*sharing, other], num_blocks=64, token_budget=128)
+    first_step = scheduler.history[0]
+    assert first_step.prefill_tokens == len(sharing[0].prompt) + 9 and first_step.waiting == 1
+    assert scheduler.cache.stats()["prefix_hit_tokens"] == 12
+    assert_matches_reference(scheduler)
+
+
+def test_a_waiting_request_keeps_its_place_in_the_queue():
+    rng = np.random.default_rng(6)
+    sharing = shared_prefix_requests(rng, 2)
+    others = [request(i, rng.integers(0, MODEL.vocab_size, 5), 3) for i in (2, 3)]
+    model = Decoder(MODEL, seed=1)
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
+        block_size=BS, num_blocks=64, enable_prefix_caching=True))
+    workload = FixedWorkload([*sharing, *others])
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128, max_num_seqs=2))
+    scheduler.step()  # 0 runs, 1 waits for its blocks, 2 is admitted past it, 3 hits the limit
+    assert sorted(s.request.request_id for s in scheduler.running) == [0, 2]
+    assert [s.request.request_id for s in scheduler.waiting] == [1, 3]
+    scheduler.run()
+    assert cache.stats()["prefix_hit_tokens"] == 12

@@ -66,12 +66,15 @@ def test_preemption_keeps_outputs(num_host_blocks):
     engine.cache.check_invariants()
 
 
-def test_shared_system_prompt_is_prefilled_once():
+@pytest.mark.parametrize("max_num_seqs", [1, 4])
+def test_shared_system_prompt_is_prefilled_once(max_num_seqs):
+    """One at a time, or all four admitted in the first step's budget (the later three wait for
+    the first one's prefix blocks, then hit them)."""
     model = hf_models.qwen2()
     system = prompt_lists([64], seed=3)[0]
     prompts = prompt_lists([5, 17, 9, 23], seed=4, prefix=system)
     expected = reference(model, prompts)
-    engine = Engine(model, num_blocks=64, token_budget=256, max_num_seqs=1)
+    engine = Engine(model, num_blocks=64, token_budget=256, max_num_seqs=max_num_seqs)
     assert engine.generate(prompts, max_new_tokens=NEW) == expected
     stats = engine.cache.stats()
     assert stats["prefix_hit_tokens"] == 3 * 64  # the three later prompts hit all 4 blocks

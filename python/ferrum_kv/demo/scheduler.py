@@ -16,7 +16,11 @@ Each ``step()``:
    limit and free blocks (above a small watermark) allow. When the cache keeps prompt logits
    (``max_prompt_logits``), a new request is added with ``add_sequence_with_logits`` instead: a
    prompt stored before (a resent request) is a whole-prompt hit, sampled from the stored logits
-   at once with nothing to prefill.
+   at once with nothing to prefill. With prefix caching, a waiting sequence whose prompt shares
+   full blocks that a running sequence is still prefilling stays waiting (in its place) until they
+   are computed, then hits them; sequences behind it are considered meanwhile
+   (``wait_for_shared_prefix``: requests sharing a system prompt that arrive together prefill it
+   once, not once per request admitted before the first one finished it).
 4. **Run** the decoder over the step's rows (decode rows, then chunks) through
    ``PagedStepAttention``, ``mark_computed_batch`` the written tokens, and sample greedily for
    every sequence whose rows reached its last token (storing a new prompt's logits with
@@ -104,6 +108,12 @@ class SchedulerConfig:
         Keep every sample's logits (for ``--verify``).
     attention_precision : str
         ``precision`` of the attention kernels: "exact" or "fast" (``paged_attention_decode``).
+    wait_for_shared_prefix : bool
+        With prefix caching: a waiting request whose prompt starts with full blocks that a
+        running sequence is still prefilling is not admitted until they are computed, so it
+        reuses them instead of computing them again (requests sharing a system prompt that
+        arrive together prefill it once); requests behind it that share nothing are admitted
+        meanwhile.
     """
 
     token_budget: int = 256
@@ -111,6 +121,7 @@ class SchedulerConfig:
     watermark_blocks: int = 2
     record_logits: bool = False
     attention_precision: str = "exact"
+    wait_for_shared_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.token_budget < 1 or self.max_num_seqs < 1 or self.watermark_blocks < 0:
@@ -261,11 +272,7 @@ class Scheduler:
                 budget -= chunks[-1][2] - chunks[-1][1]
         if not preempted:
             self._swap_in()
-            while budget and self.waiting and self._admit(self.waiting[0]):
-                seq = self.waiting.popleft()
-                if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
-                    chunks.append(self._chunk(seq, budget))
-                    budget -= chunks[-1][2] - chunks[-1][1]
+            budget = self._admit_waiting(budget, decoding, chunks)
         if decode or chunks:
             self._run_model(decode, chunks)
         elif not (preempted or self.running or self.swapped):
@@ -359,6 +366,45 @@ class Scheduler:
             self._sample(seq, logits)
         return True
 
+    def _admit_waiting(self, budget: int, decoding: set[Sequence],
+                       chunks: list[tuple[Sequence, int, int]]) -> int:
+        """Admit waiting sequences in order while the budget and ``_admit`` allow, each with a
+        first chunk appended to ``chunks``; returns the budget left. With
+        ``wait_for_shared_prefix``, a sequence whose prompt shares full blocks that a running
+        sequence is still prefilling stays waiting (keeping its place) and later ones are
+        considered; it is admitted once those blocks are computed, and hits them."""
+        deferred: list[Sequence] = []
+        while budget and self.waiting:
+            seq = self.waiting[0]
+            if self._shares_uncomputed_prefix(seq, decoding):
+                deferred.append(self.waiting.popleft())
+                continue
+            if not self._admit(seq):
+                break
+            self.waiting.popleft()
+            if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
+                chunks.append(self._chunk(seq, budget))
+                budget -= chunks[-1][2] - chunks[-1][1]
+        self.waiting.extendleft(reversed(deferred))
+        return budget
+
+    def _shares_uncomputed_prefix(self, seq: Sequence, decoding: set[Sequence]) -> bool:
+        """Whether a running sequence still prefilling (not a decode row) holds, uncomputed,
+        full blocks of ``seq``'s leading tokens that ``add_sequence`` would reuse once computed.
+
+        Cost: one comparison of token prefixes per sequence still prefilling."""
+        if not (self.config.wait_for_shared_prefix and self.cache.config.enable_prefix_caching):
+            return False
+        block = self.cache.config.block_size
+        tokens = np.asarray(seq.tokens[:len(seq.tokens) - 1], np.int64)  # never a whole-prompt hit
+        for other in self.running:
+            if other in decoding or other.num_computed >= other.num_cached:
+                continue
+            shared = _common_prefix_len(tokens, np.asarray(other.tokens[:other.num_cached]))
+            if shared // block > other.num_computed // block:
+                return True
+        return False
+
     @staticmethod
     def _chunk(seq: Sequence, budget: int) -> tuple[Sequence, int, int]:
         return seq, seq.num_computed, min(seq.num_cached, seq.num_computed + budget)
@@ -432,6 +478,13 @@ class Scheduler:
             prefix_hit_rate=stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1))
         self.history.append(record)
         return record
+
+
+def _common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    """The number of leading elements two 1-D arrays share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def rank_token(logits: np.ndarray, rank: int) -> int:

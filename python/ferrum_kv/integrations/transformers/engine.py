@@ -166,6 +166,9 @@ class Engine:
     ----------
     cache : PagedKvCache
     model : the transformers model
+    scheduler_config : SchedulerConfig
+        The scheduler's limits, read by each ``generate`` / ``stream`` call (replace it, e.g.
+        with ``dataclasses.replace``, to change them: ``wait_for_shared_prefix`` and the rest).
 
     Raises
     ------

@@ -4,6 +4,7 @@ of issue 13 (BENCHMARKS.md) measured so that the machine's drifting load hits ev
     python bench/ab_kv_formats.py --case decode --context 4096 --batch 8 --threads 2
     python bench/ab_kv_formats.py --case prefill --context 2048 --threads 1 --rounds 5
     python bench/ab_kv_formats.py --case decode --context 1024 --batch 8 --hot   # K/V in cache
+    python bench/ab_kv_formats.py --build /tmp/builds/before ...   # another build (ab_common.py)
 
 Each (format, precision) variant has its own KvStorage (bench_attention's PagedSetup: K/V rotated
 over several hundred MB, so that no call finds its K/V in the caches; --hot keeps calling layer 0).
@@ -18,9 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+if "--build" in sys.argv:  # before importing ferrum_kv: that build, not the installed one
+    _folder = os.path.abspath(sys.argv[sys.argv.index("--build") + 1])
+    sys.meta_path = [f for f in sys.meta_path if not type(f).__name__.startswith("ScikitBuild")]
+    sys.path.insert(0, _folder)
 
 import numpy as np  # noqa: E402
 
@@ -55,6 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=0, help="calls per sample (0: about 50 ms)")
     parser.add_argument("--hot", action="store_true", help="one layer: K/V stay in the caches")
+    parser.add_argument("--build", help="a folder holding a ferrum_kv package to run instead")
     args = parser.parse_args()
 
     batch = args.batch if args.case == "decode" else 1
@@ -85,6 +93,7 @@ def main() -> None:
             wall[v].append((time.perf_counter() - w0) / n)
     print(f"{args.case} context {args.context} batch {batch} threads {args.threads} "
           f"{'hot' if args.hot else 'from DRAM'}; {args.rounds} rounds x {n} calls; "
+          f"{os.path.dirname(os.path.dirname(core.__file__))}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'variant':<20}{'wall ms':>10}{'cpu ms':>10}  {'vs bf16 wall (range)':<24}"
           f"vs bf16 cpu (range)")

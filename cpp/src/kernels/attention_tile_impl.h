@@ -237,9 +237,11 @@ class TileKernel {
     }
     // float32 keeps whole 64-key spans (16 keys: 1.09x from DRAM but 0.94x in cache).
     constexpr bool kCapped = kDType != DType::kFloat32;
-    // Folded formats: each row's sum of q (a K offset adds offset * sum(q) to a score) and the
-    // span's sum of weight * V offset (added to every column of acc).
+    // Folded formats: each row's sum of q (a K offset adds offset * sum(q) to a score) and its
+    // running sum of weight * V offset, rescaled with acc (added to every column of acc at the
+    // end); correction: the factor Softmax rescaled each row's acc by in the current span.
     float q_sum[kMaxTileRows] = {}, value_offset[kMaxTileRows] = {};
+    float correction[kMaxTileRows];
     if constexpr (Load::kOffset) {
       for (int r = 0; r < rows; ++r) {
         const float* row = t.q + int64_t{r} * d;
@@ -257,8 +259,8 @@ class TileKernel {
       }
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
-          Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
-                  t.acc + int64_t{r} * d, d);
+          correction[r] = Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos,
+                                         t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       } else {
         for (int r = 0; r < rows; ++r) {
@@ -267,22 +269,24 @@ class TileKernel {
           const int32_t end = t.row_end[r] - pos;
           TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
                        std::clamp<int32_t>(end, 0, n));
-          Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
+          correction[r] =
+              Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       }
       if constexpr (Load::kFolded) {
         for (int r = 0; r < rows; ++r) {
-          value_offset[r] = FoldWeights(v, n, scores + r * kSpanTokens, 1);
+          const float span_offset = FoldWeights(v, n, scores + r * kSpanTokens, 1);
+          value_offset[r] = value_offset[r] * correction[r] + span_offset;
         }
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores + r0 * kSpanTokens, 1, v, n,
                                                t.acc + int64_t{r0} * d, next);
       });
-      if constexpr (Load::kOffset) {
-        for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
-      }
     });
+    if constexpr (Load::kOffset) {
+      for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+    }
   }
 
   // Folded formats: scores s[j * stride] = q . u_j of keys j < n become scale_j * s + offset_j *
@@ -705,15 +709,16 @@ class TileKernel {
 
   // Turns one row's scores s[0, n) into weights p (in place) for its visible keys
   // begin <= j < visible (p = 0 elsewhere), folding them into the row's running (max, sum) and
-  // rescaling its acc. kBegin false (no sliding window) ignores begin: the plain hot path.
+  // rescaling its acc; returns the factor acc was rescaled by. kBegin false (no sliding window)
+  // ignores begin: the plain hot path.
   template <bool kBegin>
-  static void Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
+  static float Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
                       float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
     const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
     if (lo == nv) {
       std::fill(s, s + n, 0.0f);
-      return;
+      return 1.0f;
     }
     // s has kSpanTokens (a multiple of kW) elements: whole vectors up to n, the lanes outside
     // [lo, nv) set to -inf and then to weight 0.
@@ -746,6 +751,7 @@ class TileKernel {
       for (int c = 0; c < d; ++c) acc[c] *= correction;
     }
     *max = new_max;
+    return correction;
   }
 
   // AccumulateRows for rows r0 .. r0 + NR - 1 of the span's keys pos .. pos + n - 1, over only

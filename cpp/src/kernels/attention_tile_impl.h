@@ -18,7 +18,8 @@
 //   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
 //      groups of 4 rows x 4 keys (16 accumulators; each K vector loaded once per group, each q
 //      vector once per 4 keys), then one horizontal sum each. Wide tiles (prefill): rows in
-//      lanes, see RunWide; the span's K and V are first widened (dequantized) into float buffers;
+//      lanes, see RunWide; the span's K (and quantized V) are first widened (dequantized) into
+//      float buffers;
 //   2. online softmax (vector exp), rescaling acc when a row's max grows;
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
 // K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
@@ -318,10 +319,9 @@ class TileKernel {
   // At least kW rows (prefill tiles, wide GQA groups): rows go in SIMD lanes. q is transposed
   // once per tile (qt[c][r]), so a score vector (one key, kW rows) is a chain of head_dim
   // broadcast-FMAs with no horizontal sum, 8 keys at a time; the online softmax runs on row
-  // vectors too. Keys and values not in float32 are widened (and dequantized: x_hat) into float
-  // buffers once per span, so that every row group's FMAs read floats (widening them once per
-  // row group cost quantized prefill 0.70-0.90x bfloat16's); kFastBf16 keeps its values as they
-  // are for its bfloat16 dot products.
+  // vectors too. Keys not in float32 are widened (and dequantized: x_hat) into a float buffer
+  // once per span, and so are quantized values, so that every row group's FMAs read floats
+  // (widening quantized values once per row group cost prefill 0.70-0.90x bfloat16's).
   static void RunWide(const AttentionTile& t) {
     const int d = t.head_dim;
     const int rows = t.num_rows;
@@ -329,8 +329,8 @@ class TileKernel {
     std::vector<float> qt(size_t(d) * padded, 0.0f);
     // Columns in the order WidenRows writes them (the visiting order).
     for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < d; ++c) {
-        qt[size_t(VisitPosition(c, d)) * padded + r] = t.q[int64_t{r} * d + c];
+      for (int i = 0; i < d; ++i) {
+        qt[size_t(i) * padded + r] = t.q[int64_t{r} * d + VisitedColumn(i, d)];
       }
     }
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
@@ -354,7 +354,9 @@ class TileKernel {
     std::fill(sum.begin(), sum.end(), 0.0f);
     std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
     constexpr bool kWiden = kDType != DType::kFloat32;
-    constexpr bool kWidenValues = kWiden && !kFastBf16;
+    // (bfloat16 values are widened as they are read, one shift or mask per vector; quantized ones
+    // would cost 3-8 operations per vector in every row group.)
+    constexpr bool kWidenValues = Load::kQuantized;
     std::vector<float> keys(kWiden ? size_t(kSpanTokens) * d : 0);
     std::vector<float> values(kWidenValues ? size_t(kSpanTokens) * d : 0);
     std::vector<float> correction(padded);
@@ -560,14 +562,10 @@ class TileKernel {
       return i < kW ? 2 * i : 2 * (i - kW) + 1;
     }
   }
-  // The position of column c in the visiting order.
-  static int VisitPosition(int c, int d) {
-    if (c >= PairedColumns(d)) return c;
-    const int block = c / (2 * kW) * (2 * kW);
-    for (int i = 0; i < 2 * kW; ++i) {
-      if (PairedColumn(i) == c - block) return block + i;
-    }
-    return c;  // unreachable: PairedColumn is a permutation
+  // The column visited i-th (of head_dim d).
+  static int VisitedColumn(int i, int d) {
+    if (i >= PairedColumns(d)) return i;
+    return i / (2 * kW) * (2 * kW) + PairedColumn(i % (2 * kW));
   }
   // Elements per query row in the narrow path.
   static int QueryStride(int d) { return kFastBf16 ? (d + 2 * kW - 1) / (2 * kW) * (2 * kW) : d; }

@@ -327,10 +327,11 @@ class TileKernel {
     const int rows = t.num_rows;
     const int padded = (rows + kW - 1) / kW * kW;
     std::vector<float> qt(size_t(d) * padded, 0.0f);
-    // Columns in the order WidenRows writes them (the visiting order).
+    // Columns in the order WidenRows writes them.
     for (int r = 0; r < rows; ++r) {
       for (int i = 0; i < d; ++i) {
-        qt[size_t(i) * padded + r] = t.q[int64_t{r} * d + VisitedColumn(i, d)];
+        const int c = kWideVisitOrder ? VisitedColumn(i, d) : i;
+        qt[size_t(i) * padded + r] = t.q[int64_t{r} * d + c];
       }
     }
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
@@ -400,10 +401,23 @@ class TileKernel {
     std::copy(sum.begin(), sum.begin() + rows, t.sum);
   }
 
-  // The span's n rows (keys or values) as float rows of d in the visiting order: the storage
-  // itself for float32, else widened and dequantized (x_hat) into buffer.
+  // The span's n rows (keys or values) as float rows of d: the storage itself for float32;
+  // float16 and bfloat16 (keys only) widened into buffer as one run in column order; quantized
+  // formats widened and dequantized (x_hat) into buffer in the visiting order (kWideVisitOrder).
   static const float* WidenRows(const Rows& rows, int n, int d, float* buffer) {
     if constexpr (kDType == DType::kFloat32) return rows.data;
+    if constexpr (!kWideVisitOrder) {  // 16-bit rows are contiguous
+      const int64_t total = int64_t{n} * d;
+      int64_t i = 0;
+      for (; i + kW <= total; i += kW) {
+        Isa::Store(buffer + i, Load::Load(rows.data, nullptr, static_cast<int>(i)));
+      }
+      if (i < total) {
+        const int rest = static_cast<int>(total - i);
+        Isa::StorePartial(buffer + i, Load::LoadPartial(rows.data, nullptr, int(i), rest), rest);
+      }
+      return buffer;
+    }
     for (int j = 0; j < n; ++j) {
       const Elem* row = rows.Row(j);
       const float* params = rows.Params(j);
@@ -562,6 +576,9 @@ class TileKernel {
       return i < kW ? 2 * i : 2 * (i - kW) + 1;
     }
   }
+  // The wide path's buffers hold quantized formats' rows in the visiting order (the values' order
+  // must be acc's), 16-bit keys in column order (one run of the span, cheapest to widen).
+  static constexpr bool kWideVisitOrder = Load::kQuantized;
   // The column visited i-th (of head_dim d).
   static int VisitedColumn(int i, int d) {
     if (i >= PairedColumns(d)) return i;

@@ -158,3 +158,28 @@ def test_quantization_error_is_the_formats_not_the_kernels():
             errors[dtype] = relative_error(out, exact)
     assert 1e-4 < errors["int8"] < errors["fp8_e4m3"] < errors["fp8_e5m2"], errors
     assert errors["int8"] < errors["int4"] < 0.5, errors
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_every_fp8_code_reads_back_exactly_through_attention_in_every_isa(dtype):
+    """One key per sequence: the output is its value row, so each of the finite FP8 codes (one
+    per column of head_dim 256, NaN/inf codes replaced by 0) must come back as gather_kv's
+    dequantized value (read_slot), in every variant (the kernels widen codes with their own bit
+    tricks)."""
+    config = core.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=256, block_size=16,
+                              num_blocks=1, dtype=dtype)
+    storage = core.KvStorage(config)
+    codes = np.arange(256, dtype=np.uint8)
+    exponent_all_ones = (codes & 0x7F) == 0x7F if dtype == "fp8_e4m3" else (codes & 0x7C) == 0x7C
+    codes[exponent_all_ones] = 0
+    storage.key_cache(0)[...] = 0
+    storage.value_cache(0)[0, 0, 0] = codes
+    storage.key_scales(0)[...] = 1.0
+    storage.value_scales(0)[...] = 0.5  # a power of two: the products stay exact
+    tables = np.zeros((1, 1), np.int32)
+    lens = np.ones(1, np.int32)
+    expected = storage.read_slot(0, 0, 0)[1][0]
+    q = np.ones((1, 1, 256), np.float32)
+    for isa in FAST_ISAS + ["reference"]:
+        out = core.paged_attention_decode_tables(q, storage, 0, tables, lens, isa=isa)
+        assert np.array_equal(out[0, 0], expected), isa

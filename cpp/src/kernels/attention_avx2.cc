@@ -72,13 +72,11 @@ struct Avx2 {
   // As in attention_isa_avx512.h: FP8 to float16 bits, then vcvtph2ps.
   template <bool kE4M3>
   static V LoadFp8(const uint8_t* p) {
-    const __m128i x = _mm_cvtepu8_epi16(Load8Bytes(p));
     if constexpr (kE4M3) {
-      const __m128i magnitude = _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), 7);
-      const __m128i sign = _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8);
-      return _mm256_cvtph_ps(_mm_or_si128(magnitude, sign));
+      const __m128i x = _mm_slli_epi16(_mm_cvtepi8_epi16(Load8Bytes(p)), 7);
+      return _mm256_cvtph_ps(_mm_and_si128(x, _mm_set1_epi16(~0x4000)));
     } else {
-      return _mm256_cvtph_ps(_mm_slli_epi16(x, 8));
+      return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(Load8Bytes(p)), 8));
     }
   }
   template <bool kE4M3>

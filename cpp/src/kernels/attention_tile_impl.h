@@ -17,11 +17,15 @@
 // Loop structure, per span of at most kSpanTokens keys inside one block:
 //   1. scores. Narrow tiles (fewer rows than kWidth: decode): scores[r][j] = q[r] . k[j] for
 //      groups of 4 rows x 4 keys (16 accumulators; each K vector loaded once per group, each q
-//      vector once per 4 keys), then one horizontal sum each. Wide tiles (prefill): rows in lanes, see RunWide;
+//      vector once per 4 keys), then one horizontal sum each. Wide tiles (prefill): rows in
+//      lanes, see RunWide; the span's K (and quantized V) are first widened (dequantized) into
+//      float buffers;
 //   2. online softmax (vector exp), rescaling acc when a row's max grows;
 //   3. acc[r] += p[r][j] * v[j] for groups of 4 rows x 2 vectors of head_dim.
 // K and V are read from memory once per tile (a decode tile with G <= 4 query heads per KV head
-// touches each K/V cache line once; later row groups hit L1).
+// touches each K/V cache line once; later row groups hit L1). The narrow path widens K and V in
+// registers as it goes (each key once per group of 4 rows); quantized formats are folded there
+// (attention_kv_load.h), the wide path reads the buffers' x_hat instead.
 //
 // bfloat16 K/V are widened 2 kWidth elements at a time into an even and an odd vector (one shift
 // and one mask, instead of a zero-extension and a shift per vector), so the columns of each
@@ -163,16 +167,20 @@ class TileKernel {
 
   // Consecutive K or V rows of one head region (a span): row j's elements at data + j *
   // row_elems, its quantization parameters (quantized formats) at params + j * params_per_row.
-  struct Rows {
-    const Elem* data;
+  // RowsOf<float> with another storage format: rows the wide path widened into a buffer (x_hat,
+  // in the visiting order; no parameters).
+  template <class E>
+  struct RowsOf {
+    const E* data;
     const float* params;
     int64_t row_elems;
     int params_per_row;
 
-    const Elem* Row(int64_t j) const { return data + j * row_elems; }
+    const E* Row(int64_t j) const { return data + j * row_elems; }
     const float* Params(int64_t j) const { return params + j * params_per_row; }
-    Rows From(int64_t j) const { return {Row(j), Params(j), row_elems, params_per_row}; }
+    RowsOf From(int64_t j) const { return {Row(j), Params(j), row_elems, params_per_row}; }
   };
+  using Rows = RowsOf<Elem>;
 
   // Keys per span of the narrow path with 16-bit K/V: at most about 8 KiB of K (and as much V),
   // when the blocks are that long. On Zen 4 from DRAM (2 threads, head_dim 128, block 64)
@@ -230,9 +238,11 @@ class TileKernel {
     }
     // float32 keeps whole 64-key spans (16 keys: 1.09x from DRAM but 0.94x in cache).
     constexpr bool kCapped = kDType != DType::kFloat32;
-    // Folded formats: each row's sum of q (a K offset adds offset * sum(q) to a score) and the
-    // span's sum of weight * V offset (added to every column of acc).
+    // Folded formats: each row's sum of q (a K offset adds offset * sum(q) to a score) and its
+    // running sum of weight * V offset, rescaled with acc (added to every column of acc at the
+    // end); correction: the factor Softmax rescaled each row's acc by in the current span.
     float q_sum[kMaxTileRows] = {}, value_offset[kMaxTileRows] = {};
+    float correction[kMaxTileRows];
     if constexpr (Load::kOffset) {
       for (int r = 0; r < rows; ++r) {
         const float* row = t.q + int64_t{r} * d;
@@ -250,8 +260,8 @@ class TileKernel {
       }
       if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
         for (int r = 0; r < rows; ++r) {
-          Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
-                  t.acc + int64_t{r} * d, d);
+          correction[r] = Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos,
+                                         t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       } else {
         for (int r = 0; r < rows; ++r) {
@@ -260,22 +270,24 @@ class TileKernel {
           const int32_t end = t.row_end[r] - pos;
           TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
                        std::clamp<int32_t>(end, 0, n));
-          Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
+          correction[r] =
+              Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
         }
       }
       if constexpr (Load::kFolded) {
         for (int r = 0; r < rows; ++r) {
-          value_offset[r] = FoldWeights(v, n, scores + r * kSpanTokens, 1);
+          const float span_offset = FoldWeights(v, n, scores + r * kSpanTokens, 1);
+          value_offset[r] = value_offset[r] * correction[r] + span_offset;
         }
       }
       ForRowGroups(rows, [&](auto nr, int r0) {
         AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores + r0 * kSpanTokens, 1, v, n,
                                                t.acc + int64_t{r0} * d, next);
       });
-      if constexpr (Load::kOffset) {
-        for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
-      }
     });
+    if constexpr (Load::kOffset) {
+      for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+    }
   }
 
   // Folded formats: scores s[j * stride] = q . u_j of keys j < n become scale_j * s + offset_j *
@@ -307,17 +319,19 @@ class TileKernel {
   // At least kW rows (prefill tiles, wide GQA groups): rows go in SIMD lanes. q is transposed
   // once per tile (qt[c][r]), so a score vector (one key, kW rows) is a chain of head_dim
   // broadcast-FMAs with no horizontal sum, 8 keys at a time; the online softmax runs on row
-  // vectors too. Keys in 16-bit storage are widened into a float buffer once per span.
+  // vectors too. Keys not in float32 are widened (and dequantized: x_hat) into a float buffer
+  // once per span, and so are quantized values, so that every row group's FMAs read floats
+  // (widening quantized values once per row group cost prefill 0.70-0.90x bfloat16's).
   static void RunWide(const AttentionTile& t) {
     const int d = t.head_dim;
     const int rows = t.num_rows;
     const int padded = (rows + kW - 1) / kW * kW;
     std::vector<float> qt(size_t(d) * padded, 0.0f);
-    // Columns in the order WidenKeys writes them (quantized kPairs formats: the visiting order).
+    // Columns in the order WidenRows writes them.
     for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < d; ++c) {
-        const int position = kWideVisitOrder ? VisitPosition(c, d) : c;
-        qt[size_t(position) * padded + r] = t.q[int64_t{r} * d + c];
+      for (int i = 0; i < d; ++i) {
+        const int c = kWideVisitOrder ? VisitedColumn(i, d) : i;
+        qt[size_t(i) * padded + r] = t.q[int64_t{r} * d + c];
       }
     }
     std::vector<float> row_end(padded, 0.0f), max(padded), sum(padded);
@@ -340,11 +354,16 @@ class TileKernel {
     std::fill(max.begin(), max.end(), -std::numeric_limits<float>::infinity());
     std::fill(sum.begin(), sum.end(), 0.0f);
     std::vector<float> scores(size_t(kSpanTokens) * padded);  // [key][row]
-    std::vector<float> keys(kDType == DType::kFloat32 ? 0 : size_t(kSpanTokens) * d);
-    std::vector<float> correction(padded), value_offset(Load::kOffset ? padded : 0);
+    constexpr bool kWiden = kDType != DType::kFloat32;
+    // (bfloat16 values are widened as they are read, one shift or mask per vector; quantized ones
+    // would cost 3-8 operations per vector in every row group.)
+    constexpr bool kWidenValues = Load::kQuantized;
+    std::vector<float> keys(kWiden ? size_t(kSpanTokens) * d : 0);
+    std::vector<float> values(kWidenValues ? size_t(kSpanTokens) * d : 0);
+    std::vector<float> correction(padded);
     ForEachSpan<false>(t, kSpanTokens, [&](int32_t pos, int n, const Rows& k, const Rows& v,
                                            NextSpan& next) {
-      const float* k32 = WidenKeys(k, n, d, keys.data());
+      const float* k32 = WidenRows(k, n, d, keys.data());
       for (int r0 = 0; r0 < padded; r0 += kW) {
         int j = 0;
         for (; j + 8 <= n; j += 8) {
@@ -366,71 +385,67 @@ class TileKernel {
         float* acc = t.acc + int64_t{r} * d;
         for (int c = 0; c < d; ++c) acc[c] *= correction[r];
       }
-      if constexpr (Load::kFolded) {
-        for (int r = 0; r < rows; ++r) {
-          const float offset_sum = FoldWeights(v, n, scores.data() + r, padded);
-          if constexpr (Load::kOffset) value_offset[r] = offset_sum;
-        }
-      }
-      ForRowGroups(rows, [&](auto nr, int r0) {
-        AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores.data() + r0, padded, v, n,
-                                               t.acc + int64_t{r0} * d, next);
-      });
-      if constexpr (Load::kOffset) {
-        for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+      const auto accumulate = [&](const auto& value_rows) {
+        ForRowGroups(rows, [&](auto nr, int r0) {
+          AccumulateVisible<decltype(nr)::value>(t, r0, pos, scores.data() + r0, padded,
+                                                 value_rows, n, t.acc + int64_t{r0} * d, next);
+        });
+      };
+      if constexpr (kWidenValues) {
+        accumulate(RowsOf<float>{WidenRows(v, n, d, values.data()), nullptr, d, 0});
+      } else {
+        accumulate(v);
       }
     });
     std::copy(max.begin(), max.begin() + rows, t.max);
     std::copy(sum.begin(), sum.begin() + rows, t.sum);
   }
 
-  // The span's keys as float32 rows of d: the storage itself for float32, else widened (and
-  // dequantized: x_hat) into buffer, a span (at most kSpanTokens keys of one block) at a time.
-  static const float* WidenKeys(const Rows& k, int n, int d, float* buffer) {
-    if constexpr (kDType == DType::kFloat32) {
-      return k.data;
-    } else if constexpr (kDType == DType::kFloat16 || kDType == DType::kBFloat16) {
-      // Rows are contiguous: widen them as one run.
+  // The span's n rows (keys or values) as float rows of d: the storage itself for float32;
+  // float16 and bfloat16 (keys only) widened into buffer as one run in column order; quantized
+  // formats widened and dequantized (x_hat) into buffer in the visiting order (kWideVisitOrder).
+  static const float* WidenRows(const Rows& rows, int n, int d, float* buffer) {
+    if constexpr (kDType == DType::kFloat32) return rows.data;
+    if constexpr (!kWideVisitOrder) {  // 16-bit rows are contiguous
       const int64_t total = int64_t{n} * d;
       int64_t i = 0;
-      for (; i + kW <= total; i += kW) Isa::Store(buffer + i, Load::Load(k.data, nullptr, int(i)));
-      if (i < total) {
-        const int rest = int(total - i);
-        Isa::StorePartial(buffer + i, Load::LoadPartial(k.data, nullptr, int(i), rest), rest);
+      for (; i + kW <= total; i += kW) {
+        Isa::Store(buffer + i, Load::Load(rows.data, nullptr, static_cast<int>(i)));
       }
-      return buffer;
-    } else {
-      for (int j = 0; j < n; ++j) {
-        const Elem* row = k.Row(j);
-        const float* params = k.Params(j);
-        float* out = buffer + int64_t{j} * d;
-        V scale = Isa::Set1(1.0f), offset = Isa::Zero();
-        if constexpr (Load::kFolded) {
-          scale = Isa::Set1(Load::FoldScale(params));
-          offset = Isa::Set1(Load::FoldOffset(params));
-        }
-        int c = 0;
-        if constexpr (kWideVisitOrder) {  // (not folded: int4 loads are x_hat)
-          for (; c < PairedColumns(d); c += 2 * kW) {
-            V pair[2];
-            LoadColumns<2>(row, params, c, pair);
-            Isa::Store(out + c, pair[0]);
-            Isa::Store(out + c + kW, pair[1]);
-          }
-        }
-        for (; c + kW <= d; c += kW) {
-          V x = Load::Load(row, params, c);
-          if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
-          Isa::Store(out + c, x);
-        }
-        if (c < d) {
-          V x = Load::LoadPartial(row, params, c, d - c);
-          if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
-          Isa::StorePartial(out + c, x, d - c);
-        }
+      if (i < total) {
+        const int rest = static_cast<int>(total - i);
+        Isa::StorePartial(buffer + i, Load::LoadPartial(rows.data, nullptr, int(i), rest), rest);
       }
       return buffer;
     }
+    for (int j = 0; j < n; ++j) {
+      const Elem* row = rows.Row(j);
+      const float* params = rows.Params(j);
+      float* out = buffer + int64_t{j} * d;
+      V scale = Isa::Set1(1.0f), offset = Isa::Zero();
+      if constexpr (Load::kFolded) {
+        scale = Isa::Set1(Load::FoldScale(params));
+        offset = Isa::Set1(Load::FoldOffset(params));
+      }
+      int c = 0;
+      for (; c < PairedColumns(d); c += 2 * kW) {  // (kPairs formats are not folded)
+        V pair[2];
+        LoadColumns<2>(row, params, c, pair);
+        Isa::Store(out + c, pair[0]);
+        Isa::Store(out + c + kW, pair[1]);
+      }
+      for (; c + kW <= d; c += kW) {
+        V x = Load::Load(row, params, c);
+        if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
+        Isa::Store(out + c, x);
+      }
+      if (c < d) {
+        V x = Load::LoadPartial(row, params, c, d - c);
+        if constexpr (Load::kFolded) x = Isa::Fma(x, scale, offset);
+        Isa::StorePartial(out + c, x, d - c);
+      }
+    }
+    return buffer;
   }
 
   // scores[j * stride] (kW row lanes) = sum over c of k[j * d + c] * qt[c * stride], j < NK.
@@ -561,29 +576,38 @@ class TileKernel {
       return i < kW ? 2 * i : 2 * (i - kW) + 1;
     }
   }
-  // The wide path widens quantized kPairs keys (int4) in the visiting order (its q too).
-  static constexpr bool kWideVisitOrder = kPairs && Load::kQuantized;
-  // The position of column c in the visiting order.
-  static int VisitPosition(int c, int d) {
-    if (c >= PairedColumns(d)) return c;
-    const int block = c / (2 * kW) * (2 * kW);
-    for (int i = 0; i < 2 * kW; ++i) {
-      if (PairedColumn(i) == c - block) return block + i;
-    }
-    return c;  // unreachable: PairedColumn is a permutation
+  // The wide path's buffers hold quantized formats' rows in the visiting order (the values' order
+  // must be acc's), 16-bit keys in column order (one run of the span, cheapest to widen).
+  static constexpr bool kWideVisitOrder = Load::kQuantized;
+  // The column visited i-th (of head_dim d).
+  static int VisitedColumn(int i, int d) {
+    if (i >= PairedColumns(d)) return i;
+    return i / (2 * kW) * (2 * kW) + PairedColumn(i % (2 * kW));
   }
   // Elements per query row in the narrow path.
   static int QueryStride(int d) { return kFastBf16 ? (d + 2 * kW - 1) / (2 * kW) * (2 * kW) : d; }
   static int PairedColumns(int d) { return kPairs ? d / (2 * kW) * (2 * kW) : 0; }
 
   // out[i] = the i-th kW columns of row from column c, in the visiting order above (NC even or
-  // c past the paired columns).
-  template <int NC>
-  static void LoadColumns(const Elem* row, const float* params, int c, V* out) {
-    if constexpr (kPairs && NC % 2 == 0) {
+  // c past the paired columns); a widened row (float, in that order already) is read as it is.
+  template <int NC, class E>
+  static void LoadColumns(const E* row, const float* params, int c, V* out) {
+    if constexpr (!std::is_same_v<E, Elem>) {
+      for (int i = 0; i < NC; ++i) out[i] = Isa::Load(row + c + i * kW);
+    } else if constexpr (kPairs && NC % 2 == 0) {
       for (int i = 0; i < NC; i += 2) Load::LoadPairs(row, params, c + i * kW, out + i);
     } else {
       for (int i = 0; i < NC; ++i) out[i] = Load::Load(row, params, c + i * kW);
+    }
+  }
+
+  // The last n < kW columns from c of a row (the other lanes 0).
+  template <class E>
+  static V LoadPartialColumns(const E* row, const float* params, int c, int n) {
+    if constexpr (std::is_same_v<E, Elem>) {
+      return Load::LoadPartial(row, params, c, n);
+    } else {
+      return Isa::LoadPartial(row + c, n);
     }
   }
 
@@ -700,15 +724,16 @@ class TileKernel {
 
   // Turns one row's scores s[0, n) into weights p (in place) for its visible keys
   // begin <= j < visible (p = 0 elsewhere), folding them into the row's running (max, sum) and
-  // rescaling its acc. kBegin false (no sliding window) ignores begin: the plain hot path.
+  // rescaling its acc; returns the factor acc was rescaled by. kBegin false (no sliding window)
+  // ignores begin: the plain hot path.
   template <bool kBegin>
-  static void Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
+  static float Softmax(float* s, int n, int32_t begin, int32_t visible, float* max, float* sum,
                       float* acc, int d) {
     const int nv = static_cast<int>(std::clamp<int32_t>(visible, 0, n));
     const int lo = kBegin ? static_cast<int>(std::clamp<int32_t>(begin, 0, nv)) : 0;
     if (lo == nv) {
       std::fill(s, s + n, 0.0f);
-      return;
+      return 1.0f;
     }
     // s has kSpanTokens (a multiple of kW) elements: whole vectors up to n, the lanes outside
     // [lo, nv) set to -inf and then to weight 0.
@@ -741,6 +766,7 @@ class TileKernel {
       for (int c = 0; c < d; ++c) acc[c] *= correction;
     }
     *max = new_max;
+    return correction;
   }
 
   // AccumulateRows for rows r0 .. r0 + NR - 1 of the span's keys pos .. pos + n - 1, over only
@@ -748,10 +774,10 @@ class TileKernel {
   // (0 * inf is NaN). When every row sees every key of the span (decode, and prefill away from
   // the causal diagonal and window starts) they are accumulated here exactly as before; other
   // spans take the out-of-line AccumulateRagged (any other test here cost decode 4-9%).
-  template <int NR>
+  template <int NR, class E>
   [[gnu::always_inline]] static void AccumulateVisible(const AttentionTile& t, int r0, int32_t pos,
                                                        const float* p, int key_stride,
-                                                       const Rows& v, int n, float* acc,
+                                                       const RowsOf<E>& v, int n, float* acc,
                                                        NextSpan& next) {
     bool all_keys = true;
     for (int r = r0; r < r0 + NR; ++r) {
@@ -774,11 +800,11 @@ class TileKernel {
 
   // AccumulateVisible's rows that see different keys: the keys all of them see with plain FMAs,
   // the keys only some see skipping the rows that give them weight 0, the others not at all.
-  template <int NR>
+  template <int NR, class E>
   [[gnu::noinline, gnu::cold]] static void AccumulateRagged(const AttentionTile& t, int r0,
                                                             int32_t pos, const float* p,
-                                                            int key_stride, const Rows& v, int n,
-                                                            float* acc, NextSpan& next) {
+                                                            int key_stride, const RowsOf<E>& v,
+                                                            int n, float* acc, NextSpan& next) {
     int all_lo = 0, all_hi = n, any_lo = n, any_hi = 0;
     for (int r = r0; r < r0 + NR; ++r) {
       const auto [lo, hi] = VisibleKeys(t, r, pos, n);
@@ -810,12 +836,13 @@ class TileKernel {
   // with p = 0 are left out. Advances next's V prefetch with the columns.
   // (Forced inline: with the ragged path's extra call sites the compiler would otherwise call
   // these out of line from the hot loop, about 1.15x slower decode.)
-  template <int NR, bool kSkipZero>
-  [[gnu::always_inline]] static void AccumulateRows(const float* p, int key_stride, const Rows& v, int n, int d,
-                             float* acc, NextSpan& next) {
+  template <int NR, bool kSkipZero, class E>
+  [[gnu::always_inline]] static void AccumulateRows(const float* p, int key_stride,
+                                                    const RowsOf<E>& v, int n, int d, float* acc,
+                                                    NextSpan& next) {
     const int row_stride = key_stride == 1 ? kSpanTokens : 1;
     int c = 0;
-    if constexpr (kFastBf16 && !kSkipZero) {
+    if constexpr (kFastBf16 && !kSkipZero && std::is_same_v<E, Elem>) {
       // Each row's weights in bfloat16: keys 2i and 2i + 1 side by side (the last key of an odd
       // span pairs with weight 0 and reads its own row twice).
       alignas(64) uint16_t weights[NR][kSpanTokens];
@@ -874,9 +901,9 @@ class TileKernel {
 
   // NC vectors of columns starting at column c of v's rows / at acc; width < kW only for the
   // last, partial vector.
-  template <int NR, int NC, bool kSkipZero>
+  template <int NR, int NC, bool kSkipZero, class E>
   [[gnu::always_inline]] static void AccumulateColumns(const float* p, int row_stride,
-                                                       int key_stride, const Rows& v, int c,
+                                                       int key_stride, const RowsOf<E>& v, int c,
                                                        int n, int d, float* acc, int width) {
     const bool partial = width < kW;
     V a[NR][NC];
@@ -886,7 +913,7 @@ class TileKernel {
     for (int j = 0; j < n; ++j) {
       V value[NC];
       if (partial) {
-        value[0] = Load::LoadPartial(v.Row(j), v.Params(j), c, width);
+        value[0] = LoadPartialColumns(v.Row(j), v.Params(j), c, width);
       } else {
         LoadColumns<NC>(v.Row(j), v.Params(j), c, value);
       }

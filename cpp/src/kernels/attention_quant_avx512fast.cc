@@ -16,7 +16,8 @@
 //        score is q~ . x_hat, computed as
 //          scale * (q_scale / 256) * (256 dot(c, hi) + dot(c, lo)) + offset * sum(q~)
 //        where each dot is exact in int32 (vpdpbusd: u8 codes times s8 digits, 4 products per
-//        lane; |dot| <= 255 * 127 * head_dim). The offset term uses q~'s sum, not q's: the
+//        lane; |dot| <= 255 * 127 * head_dim, summed in float32 exactly up to head_dim 518
+//        and rounded once beyond). The offset term uses q~'s sum, not q's: the
 //        codes are not centred (vpdpbusd needs them unsigned), so with q's own sum the query's
 //        rounding error would be multiplied by x_hat - offset (up to the row's range) instead of
 //        by x_hat; with q~'s sum the score is q~ . x_hat up to float32 rounding.
@@ -27,9 +28,9 @@
 //        stays below 64 * 255 * 32767 < 2^31); the value offsets add sum_j p_j offset_j (float32)
 //        to every column.
 // Error: the query's digits (within 1/65,000 of absmax(q) per component) and the int16 weights
-// (1/65,000 of the span's largest): at most 1.1e-3 relative against a float64 reference on the
-// dequantized values over the attention tests' grids (tests/python/test_attention_quantized_fast.py),
-// below the 1.5e-2.
+// (1/65,000 of the span's largest): at most 3.6e-4 relative against a float64 reference on the
+// dequantized values over the attention tests' grids (test_attention_quantized_fast.py), below
+// the 1.5e-2. Inputs: what the exact kernel takes (finite q, finite parameters).
 // Layout: acc is kept in a buffer of rows x RoundUp(head_dim, 64) floats whose 64-column blocks
 // are in the unpack order of the codes (Position below) and copied back in order at the end.
 // Thread safety: reentrant (state on the stack and in the tile's own outputs).

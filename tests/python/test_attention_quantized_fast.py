@@ -15,9 +15,8 @@ import pytest
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
-                            FEATURES, PREFILL_GRID, decode_inputs, feature_kwargs, poisoned,
-                            prefill_inputs)
-from test_attention_fast import check_fast
+                            FEATURES, PREFILL_GRID, decode_inputs, feature_kwargs, prefill_inputs)
+from test_attention_fast import check_fast_decode, check_fast_prefill
 from test_attention_quantized import FORMATS, QuantizedCase
 
 
@@ -27,15 +26,7 @@ def test_fast_decode_on_quantized_storage(dtype, block_size, head_dim, num_kv_he
                                           context_lens):
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(1,))
-    q, expected = decode_inputs(case)
-    for isa in FAST_ISAS:
-        for threads in (1, 2):
-            args = (q, case.storage, 1, case.block_tables, case.context_lens)
-            exact = core.paged_attention_decode_tables(*args, isa=isa, num_threads=threads)
-            out = poisoned(q)
-            core.paged_attention_decode_tables(*args, out=out, isa=isa, num_threads=threads,
-                                               precision="fast")
-            check_fast(out, exact, expected, isa, dtype)
+    check_fast_decode(case, *decode_inputs(case), threads=(1, 2))
 
 
 @pytest.mark.parametrize("dtype", FORMATS)
@@ -45,15 +36,9 @@ def test_fast_prefill_on_quantized_storage(dtype, block_size, head_dim, num_kv_h
                                            context_lens, query_lens):
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(0,))
-    query_lens, q, expected = prefill_inputs(case, query_lens)
-    for isa in FAST_ISAS:
-        args = (q, case.storage, 0, case.block_tables, case.context_lens, query_lens)
-        exact = core.paged_attention_prefill_tables(*args, isa=isa)
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(*args, out=out, isa=isa, precision="fast")
-        # Prefill tiles narrower than a vector (a prompt's last few tokens) run the fast kernel;
-        # the others the exact one, so the output need not differ from the exact one everywhere.
-        check_fast(out, exact, expected, isa, dtype, rounds=False)
+    # Prefill tiles narrower than a vector (a prompt's last few tokens) run the fast kernel;
+    # the others the exact one, so the output need not differ from the exact one everywhere.
+    check_fast_prefill(case, *prefill_inputs(case, query_lens), rounds=False)
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=str)
@@ -66,14 +51,10 @@ def test_fast_decode_features_on_quantized_storage(features, dtype, block_size, 
                          layers=(1,))
     q = case.queries(len(context_lens))
     kwargs = feature_kwargs(features, case.num_q_heads)
-    args = (q, case.storage, 1, case.block_tables, case.context_lens)
-    expected = ref.paged_attention_decode_reference(*args, **kwargs)
-    for isa in FAST_ISAS:
-        exact = core.paged_attention_decode_tables(*args, isa=isa, **kwargs)
-        out = poisoned(q)
-        core.paged_attention_decode_tables(*args, out=out, isa=isa, precision="fast", **kwargs)
-        # A window of 1 is one key of weight 1: the value itself, rounded the same way.
-        check_fast(out, exact, expected, isa, dtype, rounds=features.get("sliding_window") != 1)
+    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
+                                                    case.context_lens, **kwargs)
+    # A window of 1 is one key of weight 1: the value itself, rounded the same way.
+    check_fast_decode(case, q, expected, rounds=features.get("sliding_window") != 1, **kwargs)
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=str)
@@ -85,13 +66,7 @@ def test_fast_prefill_features_on_quantized_storage(features, dtype, block_size,
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(0,))
     kwargs = feature_kwargs(features, case.num_q_heads)
-    query_lens, q, expected = prefill_inputs(case, query_lens, **kwargs)
-    for isa in FAST_ISAS:
-        args = (q, case.storage, 0, case.block_tables, case.context_lens, query_lens)
-        exact = core.paged_attention_prefill_tables(*args, isa=isa, **kwargs)
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(*args, out=out, isa=isa, precision="fast", **kwargs)
-        check_fast(out, exact, expected, isa, dtype, rounds=False)
+    check_fast_prefill(case, *prefill_inputs(case, query_lens, **kwargs), rounds=False, **kwargs)
 
 
 def test_fast_quantized_isas_are_reported_per_format():

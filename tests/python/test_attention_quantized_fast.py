@@ -1,12 +1,15 @@
 """The "fast" precision over quantized K/V (int8, fp8_e4m3, fp8_e5m2, int4) against the float64
-reference on the dequantized values, over the grids of test_attention.py (block sizes, head_dim
-64-256 with 72/80/96, GQA 1/4/8, contexts 1-4097 in mixed batches, prefill with and without a
-cached prefix, every option), in every kernel variant.
+reference on the dequantized values. The grids of test_attention.py (block sizes, head_dim 64-256
+with 72/80/96, GQA 1/4/8, contexts 1-4097 in mixed batches, prefill with and without a cached
+prefix, every option) run it in every kernel variant inside test_attention_quantized.py's tests
+(check_fast_decode / check_fast_prefill, on the same storage as the exact checks); here: which
+formats have a fast kernel, and extreme inputs.
 
 Tolerance: 1.5e-2 relative (the issue's bound). The int8 fast kernel (query in two int8 digits,
 int16 weights: attention_quant_avx512fast.cc) measured at most 3.6e-4 on these grids (decode;
-2.5e-4 with the options); with one query digit it measured 1.2-2.6e-2, over the bound. A variant without a fast kernel for the format (attention_fast_isas) must
-give the exact result bit for bit, one with it must differ (else the fast kernel did not run).
+2.5e-4 with the options); with one query digit it measured 1.2-2.6e-2, over the bound. A
+variant without a fast kernel for the format (attention_fast_isas) must give the exact result bit
+for bit, one with it must differ (else the fast kernel did not run).
 """
 
 import numpy as np
@@ -14,59 +17,8 @@ import pytest
 
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
-from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
-                            FEATURES, PREFILL_GRID, decode_inputs, feature_kwargs, prefill_inputs)
-from test_attention_fast import check_fast_decode, check_fast_prefill
+from test_attention import FAST_ISAS
 from test_attention_quantized import FORMATS, QuantizedCase
-
-
-@pytest.mark.parametrize("dtype", FORMATS)
-@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", DECODE_GRID)
-def test_fast_decode_on_quantized_storage(dtype, block_size, head_dim, num_kv_heads, group,
-                                          context_lens):
-    case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
-                         layers=(1,))
-    check_fast_decode(case, *decode_inputs(case), threads=(1, 2))
-
-
-@pytest.mark.parametrize("dtype", FORMATS)
-@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens,query_lens",
-                         PREFILL_GRID)
-def test_fast_prefill_on_quantized_storage(dtype, block_size, head_dim, num_kv_heads, group,
-                                           context_lens, query_lens):
-    case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
-                         layers=(0,))
-    # Prefill tiles narrower than a vector (a prompt's last few tokens) run the fast kernel;
-    # the others the exact one, so the output need not differ from the exact one everywhere.
-    check_fast_prefill(case, *prefill_inputs(case, query_lens), rounds=False)
-
-
-@pytest.mark.parametrize("features", FEATURES, ids=str)
-@pytest.mark.parametrize("dtype", FORMATS)
-@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens",
-                         FEATURE_DECODE_GRID)
-def test_fast_decode_features_on_quantized_storage(features, dtype, block_size, head_dim,
-                                                   num_kv_heads, group, context_lens):
-    case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
-                         layers=(1,))
-    q = case.queries(len(context_lens))
-    kwargs = feature_kwargs(features, case.num_q_heads)
-    expected = ref.paged_attention_decode_reference(q, case.storage, 1, case.block_tables,
-                                                    case.context_lens, **kwargs)
-    # A window of 1 is one key of weight 1: the value itself, rounded the same way.
-    check_fast_decode(case, q, expected, rounds=features.get("sliding_window") != 1, **kwargs)
-
-
-@pytest.mark.parametrize("features", FEATURES, ids=str)
-@pytest.mark.parametrize("dtype", FORMATS)
-@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens,query_lens",
-                         FEATURE_PREFILL_GRID)
-def test_fast_prefill_features_on_quantized_storage(features, dtype, block_size, head_dim,
-                                                    num_kv_heads, group, context_lens, query_lens):
-    case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
-                         layers=(0,))
-    kwargs = feature_kwargs(features, case.num_q_heads)
-    check_fast_prefill(case, *prefill_inputs(case, query_lens, **kwargs), rounds=False, **kwargs)
 
 
 def test_fast_quantized_isas_are_reported_per_format():

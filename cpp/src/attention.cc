@@ -38,7 +38,8 @@ bool Avx512FastInstructions() {
 // isa is resolved (not kAuto, not kReference).
 TileFunction TileFunctionFor(AttentionIsa isa, AttentionPrecision precision, DType dtype) {
   if (precision == AttentionPrecision::kFast && AttentionFastSupported(isa, dtype)) {
-    return kernels::AttentionTileAvx512Fast;
+    return IsQuantized(dtype) ? kernels::AttentionTileAvx512QuantFast
+                              : kernels::AttentionTileAvx512Fast;
   }
   switch (isa) {
     case AttentionIsa::kAvx512: return kernels::AttentionTileAvx512;
@@ -410,7 +411,8 @@ AttentionPrecision ParseAttentionPrecision(const std::string& name) {
 
 bool AttentionFastSupported(AttentionIsa isa, DType dtype) {
   if (isa == AttentionIsa::kAuto) isa = BestAttentionIsa();
-  return isa == AttentionIsa::kAvx512 && dtype == DType::kBFloat16 && Avx512FastInstructions();
+  return isa == AttentionIsa::kAvx512 && kernels::HasAvx512FastKernel(dtype) &&
+         Avx512FastInstructions();
 }
 
 AttentionIsa BestAttentionIsa() {

@@ -320,7 +320,8 @@ TEST(AttentionTest, QuantizedFormatsMatchReference) {
 // prefill, odd head_dims, split contexts and the optional features.
 TEST(AttentionTest, FastPrecisionMatchesReference) {
   const auto fast = AttentionPrecision::kFast;
-  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt8,
+                      DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4}) {
     ExpectMatchesReference({2, 4, 128, 16, dtype, {1, 17, 40, 300}, {}, 0, 0.0f, false, fast});
     ExpectMatchesReference({3, 3, 72, 5, dtype, {7, 64, 65, 129}, {}, 0, 0.0f, false, fast});
     ExpectMatchesReference({1, 4, 80, 16, dtype, {3000}, {}, 0, 0.0f, false, fast});
@@ -332,14 +333,16 @@ TEST(AttentionTest, FastPrecisionMatchesReference) {
 
 TEST(AttentionTest, FastKernelRunsOnlyWhereSupported) {
   // Without a fast kernel, kFast is the exact code bit for bit; with one, the result differs.
-  for (AttentionIsa isa : SupportedIsas()) {
-    Case exact_case{2, 4, 128, 16, DType::kBFloat16, {100, 33}, {}};
-    Case fast_case = exact_case;
-    fast_case.precision = AttentionPrecision::kFast;
-    const std::vector<float> exact = Fixture(exact_case).Run(isa);
-    const std::vector<float> fast = Fixture(fast_case).Run(isa);
-    EXPECT_EQ(exact == fast, !AttentionFastSupported(isa, DType::kBFloat16))
-        << AttentionIsaName(isa);
+  for (DType dtype : {DType::kBFloat16, DType::kInt8, DType::kInt4}) {
+    for (AttentionIsa isa : SupportedIsas()) {
+      Case exact_case{2, 4, 128, 16, dtype, {100, 33}, {}};
+      Case fast_case = exact_case;
+      fast_case.precision = AttentionPrecision::kFast;
+      const std::vector<float> exact = Fixture(exact_case).Run(isa);
+      const std::vector<float> fast = Fixture(fast_case).Run(isa);
+      EXPECT_EQ(exact == fast, !AttentionFastSupported(isa, dtype))
+          << AttentionIsaName(isa) << " " << DTypeName(dtype);
+    }
   }
   EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kPortable, DType::kBFloat16));
   EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kAvx512, DType::kFloat32));

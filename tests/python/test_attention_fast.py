@@ -31,18 +31,37 @@ def check_fast(out, exact, expected, isa, dtype, rounds=True):
         np.testing.assert_array_equal(out, exact, err_msg=isa)
 
 
+def check_fast_decode(case, q, expected, rounds=True, threads=(0,), **kwargs):
+    """Decode over case's layer 1 in every variant (and thread count; 0: the default), exact and
+    fast (kwargs: the options), the fast result checked by check_fast."""
+    args = (q, case.storage, 1, case.block_tables, case.context_lens)
+    dtype = case.storage.config.dtype
+    for isa in FAST_ISAS:
+        for n in threads:
+            exact = core.paged_attention_decode_tables(*args, isa=isa, num_threads=n, **kwargs)
+            out = poisoned(q)
+            core.paged_attention_decode_tables(*args, out=out, isa=isa, num_threads=n,
+                                               precision="fast", **kwargs)
+            check_fast(out, exact, expected, isa, dtype, rounds)
+
+
+def check_fast_prefill(case, query_lens, q, expected, rounds=True, **kwargs):
+    """check_fast_decode for prefill over case's layer 0."""
+    args = (q, case.storage, 0, case.block_tables, case.context_lens, query_lens)
+    dtype = case.storage.config.dtype
+    for isa in FAST_ISAS:
+        exact = core.paged_attention_prefill_tables(*args, isa=isa, **kwargs)
+        out = poisoned(q)
+        core.paged_attention_prefill_tables(*args, out=out, isa=isa, precision="fast", **kwargs)
+        check_fast(out, exact, expected, isa, dtype, rounds)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", DECODE_GRID)
 def test_fast_decode_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                                context_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    q, expected = decode_inputs(case)
-    for isa in FAST_ISAS:
-        args = (q, case.storage, 1, case.block_tables, case.context_lens)
-        exact = core.paged_attention_decode_tables(*args, isa=isa)
-        out = poisoned(q)
-        core.paged_attention_decode_tables(*args, out=out, isa=isa, precision="fast")
-        check_fast(out, exact, expected, isa, dtype)
+    check_fast_decode(case, *decode_inputs(case))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -51,13 +70,7 @@ def test_fast_decode_matches_float64_reference(dtype, block_size, head_dim, num_
 def test_fast_prefill_matches_float64_reference(dtype, block_size, head_dim, num_kv_heads, group,
                                                 context_lens, query_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
-    query_lens, q, expected = prefill_inputs(case, query_lens)
-    for isa in FAST_ISAS:
-        args = (q, case.storage, 0, case.block_tables, case.context_lens, query_lens)
-        exact = core.paged_attention_prefill_tables(*args, isa=isa)
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(*args, out=out, isa=isa, precision="fast")
-        check_fast(out, exact, expected, isa, dtype)
+    check_fast_prefill(case, *prefill_inputs(case, query_lens))
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=str)

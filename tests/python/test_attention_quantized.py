@@ -1,5 +1,6 @@
-"""Attention over quantized K/V (int8, fp8_e4m3, fp8_e5m2, int4), "exact" precision: parity with
-the float64 reference on the dequantized values (read_slot, as gather_kv returns them) over the
+"""Attention over quantized K/V (int8, fp8_e4m3, fp8_e5m2, int4), "exact" precision (and "fast",
+checked by test_attention_fast.check_fast_decode / check_fast_prefill on the same cases: see
+test_attention_quantized_fast.py): parity with the float64 reference on the dequantized values (read_slot, as gather_kv returns them) over the
 grids of test_attention.py: block sizes, head_dim 64-256 with 72/80/96, GQA 1/4/8, contexts
 1-4097 in mixed batches, prefill with and without a cached prefix, every option, every variant.
 
@@ -19,6 +20,7 @@ from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE
                             assert_single_token_prefill_equals_decode, decode_inputs,
                             feature_kwargs, poisoned, prefill_inputs, relative_error,
                             shuffled_tables)
+from test_attention_fast import check_fast_decode, check_fast_prefill
 
 TOLERANCE = 1e-5
 FORMATS = ["int8", "fp8_e4m3", "fp8_e5m2", "int4"]
@@ -74,6 +76,7 @@ def test_decode_matches_float64_reference_on_dequantized_values(dtype, block_siz
                                                case.context_lens, out=out, isa=isa,
                                                num_threads=threads)
             check(out, expected, (isa, threads))
+    check_fast_decode(case, q, expected, threads=(1, 2))
 
 
 @pytest.mark.parametrize("dtype", FORMATS)
@@ -90,6 +93,9 @@ def test_prefill_matches_float64_reference_on_dequantized_values(dtype, block_si
         core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
                                             case.context_lens, query_lens, out=out, isa=isa)
         check(out, expected, isa)
+    # Prefill tiles narrower than a vector (a prompt's last few tokens) run the fast kernel, the
+    # others the exact one: the output need not differ from the exact one.
+    check_fast_prefill(case, query_lens, q, expected, rounds=False)
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=str)
@@ -109,6 +115,8 @@ def test_decode_features_on_quantized_storage(features, dtype, block_size, head_
         core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
                                            case.context_lens, out=out, isa=isa, **kwargs)
         check(out, expected, isa)
+    # A window of 1 is one key of weight 1: the value itself, rounded the same way.
+    check_fast_decode(case, q, expected, rounds=features.get("sliding_window") != 1, **kwargs)
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=str)
@@ -127,6 +135,7 @@ def test_prefill_features_on_quantized_storage(features, dtype, block_size, head
                                             case.context_lens, query_lens, out=out, isa=isa,
                                             **kwargs)
         check(out, expected, isa)
+    check_fast_prefill(case, query_lens, q, expected, rounds=False, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", FORMATS)

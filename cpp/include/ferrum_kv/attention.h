@@ -28,8 +28,11 @@
 // kFast uses the CPU's low-precision dot products where the chosen kernel variant has them
 // (AttentionFastSupported): for bfloat16 K/V on AVX-512 with AVX512-BF16, Q.K with vdpbf16ps on
 // the query rounded to bfloat16 (decode; prefill scores stay float32) and P.V with vdpbf16ps on
-// the weights rounded to bfloat16 (relative error ~3e-3 against float64, below 1.5e-2). Where
-// the variant has no such kernel, kFast runs exactly the kExact code.
+// the weights rounded to bfloat16 (relative error ~3e-3 against float64, below 1.5e-2); for int8
+// K/V on AVX-512 with AVX512-VNNI (and BF16), decode Q.K with vpdpbusd on the codes against the
+// query in two int8 digits and P.V with vpdpwssd on int16 weights (~4e-4;
+// kernels/attention_quant_avx512fast.cc). Where the variant has no such kernel (int4, fp8, the
+// AVX2 and portable variants), kFast runs exactly the kExact code.
 //
 // Errors (thrown before anything is read or written): InvalidArgument for inconsistent sizes,
 // a negative sliding_window, a negative or non-finite soft_cap, a non-finite ALiBi slope,

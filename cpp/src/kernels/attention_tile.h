@@ -59,5 +59,12 @@ void AttentionTileAvx512(const AttentionTile& tile);
 // The "fast" precision on AVX-512 with AVX512-BF16 and AVX512-VNNI (bfloat16 K/V; any other
 // dtype runs the exact AVX-512 kernel).
 void AttentionTileAvx512Fast(const AttentionTile& tile);
+// The "fast" precision over quantized K/V (int8) on AVX-512 with AVX512-VNNI (any other dtype
+// runs the exact AVX-512 kernel); attention_quant_avx512fast.cc has its contract.
+void AttentionTileAvx512QuantFast(const AttentionTile& tile);
+// Whether AttentionTileAvx512Fast / AttentionTileAvx512QuantFast has a fast kernel for dtype.
+constexpr bool HasAvx512FastKernel(DType dtype) {
+  return dtype == DType::kBFloat16 || dtype == DType::kInt8;
+}
 
 }  // namespace ferrum_kv::kernels

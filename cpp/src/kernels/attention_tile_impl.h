@@ -106,8 +106,15 @@ struct SpanIota {
 };
 inline constexpr SpanIota kSpanIota{};
 
+// The fast quantized kernels (attention_quant_avx512fast.cc) reuse the spans, softmax and
+// reductions below.
+template <class Isa, DType kDType>
+class QuantFastTile;
+
 template <class Isa, DType kDType>
 class TileKernel {
+  friend class QuantFastTile<Isa, kDType>;
+
   using V = typename Isa::V;
   static constexpr int kW = Isa::kWidth;
   static constexpr int kRowGroup = 4;
@@ -258,22 +265,7 @@ class TileKernel {
       if constexpr (Load::kFolded) {
         for (int r = 0; r < rows; ++r) FoldScores(k, n, q_sum[r], scores + r * kSpanTokens, 1);
       }
-      if (!t.row_begin && t.soft_cap == 0.0f && !t.row_slope) {  // the plain hot path
-        for (int r = 0; r < rows; ++r) {
-          correction[r] = Softmax<false>(scores + r * kSpanTokens, n, 0, t.row_end[r] - pos,
-                                         t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
-        }
-      } else {
-        for (int r = 0; r < rows; ++r) {
-          float* s = scores + r * kSpanTokens;
-          const int32_t begin = t.row_begin ? t.row_begin[r] - pos : 0;
-          const int32_t end = t.row_end[r] - pos;
-          TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
-                       std::clamp<int32_t>(end, 0, n));
-          correction[r] =
-              Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, t.acc + int64_t{r} * d, d);
-        }
-      }
+      SoftmaxRows(t, pos, n, scores, t.acc, d, correction);
       if constexpr (Load::kFolded) {
         for (int r = 0; r < rows; ++r) {
           const float span_offset = FoldWeights(v, n, scores + r * kSpanTokens, 1);
@@ -287,6 +279,30 @@ class TileKernel {
     });
     if constexpr (Load::kOffset) {
       for (int r = 0; r < rows; ++r) AddToRow(t.acc + int64_t{r} * d, d, value_offset[r]);
+    }
+  }
+
+  // The narrow path's softmax of every row's scores (scores[r * kSpanTokens + j], keys pos + j,
+  // j < n) with the tile's options, in place; row r's acc (stride floats apart) is rescaled, and
+  // the factor it was rescaled by is stored in correction[r] (when correction is not null).
+  static void SoftmaxRows(const AttentionTile& t, int32_t pos, int n, float* scores, float* acc,
+                          int stride, float* correction = nullptr) {
+    const bool plain = !t.row_begin && t.soft_cap == 0.0f && !t.row_slope;  // the hot path
+    for (int r = 0; r < t.num_rows; ++r) {
+      float* s = scores + r * kSpanTokens;
+      float factor;
+      if (plain) {
+        factor = Softmax<false>(s, n, 0, t.row_end[r] - pos, t.max + r, t.sum + r,
+                                acc + int64_t{r} * stride, stride);
+      } else {
+        const int32_t begin = t.row_begin ? t.row_begin[r] - pos : 0;
+        const int32_t end = t.row_end[r] - pos;
+        TransformRow(t, r, pos, s, std::clamp<int32_t>(begin, 0, n),
+                     std::clamp<int32_t>(end, 0, n));
+        factor = Softmax<true>(s, n, begin, end, t.max + r, t.sum + r, acc + int64_t{r} * stride,
+                               stride);
+      }
+      if (correction) correction[r] = factor;
     }
   }
 

@@ -2,7 +2,7 @@
 matmul-softmax-matmul) and PyTorch SDPA on contiguous K/V, side by side in one run, with the
 effective K/V read bandwidth as a percentage of a read ceiling measured in the same run.
 
-    python bench/bench_attention.py [--preset tiny|quick|full] [--threads 2] [--json FILE]
+    python bench/bench_attention.py [--preset tiny|quick|full|targets] [--threads 2] [--json FILE]
                                     [--formats float32,bfloat16,int8,fp8_e4m3,fp8_e5m2,int4]
 
 Every storage format runs in both precisions ("exact", "fast"); `vs_bf16` is the bfloat16
@@ -52,6 +52,9 @@ PRESETS = {
     "tiny": dict(contexts=[4096], batches=[1, 8], prefill=[]),  # for `ferrum-kv bench`
     "quick": dict(contexts=[1024, 4096], batches=[1, 8], prefill=[2048]),
     "full": dict(contexts=[1024, 4096, 16384], batches=[1, 8, 32], prefill=[2048]),
+    # The target cases only (4K context, batch 8; the 2,048-token prefill), without the
+    # NumPy / PyTorch columns: a few minutes, to rerun the targets on a quieter machine.
+    "targets": dict(contexts=[4096], batches=[8], prefill=[2048], peers=False),
 }
 
 
@@ -258,7 +261,7 @@ def run(preset: str = "quick", threads: int = os.cpu_count() or 1,
         f"{d} {core.attention_fast_isas(d) or '(none: the exact code)'}" for d in formats))
     for ctx, batch in itertools.product(sizes["contexts"], sizes["batches"]):
         for dtype in formats:
-            rows = bench_decode(dtype, batch, ctx, threads, ceiling)
+            rows = bench_decode(dtype, batch, ctx, threads, ceiling, sizes.get("peers", True))
             if not rows:
                 notes.append(f"skipped decode {dtype} batch {batch} context {ctx}: K/V over "
                              f"{MAX_CALL_BYTES >> 20} MiB per call")
@@ -270,7 +273,7 @@ def run(preset: str = "quick", threads: int = os.cpu_count() or 1,
     results = [Result("Paged attention decode (Llama-3-8B-like layer: 32 q heads, 8 KV heads, "
                       "head_dim 128)", decode_rows, notes)]
     prefill_rows = [row for tokens in sizes["prefill"] for dtype in formats
-                    for row in bench_prefill(dtype, tokens, threads)]
+                    for row in bench_prefill(dtype, tokens, threads, sizes.get("peers", True))]
     if prefill_rows:
         add_ratios(prefill_rows)
         results.append(Result("Paged attention prefill (causal, one prompt)", prefill_rows))

@@ -284,6 +284,17 @@ def decode_inputs(case):
                                                    case.context_lens)
 
 
+def prefill_in_every_isa(case, q, query_lens, **kwargs):
+    """Yields (isa, out): layer 0's prefill of q run by every kernel variant of FAST_ISAS, each
+    into a fresh NaN-poisoned out."""
+    for isa in FAST_ISAS:
+        out = poisoned(q)
+        core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
+                                            case.context_lens, query_lens, out=out, isa=isa,
+                                            **kwargs)
+        yield isa, out
+
+
 def prefill_inputs(case, query_lens, **kwargs):
     """query_lens as int32, random queries for them, and the float64 reference output of
     prefill over case's layer 0 (kwargs: the attention options)."""
@@ -344,11 +355,7 @@ def test_prefill_features_match_float64_reference(features, dtype, block_size, h
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
     kwargs = feature_kwargs(features, case.num_q_heads)
     query_lens, q, expected = prefill_inputs(case, query_lens, **kwargs)
-    for isa in FAST_ISAS:
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
-                                            case.context_lens, query_lens, out=out, isa=isa,
-                                            **kwargs)
+    for isa, out in prefill_in_every_isa(case, q, query_lens, **kwargs):
         assert np.isfinite(out).all(), isa
         assert relative_error(out, expected) < TOLERANCE, isa
 

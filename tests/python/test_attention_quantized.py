@@ -18,8 +18,8 @@ from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
                             FEATURES, PREFILL_GRID, Case,
                             assert_single_token_prefill_equals_decode, decode_inputs,
-                            feature_kwargs, poisoned, prefill_inputs, relative_error,
-                            shuffled_tables)
+                            feature_kwargs, poisoned, prefill_in_every_isa, prefill_inputs,
+                            relative_error, shuffled_tables)
 from test_attention_fast import check_fast_decode, check_fast_prefill
 
 TOLERANCE = 1e-5
@@ -88,10 +88,7 @@ def test_prefill_matches_float64_reference_on_dequantized_values(dtype, block_si
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(0,))
     query_lens, q, expected = prefill_inputs(case, query_lens)
-    for isa in FAST_ISAS:
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
-                                            case.context_lens, query_lens, out=out, isa=isa)
+    for isa, out in prefill_in_every_isa(case, q, query_lens):
         check(out, expected, isa)
     # Prefill tiles narrower than a vector (a prompt's last few tokens) run the fast kernel, the
     # others the exact one: the output need not differ from the exact one.
@@ -129,11 +126,7 @@ def test_prefill_features_on_quantized_storage(features, dtype, block_size, head
                          layers=(0,))
     kwargs = feature_kwargs(features, case.num_q_heads)
     query_lens, q, expected = prefill_inputs(case, query_lens, **kwargs)
-    for isa in FAST_ISAS:
-        out = poisoned(q)
-        core.paged_attention_prefill_tables(q, case.storage, 0, case.block_tables,
-                                            case.context_lens, query_lens, out=out, isa=isa,
-                                            **kwargs)
+    for isa, out in prefill_in_every_isa(case, q, query_lens, **kwargs):
         check(out, expected, isa)
     check_fast_prefill(case, query_lens, q, expected, rounds=False, **kwargs)
 

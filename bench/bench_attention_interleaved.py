@@ -27,11 +27,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--isas", default="auto",
+                        help="kernel variants, comma-separated (e.g. amx,avx512); the first one's "
+                             "bfloat16 exact is the baseline")
     args = parser.parse_args()
     formats = args.formats.split(",")
     if "bfloat16" not in formats:
         formats.insert(0, "bfloat16")  # the ratios' baseline
-    cases = [(dtype, precision) for dtype in formats for precision in PRECISIONS]
+    isas = args.isas.split(",")
+    cases = [(dtype, precision, isa) for dtype in formats for precision in PRECISIONS
+             for isa in isas]
     setups = {dtype: PagedSetup(dtype, args.batch, args.context) for dtype in formats}
     q = np.random.default_rng(1).standard_normal((args.batch, NUM_Q_HEADS, HEAD_DIM),
                                                  dtype=np.float32)
@@ -39,20 +44,22 @@ def main() -> None:
     clock = time.process_time if args.threads == 1 else time.perf_counter
     times = {case: [] for case in cases}
     for _ in range(args.rounds):
-        for dtype, precision in cases:
+        for dtype, precision, isa in cases:
             setup = setups[dtype]
             start = clock()
             core.paged_attention_decode_tables(q, setup.storage, next(setup.layers),
                                                setup.block_tables, setup.context_lens, out=out,
-                                               num_threads=args.threads, precision=precision)
-            times[dtype, precision].append(clock() - start)
+                                               isa=isa, num_threads=args.threads,
+                                               precision=precision)
+            times[dtype, precision, isa].append(clock() - start)
     clock_name = "CPU time" if args.threads == 1 else "wall time"
     print(f"decode, batch {args.batch}, context {args.context}, {args.threads} threads, "
           f"{clock_name}, median of {args.rounds} interleaved rounds")
-    base = np.median(times["bfloat16", "exact"])
-    for dtype, precision in cases:
-        median = np.median(times[dtype, precision])
-        print(f"{dtype:9s} {precision:5s} {median * 1e3:8.2f} ms  vs_bf16 {base / median:.2f}x")
+    base = np.median(times["bfloat16", "exact", isas[0]])
+    for dtype, precision, isa in cases:
+        median = np.median(times[dtype, precision, isa])
+        print(f"{dtype:9s} {precision:5s} {isa:7s} {median * 1e3:8.2f} ms  "
+              f"vs_bf16 {base / median:.2f}x")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--isas", default="auto",
-                        help="kernel variants, comma-separated (e.g. amx,avx512); the first one's "
+                        help="kernel variants, comma-separated (e.g. avx512,avx2); the first one's "
                              "bfloat16 exact is the baseline")
     args = parser.parse_args()
     formats = args.formats.split(",")

@@ -32,7 +32,7 @@
 // dequantized values over the attention tests' grids (test_attention_quantized_fast.py), below
 // the 1.5e-2. Inputs: what the exact kernel takes (finite q, finite parameters).
 // Layout: acc is kept in a buffer of rows x RoundUp(head_dim, 64) floats whose 64-column blocks
-// are in the unpack order of the codes (Position below) and copied back in order at the end.
+// are in the unpack order of the codes (InColumnOrder below) and copied back in order at the end.
 // Thread safety: reentrant (state on the stack and in the tile's own outputs).
 // Complexity: per key and query row, 2 head_dim / 64 vpdpbusd for Q.K; per key pair and query
 // row head_dim / 16 vpdpwssd for P.V.
@@ -84,7 +84,7 @@ class QuantFastTile {
     const int dp = Padded(d);
     const int rows = t.num_rows;
     // Row r's digits hi and lo at q8[(2 r) dp] and q8[(2 r + 1) dp]; acc[r dp ...] in the order
-    // of Position.
+    // of InColumnOrder.
     std::vector<int8_t> q8(size_t(2 * rows) * dp, 0);
     std::vector<float> acc(size_t(rows) * dp, 0.0f);
     float q_scale[kMaxTileRows], q_sum[kMaxTileRows];
@@ -124,17 +124,29 @@ class QuantFastTile {
       });
     });
     for (int r = 0; r < rows; ++r) {
-      const float* from = acc.data() + size_t(r) * dp;
-      float* to = t.acc + int64_t{r} * d;
-      for (int c = 0; c < d; ++c) to[c] = from[Position(c)];
+      InColumnOrder(acc.data() + size_t(r) * dp, d, t.acc + int64_t{r} * d);
     }
   }
 
-  // Where column c of a row is in acc: AccumulateRows' vector i of a chunk holds in lane
-  // 4 L + m the column 16 L + 4 i + m of the chunk (in-lane byte unpacks).
-  static int Position(int c) {
-    const int o = c % kColumns;
-    return c - o + 16 * ((o / 4) % 4) + 4 * (o / 16) + o % 4;
+  // A row of acc (dp floats in the order of AccumulateRows: vector i of a chunk holds in its
+  // 128-bit lane L the columns 16 L + 4 i .. 16 L + 4 i + 3 of the chunk, from in-lane byte
+  // unpacks) into its d columns in order: per chunk, a 4 x 4 transpose of 128-bit lanes.
+  static void InColumnOrder(const float* from, int d, float* to) {
+    for (int c = 0; c < d; c += kColumns) {
+      __m512 v[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm512_loadu_ps(from + c + i * kW);
+      const __m512 low01 = _mm512_shuffle_f32x4(v[0], v[1], 0x44);   // lanes 0, 1 of each
+      const __m512 low23 = _mm512_shuffle_f32x4(v[2], v[3], 0x44);
+      const __m512 high01 = _mm512_shuffle_f32x4(v[0], v[1], 0xEE);  // lanes 2, 3 of each
+      const __m512 high23 = _mm512_shuffle_f32x4(v[2], v[3], 0xEE);
+      const __m512 out[4] = {_mm512_shuffle_f32x4(low01, low23, 0x88),
+                             _mm512_shuffle_f32x4(low01, low23, 0xDD),
+                             _mm512_shuffle_f32x4(high01, high23, 0x88),
+                             _mm512_shuffle_f32x4(high01, high23, 0xDD)};
+      for (int L = 0; L < 4 && c + L * kW < d; ++L) {
+        _mm512_mask_storeu_ps(to + c + L * kW, Isa::Mask(std::min(kW, d - c - L * kW)), out[L]);
+      }
+    }
   }
 
   // The digits of q (d each, zeros in the padding): hi at digits, lo at digits + dp. q_scale is
@@ -142,23 +154,41 @@ class QuantFastTile {
   // q~ = q_scale (256 hi + lo).
   static void QuantizeQuery(const float* q, int d, int8_t* digits, int dp, float& q_scale,
                             float& q_sum) {
-    float absmax = 0.0f;
-    for (int c = 0; c < d; ++c) absmax = std::max(absmax, std::fabs(q[c]));
-    const float unit = absmax / kQueryLevels;
-    int32_t total = 0;
+    // Vectors of 16 columns (the lanes past d load as 0 and give digits 0), computed as the
+    // scalar definition above: division, round to nearest even, fma, clamp.
+    __m512 largest = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += kW) {
+      largest = _mm512_max_ps(largest, _mm512_abs_ps(LoadQuery(q, c, d)));
+    }
+    const float unit = _mm512_reduce_max_ps(largest) / kQueryLevels;
+    __m512i total = _mm512_setzero_si512();
     if (unit > 0.0f) {
-      for (int c = 0; c < d; ++c) {
-        const float hi = std::clamp(std::nearbyint(q[c] / unit), -kQueryLevels, kQueryLevels);
-        const float rest = std::fma(-hi, unit, q[c]);  // exact
-        const float lo = std::clamp(std::nearbyint(rest / unit * float(kDigit)), -kQueryLevels,
-                                    kQueryLevels);
-        digits[c] = static_cast<int8_t>(hi);
-        digits[dp + c] = static_cast<int8_t>(lo);
-        total += int32_t{digits[c]} * kDigit + digits[dp + c];
+      const __m512 units = _mm512_set1_ps(unit);
+      for (int c = 0; c < d; c += kW) {
+        const __m512 x = LoadQuery(q, c, d);
+        const __m512 hi = ClampedRound(_mm512_div_ps(x, units));
+        const __m512 rest = _mm512_fnmadd_ps(hi, units, x);  // exact
+        const __m512 lo = ClampedRound(
+            _mm512_mul_ps(_mm512_div_ps(rest, units), _mm512_set1_ps(float(kDigit))));
+        const __m512i hi_int = _mm512_cvtps_epi32(hi), lo_int = _mm512_cvtps_epi32(lo);
+        const __mmask16 columns = Isa::Mask(std::min(kW, d - c));
+        _mm512_mask_cvtepi32_storeu_epi8(digits + c, columns, hi_int);
+        _mm512_mask_cvtepi32_storeu_epi8(digits + dp + c, columns, lo_int);
+        total = _mm512_add_epi32(
+            total, _mm512_add_epi32(_mm512_mullo_epi32(hi_int, _mm512_set1_epi32(kDigit)), lo_int));
       }
     }
     q_scale = unit / float(kDigit);
-    q_sum = q_scale * static_cast<float>(total);
+    q_sum = q_scale * static_cast<float>(_mm512_reduce_add_epi32(total));
+  }
+  static __m512 LoadQuery(const float* q, int c, int d) {
+    return _mm512_maskz_loadu_ps(Isa::Mask(std::min(kW, d - c)), q + c);
+  }
+  // round-to-nearest-even(x) clamped to [-127, 127].
+  static __m512 ClampedRound(__m512 x) {
+    const __m512 rounded = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_min_ps(_mm512_max_ps(rounded, _mm512_set1_ps(-kQueryLevels)),
+                         _mm512_set1_ps(kQueryLevels));
   }
 
   // The K and V row parameters of the span from pos (NextSpan prefetches only the codes; a
@@ -280,7 +310,7 @@ class QuantFastTile {
   }
 
   // acc[r] += w_scale[r] * sum over j < n of w16[r][j] * codes of value j, plus offset_sum[r]
-  // in every column, r < NR (acc in the order of Position). Advances next's V prefetch with the
+  // in every column, r < NR (acc in the order of InColumnOrder). Advances next's V prefetch with the
   // columns.
   template <int NR>
   static void AccumulateRows(const int16_t* w16, const float* w_scale, const float* offset_sum,

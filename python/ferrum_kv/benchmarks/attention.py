@@ -75,14 +75,16 @@ def token_bytes(dtype: str) -> float:
 
 
 class PagedSetup:
-    """One KvStorage with enough layers to rotate over; each sequence's blocks are shuffled."""
+    """One KvStorage with enough layers to rotate over rotate_bytes of K/V (2 layers at least);
+    each sequence's blocks are shuffled."""
 
-    def __init__(self, dtype: str, batch: int, context: int, seed: int = 0):
+    def __init__(self, dtype: str, batch: int, context: int, seed: int = 0,
+                 rotate_bytes: int = ROTATE_BYTES):
         rng = np.random.default_rng(seed)
         blocks_per_seq = -(-context // BLOCK_SIZE)
         num_blocks = batch * blocks_per_seq
         layer_bytes = num_blocks * 2 * NUM_KV_HEADS * BLOCK_SIZE * token_bytes(dtype)
-        self.num_layers = max(2, math.ceil(ROTATE_BYTES / layer_bytes))
+        self.num_layers = max(2, math.ceil(rotate_bytes / layer_bytes))
         config = core.CacheConfig(num_layers=self.num_layers, num_kv_heads=NUM_KV_HEADS,
                                   head_dim=HEAD_DIM, block_size=BLOCK_SIZE, num_blocks=num_blocks,
                                   dtype=dtype)

@@ -96,6 +96,26 @@ def test_decode_matches_float64_reference(dtype, block_size, head_dim, num_kv_he
 
 
 # (block_size, head_dim, num_kv_heads, group, context_lens, query_lens)
+# 40 query heads per KV head: one decode tile of 40 rows, run by the wide path (rows in SIMD
+# lanes, as prefill; precision "fast" keeps float32 scores there, docs/attention.md).
+WIDE_DECODE_GRID = [(16, 64, 1, 40, [100, 17]), (5, 72, 2, 24, [33])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", WIDE_DECODE_GRID)
+def test_wide_decode_tiles_match_float64_reference(dtype, block_size, head_dim, num_kv_heads,
+                                                   group, context_lens):
+    case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
+    q, expected = decode_inputs(case)
+    for isa in FAST_ISAS:
+        for precision in ("exact", "fast"):
+            out = core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
+                                                     case.context_lens, isa=isa,
+                                                     precision=precision)
+            bound = TOLERANCE if precision == "exact" else 1.5e-2  # bfloat16's fast P.V
+            assert relative_error(out, expected) < bound, (isa, precision)
+
+
 PREFILL_GRID = [
     (16, 128, 2, 4, [17, 1, 100], [17, 1, 100]),  # whole prompts, no cached prefix
     (5, 72, 1, 8, [1000, 40], [37, 40]),  # a chunk after a cached prefix, and a whole prompt
@@ -103,6 +123,7 @@ PREFILL_GRID = [
     (1, 80, 1, 4, [15, 16], [1, 16]),
     (8, 256, 1, 4, [300], [300]),
     (16, 96, 2, 8, [1000], [1000]),
+    (16, 64, 1, 3, [130], [130]),  # tiles of 21 tokens x 3 heads = 63 rows
 ]
 
 

@@ -16,6 +16,7 @@ import pytest
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
+                            WIDE_DECODE_GRID,
                             FEATURES, PREFILL_GRID, Case,
                             assert_single_token_prefill_equals_decode, decode_inputs,
                             feature_kwargs, poisoned, prefill_in_every_isa, prefill_inputs,
@@ -77,6 +78,21 @@ def test_decode_matches_float64_reference_on_dequantized_values(dtype, block_siz
                                                num_threads=threads)
             check(out, expected, (isa, threads))
     check_fast_decode(case, q, expected, threads=(1, 2))
+
+
+@pytest.mark.parametrize("dtype", FORMATS)
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", WIDE_DECODE_GRID)
+def test_wide_decode_tiles_on_quantized_storage(dtype, block_size, head_dim, num_kv_heads, group,
+                                                context_lens):
+    case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
+                         layers=(1,))
+    q, expected = decode_inputs(case)
+    for isa in FAST_ISAS:
+        for precision in ("exact", "fast"):
+            out = core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
+                                                     case.context_lens, isa=isa,
+                                                     precision=precision)
+            check(out, expected, (isa, precision))
 
 
 @pytest.mark.parametrize("dtype", FORMATS)

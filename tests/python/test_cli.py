@@ -39,6 +39,8 @@ def run_main(argv, capsys):
     (TINY_DEMO + ["--block-size", "0"], 2, "--block-size: must be at least 1"),
     (["plan", "--model", "Llama-3-8B", "--memory", "9" * 400 + "TiB"], 2, "absurdly large"),
     (["demo", "--blocks", "100000000", "--no-progress"], 1, "out of memory: a K/V arena of"),
+    (TINY_DEMO + ["--admission-order", "lpm"], 2, "--admission-order: invalid choice: 'lpm'"),
+    (TINY_DEMO + ["--max-wait-steps", "0"], 2, "--max-wait-steps: must be at least 1, got 0"),
     (TINY_DEMO + ["--restart"], 2, "--restart needs at least one --tier"),
     (TINY_DEMO + ["--tier", "s3://bucket"], 2, "a tier is disk:PATH, redis://"),
     (TINY_DEMO + ["--tier", "disk:/tmp/x", "--no-prefix-caching"], 2, "--tier needs prefix"),

@@ -89,7 +89,8 @@ def test_aging_bounds_the_wait_of_a_long_request(max_wait_steps, long_admitted, 
     has waited ``max_wait_steps`` steps; then it goes first."""
     rng = np.random.default_rng(12)
     long = request(0, rng.integers(0, MODEL.vocab_size, 12), 1)
-    scheduler, workload = new_scheduler([long], token_budget=4, max_wait_steps=max_wait_steps)
+    scheduler, workload = new_scheduler([long], token_budget=4, max_wait_steps=max_wait_steps,
+                                        admission_order="shortest_prefill")
     admitted = tracked = None
     while scheduler.step_no < 8 or not scheduler.done:
         if scheduler.step_no < 8:

@@ -246,9 +246,7 @@ def test_a_waiting_request_keeps_its_place_in_the_queue():
         num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
         block_size=BS, num_blocks=64, enable_prefix_caching=True))
     workload = FixedWorkload([*sharing, *others])
-    # Arrival order: shortest first would admit 2 and 3 (5 tokens) before 0 and 1 (13, 14).
-    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128, max_num_seqs=2,
-                                                                  admission_order="fcfs"))
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128, max_num_seqs=2))
     scheduler.step()  # 0 runs, 1 waits for its blocks, 2 is admitted past it, 3 hits the limit
     assert sorted(s.request.request_id for s in scheduler.running) == [0, 2]
     assert [s.request.request_id for s in scheduler.waiting] == [1, 3]

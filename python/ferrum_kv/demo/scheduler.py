@@ -125,10 +125,13 @@ class SchedulerConfig:
     admission_order : str
         The order in which waiting requests are admitted (preempted-for-recompute sequences
         always come first, in the order they were preempted from the back of the running list):
-        "fcfs", by arrival; "shortest_prefill", by the prompt tokens each still has to compute
-        now (prompt length minus the prefix cache's hit, ``cached_prefix_len``; ties by
+        "fcfs" (default), by arrival; "shortest_prefill", by the prompt tokens each still has to
+        compute now (prompt length minus the prefix cache's hit, ``cached_prefix_len``; ties by
         arrival): shortest job first, which lowers the mean time to first token when requests
-        of uneven lengths (or uneven suffixes after a shared system prompt) wait together.
+        of uneven lengths (or uneven suffixes after a shared system prompt) wait together (the
+        transformers ``Engine``'s default: a ``generate`` call's prompts all arrive at once).
+        For the demo's workload, arrivals spread over time under memory pressure, it was not
+        consistently better (docs/demo.md), so the demo keeps arrival order by default.
     max_wait_steps : int
         With "shortest_prefill": a request that has waited this many steps (>= 1) goes before
         every request that has waited less, oldest first, so a long request is not starved by
@@ -142,7 +145,7 @@ class SchedulerConfig:
     record_logits: bool = False
     attention_precision: str = "exact"
     wait_for_shared_prefix: bool = True
-    admission_order: str = "shortest_prefill"
+    admission_order: str = "fcfs"
     max_wait_steps: int = 64
 
     def __post_init__(self) -> None:

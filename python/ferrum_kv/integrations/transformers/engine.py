@@ -188,7 +188,7 @@ class Engine:
                  block_size: int = 16, num_host_blocks: int = 0,
                  enable_prefix_caching: bool = True, token_budget: int = 512,
                  max_num_seqs: int = 64,
-                 admission_order: str = SchedulerConfig.admission_order,
+                 admission_order: str = "shortest_prefill",
                  max_wait_steps: int = SchedulerConfig.max_wait_steps) -> None:
         self.model = model
         self.cache = fkv.PagedKvCache(config_for(

@@ -310,7 +310,8 @@ def main() -> None:
                       f"{off[key] / on[key]:.2f}x (without waiting for a shared prefix "
                       f"{off[key] / no_wait[key]:.2f}x)")
                 if "engine, fcfs" in modes:
-                    fcfs_off, fcfs_on = modes["engine, no prefix caching, fcfs"], modes["engine, fcfs"]
+                    fcfs_off = modes["engine, no prefix caching, fcfs"]
+                    fcfs_on = modes["engine, fcfs"]
                     print(f"  shared: {key[:-2]}, engine without / with prefix caching (fcfs) = "
                           f"{fcfs_off[key] / fcfs_on[key]:.2f}x; with prefix caching, fcfs / "
                           f"{order} = {fcfs_on[key] / on[key]:.2f}x, without it "

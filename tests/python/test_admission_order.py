@@ -25,7 +25,8 @@ def new_scheduler(requests, **limits):
         num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
         block_size=BS, num_blocks=64, enable_prefix_caching=True))
     workload = FixedWorkload(requests)
-    return Scheduler(model, cache, workload, SchedulerConfig(record_logits=True, **limits)), workload
+    config = SchedulerConfig(record_logits=True, **limits)
+    return Scheduler(model, cache, workload, config), workload
 
 
 def first_token_steps(scheduler):
@@ -34,7 +35,8 @@ def first_token_steps(scheduler):
 
 def uneven_requests(rng):
     """Distinct random prompts of 12, 4, 8 and 3 tokens (no prefix hits), one token each."""
-    return [request(i, rng.integers(0, MODEL.vocab_size, n), 1) for i, n in enumerate([12, 4, 8, 3])]
+    return [request(i, rng.integers(0, MODEL.vocab_size, n), 1)
+            for i, n in enumerate([12, 4, 8, 3])]
 
 
 def test_fcfs_admits_in_arrival_order():

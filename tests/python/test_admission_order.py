@@ -116,14 +116,16 @@ def test_aging_bounds_the_wait_of_a_long_request(max_wait_steps, long_admitted, 
 
 @pytest.mark.parametrize("order", ["fcfs", "shortest_prefill"])
 def test_requests_sharing_a_prefix_wait_for_it_in_either_order(order):
-    requests = shared_prefix_requests(np.random.default_rng(4), 6)
+    # Prompts of 12 shared + 2, 1, 4, 3, 2, 1 own tokens, in that arrival order.
+    requests = shared_prefix_requests(np.random.default_rng(4), 6)[::-1]
     scheduler = serve(requests, num_blocks=64, token_budget=128, admission_order=order)
     # Whichever request goes first computes the 3 shared blocks; the 5 others wait and hit them.
     assert scheduler.cache.stats()["prefix_hit_tokens"] == 5 * 12
     assert scheduler.computed_tokens == sum(len(r.prompt) for r in requests) - 5 * 12 + 6 * 2
     first_step = scheduler.history[0]
-    first = requests[0] if order == "fcfs" else min(requests, key=lambda r: len(r.prompt))
-    assert first_step.prefill_tokens == len(first.prompt) and first_step.waiting == 5
+    # fcfs: the first to arrive (14 tokens); shortest first: the earliest of the 13-token ones.
+    assert first_step.prefill_tokens == (14 if order == "fcfs" else 13)
+    assert first_step.waiting == 5
     assert_matches_reference(scheduler)
 
 

@@ -11,7 +11,10 @@ weights, greedy, ``--threads`` threads of torch and BLAS (for the kernels see
   16 new tokens each: time to first token (TTFT) of the engine with and without prefix
   caching (all requests arrive at once), with prefix caching but without waiting for a shared
   prefix (``wait_for_shared_prefix=False``), and of the first 8 requests one by one through
-  generate with DynamicCache and with FerrumCache over one PagedKvCache (prefix hits).
+  generate with DynamicCache and with FerrumCache over one PagedKvCache (prefix hits). The
+  engines admit in ``--admission-order`` (all three the same, so the ratios are fair); unless
+  that is "fcfs", the engine with and without prefix caching also runs in arrival order
+  ("fcfs" modes), for its ratios side by side.
 
 After one warm-up call of every mode, every mode runs ``--repeat`` times, interleaved, and the
 best wall time, CPU time (all threads of the process), TTFT and decode step are kept (the
@@ -27,7 +30,8 @@ thread settings and the load average are printed. ``--quick`` shrinks everything
 its figures are not the issue's).
 
     python bench/bench_transformers.py [--quick] [--threads 2] [--kernel-threads N] [--repeat 3]
-        [--workloads short,long,shared] [--engine-budget 2048] [--json out.json]
+        [--workloads short,long,shared] [--engine-budget 2048]
+        [--admission-order shortest_prefill] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from transformers import (ContinuousBatchingConfig, GenerationConfig, LogitsProc
                           LogitsProcessorList)
 
 import ferrum_kv as fkv
+from ferrum_kv.demo.scheduler import ADMISSION_ORDERS
 from ferrum_kv.integrations.transformers import Engine, FerrumCache
 from ferrum_kv.integrations.transformers._model import kernel_threads
 
@@ -139,13 +144,14 @@ def run_generate_batch(model, prompts, new) -> dict:
     return {"seconds": elapsed, "cpu_s": cpu, "tokens": [o.generated_tokens for o in ordered]}
 
 
-def run_engine(model, prompts, new, budget: int, prefix_caching: bool = True,
+def run_engine(model, prompts, new, budget: int, order: str, prefix_caching: bool = True,
                wait_for_shared_prefix: bool = True) -> dict:
-    """The engine (a step budget of ``budget`` tokens); wait_for_shared_prefix False:
-    requests that arrive together do not wait for one another's shared prefix."""
+    """The engine (a step budget of ``budget`` tokens, admission order ``order``);
+    wait_for_shared_prefix False: requests that arrive together do not wait for one another's
+    shared prefix."""
     blocks = sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
     engine = Engine(model, num_blocks=blocks, enable_prefix_caching=prefix_caching,
-                    token_budget=budget, max_num_seqs=len(prompts))
+                    token_budget=budget, max_num_seqs=len(prompts), admission_order=order)
     engine.scheduler_config = dataclasses.replace(engine.scheduler_config,
                                                   wait_for_shared_prefix=wait_for_shared_prefix)
     first: dict[int, float] = {}
@@ -209,9 +215,11 @@ def main() -> None:
     parser.add_argument("--engine-budget", type=int, default=2048,
                         help="the engine's token budget per step (longer prompts are prefilled in "
                         "chunks of at most this many tokens)")
+    parser.add_argument("--admission-order", choices=ADMISSION_ORDERS, default="shortest_prefill",
+                        help="the engine's admission order (SchedulerConfig.admission_order)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    budget = args.engine_budget
+    budget, order = args.engine_budget, args.admission_order
     torch.set_num_threads(args.threads)
     if args.kernel_threads:
         fkv.set_num_threads(args.kernel_threads)
@@ -220,6 +228,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}: torch threads "
           f"{torch.get_num_threads()}, kernel threads inside a forward pass {kernel_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"engine budget {budget}, admission order {order}, "
           f"load average {load()}", flush=True)
 
     def blocks(prompts, new) -> int:
@@ -233,10 +242,21 @@ def main() -> None:
                 kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=blocks(first, new)))
                 return run_generate_each(model, first, new, lambda: FerrumCache(model, kv_cache=kv))
 
+            engines = {
+                "engine, no prefix caching": lambda: run_engine(model, prompts, new, budget, order,
+                                                                False),
+                "engine, no waiting": lambda: run_engine(model, prompts, new, budget, order, True,
+                                                         False),
+                "engine": lambda: run_engine(model, prompts, new, budget, order),
+            }
+            if order != "fcfs":
+                engines.update({
+                    "engine, no prefix caching, fcfs": lambda: run_engine(
+                        model, prompts, new, budget, "fcfs", False),
+                    "engine, fcfs": lambda: run_engine(model, prompts, new, budget, "fcfs"),
+                })
             return {
-                "engine, no prefix caching": lambda: run_engine(model, prompts, new, budget, False),
-                "engine, no waiting": lambda: run_engine(model, prompts, new, budget, True, False),
-                "engine": lambda: run_engine(model, prompts, new, budget),
+                **engines,
                 "8 one by one (Dynamic)": lambda: run_generate_each(model, first, new, None),
                 "8 one by one (Ferrum)": one_by_one_ferrum,
             }
@@ -245,7 +265,7 @@ def main() -> None:
             "generate_batch": lambda: run_generate_batch(model, prompts, new),
             "generate (FerrumCache)": lambda: run_generate(
                 model, prompts, new, lambda: FerrumCache(model, num_blocks=blocks(prompts, new))),
-            "engine": lambda: run_engine(model, prompts, new, budget),
+            "engine": lambda: run_engine(model, prompts, new, budget, order),
         }
 
     with threadpool_limits(limits=args.threads):
@@ -253,7 +273,7 @@ def main() -> None:
         run_generate(model, warm, 3, None)
         run_generate(model, warm, 3, lambda: FerrumCache(model, num_blocks=16))
         run_generate_batch(model, warm, 3)
-        run_engine(model, warm, 3, budget)
+        run_engine(model, warm, 3, budget, order)
         chosen = args.workloads.split(",")
         for name, (prompts, new) in workloads(args.quick).items():
             if name not in chosen:
@@ -276,7 +296,7 @@ def main() -> None:
                                 if k in result)
                 if "prefix_hit_tokens" in result:
                     extra += f"  prefix hits {result['prefix_hit_tokens']} tokens"
-                print(f"{name:7s} {mode:26s} {result['seconds']:7.2f} s {result['cpu_s']:7.2f} cpu-s"
+                print(f"{name:7s} {mode:31s} {result['seconds']:7.2f} s {result['cpu_s']:7.2f} cpu-s"
                       f"  {result['generated_per_s']:8.1f} gen tok/s{extra}", flush=True)
 
     print("\nratios (higher is better for ferrum_kv):")
@@ -286,9 +306,16 @@ def main() -> None:
             no_wait = modes["engine, no waiting"]
             dyn, fer = modes["8 one by one (Dynamic)"], modes["8 one by one (Ferrum)"]
             for key in ("ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_cpu_s"):
-                print(f"  shared: {key[:-2]}, engine without / with prefix caching = "
+                print(f"  shared: {key[:-2]}, engine without / with prefix caching ({order}) = "
                       f"{off[key] / on[key]:.2f}x (without waiting for a shared prefix "
                       f"{off[key] / no_wait[key]:.2f}x)")
+                if "engine, fcfs" in modes:
+                    fcfs_off = modes["engine, no prefix caching, fcfs"]
+                    fcfs_on = modes["engine, fcfs"]
+                    print(f"  shared: {key[:-2]}, engine without / with prefix caching (fcfs) = "
+                          f"{fcfs_off[key] / fcfs_on[key]:.2f}x; with prefix caching, fcfs / "
+                          f"{order} = {fcfs_on[key] / on[key]:.2f}x, without it "
+                          f"{fcfs_off[key] / off[key]:.2f}x")
             print(f"  shared: mean TTFT one by one, DynamicCache / FerrumCache (prefix hits) = "
                   f"{dyn['ttft_s'] / fer['ttft_s']:.2f}x")
             continue

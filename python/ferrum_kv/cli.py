@@ -118,6 +118,7 @@ def _model_geometry(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from ferrum_kv.demo.presets import HF_MODEL_PRESETS, MODEL_PRESETS
     from ferrum_kv.demo.run import DemoOptions
+    from ferrum_kv.demo.scheduler import ADMISSION_ORDERS
 
     defaults = DemoOptions()
     parser = _Parser(prog="ferrum-kv", description="ferrum-kv: a KV-cache manager for LLM "
@@ -178,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--max-seqs", dest="max_num_seqs", type=_positive_int,
                        default=defaults.max_num_seqs,
                        help="running sequences admitted at most (default %(default)s)")
+    sched.add_argument("--admission-order", choices=ADMISSION_ORDERS,
+                       default=defaults.admission_order,
+                       help="order in which waiting requests are admitted: by arrival, or "
+                       "shortest remaining prefill first (prompt minus its prefix-cache hit; "
+                       "lower mean time to first token) (default %(default)s)")
+    sched.add_argument("--max-wait-steps", type=_positive_int, default=defaults.max_wait_steps,
+                       help="with shortest_prefill: a request waiting this many steps goes "
+                       "first (no starvation) (default %(default)s)")
     sched.add_argument("--threads", type=_positive_int, default=defaults.threads,
                        help="threads for BLAS and the attention kernels (default %(default)s)")
     sched.add_argument("--precision", choices=("exact", "fast"), default=defaults.precision,
@@ -263,7 +272,8 @@ def _demo(args: argparse.Namespace) -> int:
         token_budget=args.token_budget, max_num_seqs=args.max_num_seqs, seed=args.seed,
         resend_fraction=args.resend_fraction, prompt_logits=args.prompt_logits,
         threads=args.threads, tiers=tuple(args.tiers),
-        precision=args.precision)
+        precision=args.precision, admission_order=args.admission_order,
+        max_wait_steps=args.max_wait_steps)
     first = run_demo(options, verify_run=args.verify, progress=args.progress) \
         if args.restart else None
     result = run_demo(options, verify_run=args.verify, progress=args.progress)

@@ -39,6 +39,8 @@ def run_main(argv, capsys):
     (TINY_DEMO + ["--block-size", "0"], 2, "--block-size: must be at least 1"),
     (["plan", "--model", "Llama-3-8B", "--memory", "9" * 400 + "TiB"], 2, "absurdly large"),
     (["demo", "--blocks", "100000000", "--no-progress"], 1, "out of memory: a K/V arena of"),
+    (TINY_DEMO + ["--admission-order", "lpm"], 2, "--admission-order: invalid choice: 'lpm'"),
+    (TINY_DEMO + ["--max-wait-steps", "0"], 2, "--max-wait-steps: must be at least 1, got 0"),
     (TINY_DEMO + ["--restart"], 2, "--restart needs at least one --tier"),
     (TINY_DEMO + ["--tier", "s3://bucket"], 2, "a tier is disk:PATH, redis://"),
     (TINY_DEMO + ["--tier", "disk:/tmp/x", "--no-prefix-caching"], 2, "--tier needs prefix"),
@@ -85,12 +87,22 @@ def test_demo_verify_json_reports_the_check(capsys):
     assert check["samples"] == json.loads(out)["samples"]
 
 
+def test_demo_admission_order_reaches_the_scheduler(capsys):
+    code, out, _ = run_main(TINY_DEMO + ["--json", "--verify", "--admission-order",
+                                         "shortest_prefill", "--max-wait-steps", "5"], capsys)
+    summary = json.loads(out)
+    assert code == 0 and summary["verify"]["ok"]
+    assert summary["admission_order"] == "shortest_prefill"
+    assert 1 <= summary["mean_ttft_steps"] <= summary["steps"]
+
+
 def test_demo_table_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "steps.png"
     code, out, _ = run_main(TINY_DEMO + ["--plot", str(plot)], capsys)
     assert code == 0
     assert "prefix hit rate (tokens)" in out and "preemptions (swap / recompute)" in out
+    assert "mean time to first token" in out and "steps (fcfs)" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

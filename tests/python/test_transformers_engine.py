@@ -49,6 +49,23 @@ def test_engine_matches_per_prompt_generate(model):
     engine.cache.check_invariants()
 
 
+@pytest.mark.parametrize("order, first", [("fcfs", 0), ("shortest_prefill", 2)])
+def test_admission_order(order, first):
+    """Budget 24: in arrival order prompt 0 (30 tokens) is prefilled first and its first token
+    comes first (step 1); shortest first, prompt 2 (7 tokens) is, in step 0. Same replies."""
+    model = hf_models.llama()
+    prompts = prompt_lists([30, 45, 7, 60, 19, 33], seed=1)
+    expected = reference(model, prompts)
+    engine = Engine(model, num_blocks=64, token_budget=24, max_num_seqs=3, admission_order=order)
+    assert engine.scheduler_config.admission_order == order
+    events = list(engine.stream(prompts, max_new_tokens=NEW))
+    assert events[0][0] == first
+    assert [[t for i, t in events if i == k] for k in range(len(prompts))] == expected
+    steps = {s.request.request_id: s.first_token_step for s in engine.last_scheduler.finished}
+    assert steps[first] == min(steps.values()) == (1 if order == "fcfs" else 0)
+    engine.cache.check_invariants()
+
+
 @pytest.mark.parametrize("num_host_blocks", [0, 16])
 def test_preemption_keeps_outputs(num_host_blocks):
     model = hf_models.llama()
@@ -122,6 +139,10 @@ def test_errors():
     with pytest.raises(RuntimeError, match="set_attn_implementation"):
         engine.generate([[3, 4]])
     assert len(engine.cache) == 0  # the failed call's sequences are freed
+    for bad in ({"admission_order": "lpm"}, {"max_wait_steps": 0}):
+        with pytest.raises(ValueError, match="admission_order|max_wait_steps"):
+            Engine(model, num_blocks=4, **bad)
+        assert model.config._attn_implementation == "sdpa"  # the model is left as it was
     model.set_attn_implementation("ferrum")
     stream = engine.stream([[5, 6, 7], [8, 9]], max_new_tokens=20)
     next(stream)

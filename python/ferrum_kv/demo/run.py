@@ -39,6 +39,10 @@ class DemoOptions:
     prefix_caching : bool
     token_budget, max_num_seqs : int
         Scheduler limits (``SchedulerConfig``).
+    admission_order : str
+        "fcfs" or "shortest_prefill" (``SchedulerConfig.admission_order``).
+    max_wait_steps : int
+        Aging bound of "shortest_prefill" (``SchedulerConfig.max_wait_steps``).
     seed : int
         Weights and workload.
     resend_fraction : float
@@ -73,6 +77,8 @@ class DemoOptions:
     threads: int = 1
     tiers: tuple = ()
     precision: str = "exact"
+    admission_order: str = SchedulerConfig.admission_order
+    max_wait_steps: int = SchedulerConfig.max_wait_steps
 
     def __post_init__(self) -> None:
         if self.tiers and not self.prefix_caching:
@@ -86,6 +92,14 @@ class DemoOptions:
                              f"(choose from {', '.join([*MODEL_PRESETS, *HF_MODEL_PRESETS])})")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        self.scheduler_config()  # its checks
+
+    def scheduler_config(self, record_logits: bool = False) -> SchedulerConfig:
+        """The scheduler's configuration; raises ValueError for bad limits or order."""
+        return SchedulerConfig(
+            token_budget=self.token_budget, max_num_seqs=self.max_num_seqs,
+            record_logits=record_logits, attention_precision=self.precision,
+            admission_order=self.admission_order, max_wait_steps=self.max_wait_steps)
 
 
 @contextmanager
@@ -172,9 +186,7 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
     workload = Workload(WorkloadConfig(num_sessions=options.sessions,
                                        resend_fraction=options.resend_fraction),
                         vocab_size, seed=options.seed)
-    scheduler = Scheduler(model, cache, workload, SchedulerConfig(
-        token_budget=options.token_budget, max_num_seqs=options.max_num_seqs,
-        record_logits=verify_run, attention_precision=options.precision))
+    scheduler = Scheduler(model, cache, workload, options.scheduler_config(verify_run))
 
     hide_progress = None if progress is None else not progress  # tqdm: None = auto
     with _threads(options.threads):
@@ -211,6 +223,8 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
     requests = {seq.request.request_id: seq.request for seq in scheduler.finished}
     prompt_tokens = sum(len(r.prompt) for r in requests.values())
     generated_tokens = sum(seq.num_generated for seq in scheduler.finished)
+    ttft_steps = [seq.first_token_step - seq.request.arrival_step + 1
+                  for seq in scheduler.finished if seq.sample_index == 0]
     return {
         "requests": len(requests),
         "samples": len(scheduler.finished),
@@ -221,6 +235,8 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
         "elapsed_s": elapsed,
         "tokens_per_s": (prompt_tokens + generated_tokens) / elapsed,
         "generated_tokens_per_s": generated_tokens / elapsed,
+        "admission_order": options.admission_order,
+        "mean_ttft_steps": sum(ttft_steps) / max(len(ttft_steps), 1),
         "prefix_hit_rate": stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1),
         "prefix_hit_tokens": stats["prefix_hit_tokens"],
         "whole_prompt_hits": scheduler.whole_prompt_hits,

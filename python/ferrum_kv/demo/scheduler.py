@@ -10,15 +10,19 @@ Each ``step()``:
 2. **Prefill.** Running sequences still prefilling get chunks, oldest first, from what is left of
    the step's token budget.
 3. **Resume and admit** (only when nothing was preempted this step, so freed room is not
-   immediately refilled): swapped sequences are swapped back in (they run from the next step),
-   then waiting sequences, preempted-for-recompute ones first, are added with ``add_sequence``
-   (its prefix hit counts as computed) and get a first chunk, while the budget, the sequence
-   limit and free blocks (above a small watermark) allow. When the cache keeps prompt logits
-   (``max_prompt_logits``), a new request is added with ``add_sequence_with_logits`` instead: a
-   prompt stored before (a resent request) is a whole-prompt hit, sampled from the stored logits
-   at once with nothing to prefill. With prefix caching, a waiting sequence whose prompt shares
-   full blocks that a running sequence is still prefilling stays waiting (in its place) until they
-   are computed, then hits them; sequences behind it are considered meanwhile
+   immediately refilled): swapped sequences are swapped back in (they run from the next step), then
+   waiting sequences, preempted-for-recompute ones first, are added with ``add_sequence`` (its
+   prefix hit counts as computed) and get a first chunk, while the budget, the sequence limit and
+   free blocks (above a small watermark) allow. New requests are considered in arrival order
+   (``admission_order="fcfs"``), or, with ``"shortest_prefill"``, in order of the prompt tokens
+   each still has to compute (its length minus ``cached_prefix_len``, the prefix cache's hit now;
+   ties by arrival), except that one which has waited ``max_wait_steps`` steps goes before all
+   younger ones (aging: no request starves behind a stream of shorter ones). When the cache keeps
+   prompt logits (``max_prompt_logits``), a new request is added with ``add_sequence_with_logits``
+   instead: a prompt stored before (a resent request) is a whole-prompt hit, sampled from the
+   stored logits at once with nothing to prefill. With prefix caching, a waiting sequence whose
+   prompt shares full blocks that a running sequence is still prefilling stays waiting (in its
+   place) until they are computed, then hits them; sequences behind it are considered meanwhile
    (``wait_for_shared_prefix``: requests sharing a system prompt that arrive together prefill it
    once, not once per request admitted before the first one finished it).
 4. **Run** the decoder over the step's rows (decode rows, then chunks) through
@@ -90,6 +94,10 @@ class RequestSource(Protocol):
     def finished(self, request: Request, reply: np.ndarray, step: int) -> None: ...
 
 
+ADMISSION_ORDERS = ("fcfs", "shortest_prefill")
+"""The values of ``SchedulerConfig.admission_order``."""
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Scheduling limits.
@@ -114,6 +122,23 @@ class SchedulerConfig:
         reuses them instead of computing them again (requests sharing a system prompt that
         arrive together prefill it once); requests behind it that share nothing are admitted
         meanwhile.
+    admission_order : str
+        The order in which waiting requests are admitted (preempted-for-recompute sequences
+        always come first, in the order they were preempted from the back of the running list):
+        "fcfs" (default), by arrival; "shortest_prefill", by the prompt tokens each still has to
+        compute now (prompt length minus the prefix cache's hit, ``cached_prefix_len``; ties by
+        arrival): shortest job first, which lowers the mean time to first token when requests
+        of uneven lengths (or uneven suffixes after a shared system prompt) wait together (the
+        transformers ``Engine``'s default: a ``generate`` call's prompts all arrive at once).
+        For the demo's workload, arrivals spread over time under memory pressure, it was not
+        consistently better (docs/demo.md), so the demo keeps arrival order by default.
+    max_wait_steps : int
+        With "shortest_prefill": a request that has waited this many steps (>= 1) goes before
+        every request that has waited less, oldest first, so a long request is not starved by
+        a stream of shorter ones: it is first in line at most ``max_wait_steps`` steps after it
+        arrives (admitted then as soon as the budget, the sequence limit and the blocks allow).
+        The default, 64, leaves a burst of requests in shortest-first order (32 prompts with a
+        512-token budget are all admitted within about 12 steps) and bounds the extra wait.
     """
 
     token_budget: int = 256
@@ -122,6 +147,8 @@ class SchedulerConfig:
     record_logits: bool = False
     attention_precision: str = "exact"
     wait_for_shared_prefix: bool = True
+    admission_order: str = "fcfs"
+    max_wait_steps: int = 64
 
     def __post_init__(self) -> None:
         if self.token_budget < 1 or self.max_num_seqs < 1 or self.watermark_blocks < 0:
@@ -129,6 +156,13 @@ class SchedulerConfig:
         if self.attention_precision not in ("exact", "fast"):
             raise ValueError(f"attention_precision must be 'exact' or 'fast', got "
                              f"{self.attention_precision!r}")
+        if self.admission_order not in ADMISSION_ORDERS:
+            raise ValueError(f"admission_order must be one of "
+                             f"{', '.join(map(repr, ADMISSION_ORDERS))}, got "
+                             f"{self.admission_order!r}")
+        if (not isinstance(self.max_wait_steps, int) or isinstance(self.max_wait_steps, bool)
+                or self.max_wait_steps < 1):
+            raise ValueError(f"max_wait_steps must be an int >= 1, got {self.max_wait_steps!r}")
 
 
 class Status(enum.Enum):
@@ -157,6 +191,12 @@ class Sequence:
         Leading tokens whose K/V is written (a prefix hit counts).
     logits : list of np.ndarray, each [vocab_size] float32
         With ``record_logits``: the logits each generated token was chosen from, in order.
+    waiting_since : int
+        The step it last entered the waiting queue (arrival, or preemption for recompute).
+    preempted : bool
+        Preempted for recompute at least once (such sequences are admitted first).
+    first_token_step : int or None
+        The step its first token was sampled in.
     """
 
     seq_id: int
@@ -167,6 +207,9 @@ class Sequence:
     num_cached: int = 0
     num_computed: int = 0
     logits: list[np.ndarray] = field(default_factory=list)
+    waiting_since: int = 0
+    preempted: bool = False
+    first_token_step: Optional[int] = None
 
     @property
     def num_generated(self) -> int:
@@ -287,7 +330,7 @@ class Scheduler:
 
     def _new_sequence(self, request: Request, sample_index: int) -> Sequence:
         seq = Sequence(seq_id=self._next_seq_id, request=request, sample_index=sample_index,
-                       tokens=request.prompt.tolist())
+                       tokens=request.prompt.tolist(), waiting_since=self.step_no)
         self._next_seq_id += 1
         return seq
 
@@ -317,6 +360,7 @@ class Scheduler:
         except fkv.OutOfBlocksError:  # no host tier, or it is full: recompute later
             self.cache.free_sequence(seq.seq_id)
             seq.status, seq.num_cached, seq.num_computed = Status.WAITING, 0, 0
+            seq.waiting_since, seq.preempted = self.step_no, True
             self.waiting.appendleft(seq)
             self.preemptions_by_recompute += 1
         else:
@@ -368,25 +412,48 @@ class Scheduler:
 
     def _admit_waiting(self, budget: int, decoding: set[Sequence],
                        chunks: list[tuple[Sequence, int, int]]) -> int:
-        """Admit waiting sequences in order while the budget and ``_admit`` allow, each with a
-        first chunk appended to ``chunks``; returns the budget left. With
+        """Admit waiting sequences in ``_admission_queue`` order while the budget and ``_admit``
+        allow, each with a first chunk appended to ``chunks``; returns the budget left. With
         ``wait_for_shared_prefix``, a sequence whose prompt shares full blocks that a running
         sequence is still prefilling stays waiting (keeping its place) and later ones are
         considered; it is admitted once those blocks are computed, and hits them."""
-        deferred: list[Sequence] = []
-        while budget and self.waiting:
-            seq = self.waiting[0]
+        if not budget:
+            return budget
+        for seq in self._admission_queue():
+            if not budget:
+                break
             if self._shares_uncomputed_prefix(seq, decoding):
-                deferred.append(self.waiting.popleft())
                 continue
             if not self._admit(seq):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
                 chunks.append(self._chunk(seq, budget))
                 budget -= chunks[-1][2] - chunks[-1][1]
-        self.waiting.extendleft(reversed(deferred))
         return budget
+
+    def _admission_queue(self) -> list[Sequence]:
+        """The waiting sequences in the order ``admission_order`` considers them. ``waiting``
+        itself stays in arrival order (preempted-for-recompute sequences at its front).
+
+        "shortest_prefill" sorts (stably, so ties keep arrival order) on: preempted first, then
+        those that have waited ``max_wait_steps`` steps (oldest first), then the rest by the
+        tokens each has to compute now. Cost: one ``cached_prefix_len`` (a hash per full
+        prompt block, read-only) per waiting sequence that is neither preempted nor aged."""
+        if self.config.admission_order == "fcfs" or len(self.waiting) < 2:
+            return list(self.waiting)
+        aged_since = self.step_no - self.config.max_wait_steps
+        lookup = self.cache.config.enable_prefix_caching
+
+        def key(seq: Sequence) -> tuple[int, int]:
+            if seq.preempted:
+                return 0, 0
+            if seq.waiting_since <= aged_since:
+                return 1, seq.waiting_since
+            hit = self.cache.cached_prefix_len(np.asarray(seq.tokens, np.int32)) if lookup else 0
+            return 2, len(seq.tokens) - hit
+
+        return sorted(self.waiting, key=key)
 
     def _shares_uncomputed_prefix(self, seq: Sequence, decoding: set[Sequence]) -> bool:
         """Whether a running sequence still prefilling (not a decode row) holds, uncomputed,
@@ -449,6 +516,8 @@ class Scheduler:
                 self._unfinished_samples[seq.request.request_id].append(child)
                 samples.append(child)
         for sample in samples:
+            if sample.num_generated == 0:
+                sample.first_token_step = self.step_no
             token = rank_token(logits, sample.sample_index if sample.num_generated == 0 else 0)
             sample.tokens.append(token)
             if self.config.record_logits:

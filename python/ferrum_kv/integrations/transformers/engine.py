@@ -161,6 +161,13 @@ class Engine:
         chunks.
     max_num_seqs : int
         Running sequences at most.
+    admission_order : str
+        "shortest_prefill" (default): waiting prompts are admitted in order of the tokens each
+        still has to prefill (its length minus its prefix-cache hit), which lowers the mean time
+        to first token; "fcfs": in the order given. ``SchedulerConfig.admission_order``.
+    max_wait_steps : int
+        With "shortest_prefill", a prompt that has waited this many steps goes first
+        (``SchedulerConfig.max_wait_steps``).
 
     Attributes
     ----------
@@ -173,19 +180,23 @@ class Engine:
     Raises
     ------
     ValueError
-        A bad size or dtype (``CacheConfig``, ``SchedulerConfig``).
+        A bad size, dtype or admission order (``CacheConfig``, ``SchedulerConfig``); the model
+        is left as it was.
     """
 
     def __init__(self, model: torch.nn.Module, num_blocks: int, dtype: str = "float32", *,
                  block_size: int = 16, num_host_blocks: int = 0,
                  enable_prefix_caching: bool = True, token_budget: int = 512,
-                 max_num_seqs: int = 64) -> None:
+                 max_num_seqs: int = 64,
+                 admission_order: str = "shortest_prefill",
+                 max_wait_steps: int = SchedulerConfig.max_wait_steps) -> None:
         self.model = model
         self.cache = fkv.PagedKvCache(config_for(
             model, num_blocks, dtype, block_size=block_size,
             enable_prefix_caching=enable_prefix_caching, num_host_blocks=num_host_blocks))
-        self.scheduler_config = SchedulerConfig(token_budget=token_budget,
-                                                max_num_seqs=max_num_seqs)
+        self.scheduler_config = SchedulerConfig(
+            token_budget=token_budget, max_num_seqs=max_num_seqs,
+            admission_order=admission_order, max_wait_steps=max_wait_steps)
         model.set_attn_implementation(_attention.NAME)
         self._step_model = TransformersStepModel(model)
         self.last_scheduler: Optional[Scheduler] = None

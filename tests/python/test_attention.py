@@ -107,13 +107,18 @@ def test_wide_decode_tiles_match_float64_reference(dtype, block_size, head_dim, 
                                                    group, context_lens):
     case = Case(dtype, block_size, head_dim, num_kv_heads, group, context_lens)
     q, expected = decode_inputs(case)
+    for isa, precision, out in decode_in_every_isa_and_precision(case, q):
+        bound = TOLERANCE if precision == "exact" else 1.5e-2  # bfloat16's fast P.V
+        assert relative_error(out, expected) < bound, (isa, precision)
+
+
+def decode_in_every_isa_and_precision(case, q):
+    """(isa, precision, output) of layer 1's decode in every kernel variant, both precisions."""
     for isa in FAST_ISAS:
         for precision in ("exact", "fast"):
-            out = core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
-                                                     case.context_lens, isa=isa,
-                                                     precision=precision)
-            bound = TOLERANCE if precision == "exact" else 1.5e-2  # bfloat16's fast P.V
-            assert relative_error(out, expected) < bound, (isa, precision)
+            yield isa, precision, core.paged_attention_decode_tables(
+                q, case.storage, 1, case.block_tables, case.context_lens, isa=isa,
+                precision=precision)
 
 
 PREFILL_GRID = [

@@ -16,10 +16,9 @@ import pytest
 import ferrum_kv._core as core
 from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
-                            WIDE_DECODE_GRID,
-                            FEATURES, PREFILL_GRID, Case,
-                            assert_single_token_prefill_equals_decode, decode_inputs,
-                            feature_kwargs, poisoned, prefill_in_every_isa, prefill_inputs,
+                            FEATURES, PREFILL_GRID, WIDE_DECODE_GRID, Case,
+                            assert_single_token_prefill_equals_decode,
+                            decode_in_every_isa_and_precision, decode_inputs, feature_kwargs, poisoned, prefill_in_every_isa, prefill_inputs,
                             relative_error, shuffled_tables)
 from test_attention_fast import check_fast_decode, check_fast_prefill
 
@@ -87,12 +86,8 @@ def test_wide_decode_tiles_on_quantized_storage(dtype, block_size, head_dim, num
     case = QuantizedCase(dtype, block_size, head_dim, num_kv_heads, group, context_lens,
                          layers=(1,))
     q, expected = decode_inputs(case)
-    for isa in FAST_ISAS:
-        for precision in ("exact", "fast"):
-            out = core.paged_attention_decode_tables(q, case.storage, 1, case.block_tables,
-                                                     case.context_lens, isa=isa,
-                                                     precision=precision)
-            check(out, expected, (isa, precision))
+    for isa, precision, out in decode_in_every_isa_and_precision(case, q):
+        check(out, expected, (isa, precision))
 
 
 @pytest.mark.parametrize("dtype", FORMATS)

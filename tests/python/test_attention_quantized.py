@@ -18,8 +18,9 @@ from ferrum_kv import reference as ref
 from test_attention import (DECODE_GRID, FAST_ISAS, FEATURE_DECODE_GRID, FEATURE_PREFILL_GRID,
                             FEATURES, PREFILL_GRID, WIDE_DECODE_GRID, Case,
                             assert_single_token_prefill_equals_decode,
-                            decode_in_every_isa_and_precision, decode_inputs, feature_kwargs, poisoned, prefill_in_every_isa, prefill_inputs,
-                            relative_error, shuffled_tables)
+                            decode_in_every_isa_and_precision, decode_inputs, feature_kwargs,
+                            poisoned, prefill_in_every_isa, prefill_inputs, relative_error,
+                            shuffled_tables)
 from test_attention_fast import check_fast_decode, check_fast_prefill
 
 TOLERANCE = 1e-5

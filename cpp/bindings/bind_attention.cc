@@ -152,7 +152,9 @@ out : np.ndarray or a CPU DLPack tensor (torch.Tensor), optional
     Like q, writeable; written in full, in place, and returned (the object given). A new array
     when omitted.
 isa : str
-    "auto" (default), "avx512", "avx2", "portable" or "reference" (the float64 scalar oracle).
+    "auto" (default: the first of attention_isas()), "amx" (the AVX-512 kernels with AMX tiles
+    for precision="fast" over int8), "avx512", "avx2", "portable" or "reference" (the float64
+    scalar oracle).
 num_threads : int
     In [0, 1024]; 0 (default) uses get_num_threads() (the CPUs this process may run on, unless
     set_num_threads changed it). Fewer are used when the system cannot start more.
@@ -258,7 +260,7 @@ void BindAttention(py::module_& m) {
       "attention_isas",
       [] {
         std::vector<std::string> names;
-        for (AttentionIsa isa : {AttentionIsa::kAvx512, AttentionIsa::kAvx2,
+        for (AttentionIsa isa : {AttentionIsa::kAmx, AttentionIsa::kAvx512, AttentionIsa::kAvx2,
                                  AttentionIsa::kPortable, AttentionIsa::kReference}) {
           if (AttentionIsaSupported(isa)) names.emplace_back(AttentionIsaName(isa));
         }
@@ -270,7 +272,7 @@ void BindAttention(py::module_& m) {
       [](const std::string& dtype) {
         const DType parsed = ParseDType(dtype);
         std::vector<std::string> names;
-        for (AttentionIsa isa : {AttentionIsa::kAvx512, AttentionIsa::kAvx2,
+        for (AttentionIsa isa : {AttentionIsa::kAmx, AttentionIsa::kAvx512, AttentionIsa::kAvx2,
                                  AttentionIsa::kPortable}) {
           if (AttentionIsaSupported(isa) && AttentionFastSupported(isa, parsed)) {
             names.emplace_back(AttentionIsaName(isa));

@@ -8,6 +8,7 @@
 
 #include "ferrum_kv/parallel.h"
 #include "ferrum_kv/support/check.h"
+#include "kernels/amx_tiles.h"
 #include "kernels/attention_reference.h"
 #include "kernels/attention_tile.h"
 
@@ -38,10 +39,12 @@ bool Avx512FastInstructions() {
 // isa is resolved (not kAuto, not kReference).
 TileFunction TileFunctionFor(AttentionIsa isa, AttentionPrecision precision, DType dtype) {
   if (precision == AttentionPrecision::kFast && AttentionFastSupported(isa, dtype)) {
-    return IsQuantized(dtype) ? kernels::AttentionTileAvx512QuantFast
-                              : kernels::AttentionTileAvx512Fast;
+    if (!IsQuantized(dtype)) return kernels::AttentionTileAvx512Fast;
+    return isa == AttentionIsa::kAmx ? kernels::AttentionTileAmxQuantFast
+                                     : kernels::AttentionTileAvx512QuantFast;
   }
   switch (isa) {
+    case AttentionIsa::kAmx:
     case AttentionIsa::kAvx512: return kernels::AttentionTileAvx512;
     case AttentionIsa::kAvx2: return kernels::AttentionTileAvx2;
     default: return kernels::AttentionTilePortable;
@@ -359,21 +362,24 @@ const char* AttentionIsaName(AttentionIsa isa) {
     case AttentionIsa::kPortable: return "portable";
     case AttentionIsa::kAvx2: return "avx2";
     case AttentionIsa::kAvx512: return "avx512";
+    case AttentionIsa::kAmx: return "amx";
   }
   return "unknown";
 }
 
 AttentionIsa ParseAttentionIsa(const std::string& name) {
   for (AttentionIsa isa : {AttentionIsa::kAuto, AttentionIsa::kReference, AttentionIsa::kPortable,
-                           AttentionIsa::kAvx2, AttentionIsa::kAvx512}) {
+                           AttentionIsa::kAvx2, AttentionIsa::kAvx512, AttentionIsa::kAmx}) {
     if (name == AttentionIsaName(isa)) return isa;
   }
   FKV_THROW(InvalidArgument, "unknown attention kernel '"
-                                 << name << "' (expected auto, reference, portable, avx2 or avx512)");
+                                 << name
+                                 << "' (expected auto, reference, portable, avx2, avx512 or amx)");
 }
 
 bool AttentionIsaSupported(AttentionIsa isa) {
   switch (isa) {
+    case AttentionIsa::kAmx: return Avx512FastInstructions() && kernels::AmxInt8Usable();
     case AttentionIsa::kAvx512:
 #if defined(__x86_64__) || defined(__i386__)
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -411,11 +417,12 @@ AttentionPrecision ParseAttentionPrecision(const std::string& name) {
 
 bool AttentionFastSupported(AttentionIsa isa, DType dtype) {
   if (isa == AttentionIsa::kAuto) isa = BestAttentionIsa();
-  return isa == AttentionIsa::kAvx512 && kernels::HasAvx512FastKernel(dtype) &&
-         Avx512FastInstructions();
+  return (isa == AttentionIsa::kAvx512 || isa == AttentionIsa::kAmx) &&
+         kernels::HasAvx512FastKernel(dtype) && Avx512FastInstructions();
 }
 
 AttentionIsa BestAttentionIsa() {
+  if (AttentionIsaSupported(AttentionIsa::kAmx)) return AttentionIsa::kAmx;
   if (AttentionIsaSupported(AttentionIsa::kAvx512)) return AttentionIsa::kAvx512;
   if (AttentionIsaSupported(AttentionIsa::kAvx2)) return AttentionIsa::kAvx2;
   return AttentionIsa::kPortable;

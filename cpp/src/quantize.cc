@@ -60,6 +60,7 @@ int64_t FindUnquantizableRow(DType dtype, const void* src, DType src_dtype, int6
   CheckJob(dtype, src_dtype);
   const kernels::QuantizeJob job{dtype, src, src_dtype, rows, head_dim, nullptr, 0, nullptr, 0};
   switch (Resolve(isa)) {
+    case AttentionIsa::kAmx:
     case AttentionIsa::kAvx512: return kernels::FindUnquantizableRowAvx512(job);
     case AttentionIsa::kAvx2: return kernels::FindUnquantizableRowAvx2(job);
     default: return kernels::FindUnquantizableRowPortable(job);
@@ -73,6 +74,7 @@ void QuantizeRows(DType dtype, const void* src, DType src_dtype, int64_t rows, i
   const kernels::QuantizeJob job{dtype,  src,          src_dtype, rows,         head_dim,
                                  codes,  codes_stride, params,    params_stride};
   switch (Resolve(isa)) {
+    case AttentionIsa::kAmx:
     case AttentionIsa::kAvx512: return kernels::QuantizeRowsAvx512(job);
     case AttentionIsa::kAvx2: return kernels::QuantizeRowsAvx2(job);
     default: return kernels::QuantizeRowsPortable(job);

@@ -60,7 +60,7 @@ def paged_attention_decode(
         ALiBi: adds ``alibi_slopes[h] * (key_pos - query_pos)`` to head h's logits (after the cap).
     isa : str
         Kernel variant: "auto" (default: the fastest this CPU runs), or one of
-        ``ferrum_kv.attention_isas()`` ("avx512", "avx2", "portable", "reference").
+        ``ferrum_kv.attention_isas()`` ("amx", "avx512", "avx2", "portable", "reference").
     num_threads : int
         Threads for the call; 0 (default) uses the library's default.
     precision : str

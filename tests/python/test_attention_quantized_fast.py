@@ -22,8 +22,8 @@ from test_attention_quantized import FORMATS, QuantizedCase
 
 
 def test_fast_quantized_isas_are_reported_per_format():
-    """int8 has a fast kernel exactly where bfloat16 has one (AVX-512 with VNNI and BF16); the
-    formats without one report none."""
+    """int8 has a fast kernel exactly where bfloat16 has one (AVX-512 with VNNI and BF16, and the
+    "amx" variant); the formats without one report none."""
     assert core.attention_fast_isas("int8") == core.attention_fast_isas("bfloat16")
     for dtype in ("fp8_e4m3", "fp8_e5m2", "int4"):
         assert core.attention_fast_isas(dtype) == []
@@ -46,3 +46,39 @@ def test_fast_handles_constant_and_extreme_rows(dtype):
             assert np.isfinite(out).all(), (isa, scale)
             error = np.linalg.norm(out - expected) / max(np.linalg.norm(expected), 1e-30)
             assert error < 1.5e-2, (isa, scale, error)
+
+
+# Shapes the AMX kernel treats apart: 12 and 15 query rows per KV head (two C tiles of 8 rows),
+# head_dim 66 and 130 (a last chunk of 2 bytes, read 4-byte rounded against zero digits) and 36,
+# blocks of 1 and 5 keys (keys copied into the padded 16-row buffer) and of 64 (spans of 64 keys,
+# four A tiles each).
+AGREEMENT_GRID = [
+    (16, 128, 1, 12, [1000, 17]),
+    (5, 66, 2, 15, [300, 1]),
+    (64, 130, 1, 8, [200, 64]),
+    (1, 36, 1, 4, [50]),
+]
+
+
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group,context_lens", AGREEMENT_GRID)
+def test_int8_fast_variants_agree_with_each_other_and_the_reference(block_size, head_dim,
+                                                                     num_kv_heads, group,
+                                                                     context_lens):
+    """Every variant with an int8 fast kernel ("avx512": vpdpbusd; "amx": tdpbusd tiles) takes the
+    same integer dot products of the same query digits, so their outputs agree to float32
+    rounding (1e-4 relative; a wrong tile layout or row mapping is off by order 1), and each is
+    within the 1.5e-2 bound of the float64 reference."""
+    case = QuantizedCase("int8", block_size, head_dim, num_kv_heads, group, context_lens,
+                         layers=(0,))
+    q = case.queries(len(context_lens))
+    args = (q, case.storage, 0, case.block_tables, case.context_lens)
+    expected = ref.paged_attention_decode_reference(*args)
+    outputs = {isa: core.paged_attention_decode_tables(*args, isa=isa, precision="fast")
+               for isa in core.attention_fast_isas("int8")}
+    for isa, out in outputs.items():
+        error = np.linalg.norm(out - expected) / np.linalg.norm(expected)
+        assert error < 1.5e-2, (isa, error)
+    names = sorted(outputs)
+    for a, b in zip(names, names[1:]):
+        difference = np.linalg.norm(outputs[a] - outputs[b]) / np.linalg.norm(outputs[a])
+        assert difference < 1e-4, (a, b, difference)

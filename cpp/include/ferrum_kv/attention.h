@@ -31,8 +31,10 @@
 // the weights rounded to bfloat16 (relative error ~3e-3 against float64, below 1.5e-2); for int8
 // K/V on AVX-512 with AVX512-VNNI (and BF16), decode Q.K with vpdpbusd on the codes against the
 // query in two int8 digits and P.V with vpdpwssd on int16 weights (~4e-4;
-// kernels/attention_quant_avx512fast.cc). Where the variant has no such kernel (int4, fp8, the
-// AVX2 and portable variants), kFast runs exactly the kExact code.
+// kernels/attention_quant_fast_impl.h), the "amx" variant computing that Q.K with AMX-INT8 tile
+// products instead (kernels/attention_quant_amx.cc; the same result up to float32 rounding).
+// Where the variant has no such kernel (int4, fp8, the AVX2 and portable variants), kFast runs
+// exactly the kExact code.
 //
 // Errors (thrown before anything is read or written): InvalidArgument for inconsistent sizes,
 // a negative sliding_window, a negative or non-finite soft_cap, a non-finite ALiBi slope,
@@ -57,10 +59,14 @@
 namespace ferrum_kv {
 
 // Which implementation runs. kAuto picks the widest SIMD variant the CPU supports at run time.
-// kReference is the scalar float64 oracle (slow; for tests).
-enum class AttentionIsa : uint8_t { kAuto, kReference, kPortable, kAvx2, kAvx512 };
+// kReference is the scalar float64 oracle (slow; for tests). kAmx is kAvx512 with AMX tiles where
+// it has a kernel for them (kFast over int8 K/V); it needs AMX-TILE and AMX-INT8, AVX512-VNNI and
+// AVX512-BF16 and, on Linux, the kernel's grant of tile data to the process (requested on the
+// first support check).
+enum class AttentionIsa : uint8_t { kAuto, kReference, kPortable, kAvx2, kAvx512, kAmx };
 
-// "auto" | "reference" | "portable" | "avx2" | "avx512", and back (InvalidArgument otherwise).
+// "auto" | "reference" | "portable" | "avx2" | "avx512" | "amx", and back (InvalidArgument
+// otherwise).
 const char* AttentionIsaName(AttentionIsa isa);
 AttentionIsa ParseAttentionIsa(const std::string& name);
 // Whether this CPU can run isa (kAuto, kReference and kPortable always can).

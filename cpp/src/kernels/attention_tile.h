@@ -62,6 +62,9 @@ void AttentionTileAvx512Fast(const AttentionTile& tile);
 // The "fast" precision over quantized K/V (int8) on AVX-512 with AVX512-VNNI (any other dtype
 // runs the exact AVX-512 kernel); attention_quant_avx512fast.cc has its contract.
 void AttentionTileAvx512QuantFast(const AttentionTile& tile);
+// The same with Q.K on AMX-INT8 tiles (amx_tiles.h's AmxInt8Usable() must hold); any other dtype
+// runs AttentionTileAvx512QuantFast. attention_quant_amx.cc has its contract.
+void AttentionTileAmxQuantFast(const AttentionTile& tile);
 // Whether AttentionTileAvx512Fast / AttentionTileAvx512QuantFast has a fast kernel for dtype.
 constexpr bool HasAvx512FastKernel(DType dtype) {
   return dtype == DType::kBFloat16 || dtype == DType::kInt8;

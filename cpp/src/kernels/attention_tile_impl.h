@@ -108,12 +108,21 @@ inline constexpr SpanIota kSpanIota{};
 
 // The fast quantized kernels (attention_quant_avx512fast.cc) reuse the spans, softmax and
 // reductions below.
-template <class Isa, DType kDType>
+template <class Isa, DType kDType, template <class> class Scorer>
 class QuantFastTile;
+template <class Tile>
+class VnniScorer;
+template <class Tile>
+class AmxScorer;
 
 template <class Isa, DType kDType>
 class TileKernel {
-  friend class QuantFastTile<Isa, kDType>;
+  template <class, DType, template <class> class>
+  friend class QuantFastTile;
+  template <class>
+  friend class VnniScorer;
+  template <class>
+  friend class AmxScorer;
 
   using V = typename Isa::V;
   static constexpr int kW = Isa::kWidth;

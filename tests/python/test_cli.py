@@ -93,6 +93,7 @@ def test_demo_admission_order_reaches_the_scheduler(capsys):
     summary = json.loads(out)
     assert code == 0 and summary["verify"]["ok"]
     assert summary["admission_order"] == "shortest_prefill"
+    assert summary["max_wait_steps"] == 5
     assert 1 <= summary["mean_ttft_steps"] <= summary["steps"]
 
 

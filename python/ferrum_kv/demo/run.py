@@ -236,6 +236,7 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
         "tokens_per_s": (prompt_tokens + generated_tokens) / elapsed,
         "generated_tokens_per_s": generated_tokens / elapsed,
         "admission_order": options.admission_order,
+        "max_wait_steps": options.max_wait_steps,
         "mean_ttft_steps": sum(ttft_steps) / max(len(ttft_steps), 1),
         "prefix_hit_rate": stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1),
         "prefix_hit_tokens": stats["prefix_hit_tokens"],

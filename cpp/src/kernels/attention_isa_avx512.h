@@ -45,13 +45,24 @@ struct Avx512 {
     out[1] = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(~0xFFFF)));
   }
   // Bytes minus 128, as floats (int8 codes centred: attention_kv_load.h); lanes past n are 0.
+  // Two operations after a broadcast load: a byte shuffle puts byte i into the low byte of lane
+  // i over the bits of 2^23 (0x4B000000), which makes the float 2^23 + byte exactly, and one
+  // subtraction of 2^23 + 128 (exact) centres it. (Zero-extension, integer subtraction and
+  // conversion took three; the values are the same.)
   static V LoadU8Centered(const uint8_t* p) {
-    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_cvtepi32_ps(_mm512_sub_epi32(x, _mm512_set1_epi32(128)));
+    return CenterBytes(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static V LoadU8CenteredPartial(const uint8_t* p, int n) {
-    const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(Mask(n), p));
-    return _mm512_cvtepi32_ps(_mm512_maskz_sub_epi32(Mask(n), x, _mm512_set1_epi32(128)));
+    const V x = CenterBytes(_mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(Mask(n), p)));
+    return _mm512_maskz_mov_ps(Mask(n), x);
+  }
+  // bytes: the same 16 bytes in each 128-bit lane.
+  static V CenterBytes(__m512i bytes) {
+    // Lane 4 L + i (128-bit lane L, dword i) takes byte 4 L + i of its 128-bit lane.
+    const __m512i index = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i bits = _mm512_mask_shuffle_epi8(_mm512_set1_epi32(0x4B000000),
+                                                  __mmask64{0x1111111111111111}, bytes, index);
+    return _mm512_sub_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(8388608.0f + 128.0f));
   }
   // FP8 to float16 bits, then vcvtph2ps: E5M2 is the upper byte of a float16; E4M3's magnitude
   // shifted by 7 is a float16 of its value times 2^-8 (subnormals included): the code

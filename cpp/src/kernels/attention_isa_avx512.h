@@ -74,7 +74,13 @@ struct Avx512 {
       const __m256i x = _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7);
       return _mm512_cvtph_ps(_mm256_and_si256(x, _mm256_set1_epi16(~0x4000)));
     } else {
-      return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8));
+      // One in-lane byte shuffle of the 16 bytes (in both 128-bit lanes) puts byte i into the
+      // high byte of 16-bit lane i, the low byte zero (index bit 7 set), instead of a
+      // zero-extension and a shift.
+      const __m256i index = _mm256_setr_epi8(-1, 0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7,
+                                             -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14,
+                                             -1, 15);
+      return _mm512_cvtph_ps(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes), index));
     }
   }
   template <bool kE4M3>

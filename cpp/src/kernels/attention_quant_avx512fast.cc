@@ -234,12 +234,9 @@ class QuantFastTile {
   template <int NR>
   static void ScoreRows(const int8_t* q8, int dp, int d, const Rows& k, int n, float* scores,
                         NextSpan& next) {
-    int j = 0;
-    for (; j + kScoreKeys <= n; j += kScoreKeys) {
-      ScoreKeys<NR, kScoreKeys>(q8, dp, d, k.From(j), scores + j);
-      next.KeysUntil(j + kScoreKeys, n);
-    }
-    for (; j < n; ++j) ScoreKeys<NR, 1>(q8, dp, d, k.From(j), scores + j);
+    Exact::template ForKeyGroups<kScoreKeys>(n, next, [&](auto nk, int j) {
+      ScoreKeys<NR, decltype(nk)::value>(q8, dp, d, k.From(j), scores + j);
+    });
   }
 
   template <int NR, int NK>

@@ -565,6 +565,18 @@ class TileKernel {
     }
   }
 
+  // Calls fn(Int<kGroup>, j) for consecutive groups of kGroup keys j .. j + kGroup - 1 of a span
+  // of n, advancing next's K prefetch after each, then fn(Int<1>, j) for the last n % kGroup keys.
+  template <int kGroup, class Fn>
+  static void ForKeyGroups(int n, NextSpan& next, Fn&& fn) {
+    int j = 0;
+    for (; j + kGroup <= n; j += kGroup) {
+      fn(Int<kGroup>{}, j);
+      next.KeysUntil(j + kGroup, n);
+    }
+    for (; j < n; ++j) fn(Int<1>{}, j);
+  }
+
   // The span starting at pos, as ForEachSpan cuts them.
   static NextSpan Locate(const AttentionTile& t, int32_t pos, int max_keys) {
     const int32_t offset = pos % t.block_size;
@@ -650,12 +662,9 @@ class TileKernel {
   template <int NR>
   static void ScoreRows(const QElem* q, int qd, int d, const Rows& k, int n, float* scores,
                         NextSpan& next) {
-    int j = 0;
-    for (; j + kScoreKeys <= n; j += kScoreKeys) {
-      ScoreKeys<NR, kScoreKeys>(q, qd, d, k.From(j), scores + j);
-      next.KeysUntil(j + kScoreKeys, n);
-    }
-    for (; j < n; ++j) ScoreKeys<NR, 1>(q, qd, d, k.From(j), scores + j);
+    ForKeyGroups<kScoreKeys>(n, next, [&](auto nk, int j) {
+      ScoreKeys<NR, decltype(nk)::value>(q, qd, d, k.From(j), scores + j);
+    });
   }
 
   template <int NR, int NK>

@@ -362,10 +362,25 @@ void BindCacheManager(py::module_& m) {
           py::arg("seq_ids"), py::arg("num_tokens").noconvert(),
           "mark_computed(seq_ids[i], num_tokens[i]) for a whole batch in one call; the batch is "
           "validated before anything changes.")
-      .def("fork", &PagedKvCache::Fork, py::arg("parent_id").noconvert(), py::arg("child_id").noconvert(),
-           py::call_guard<py::gil_scoped_release>(),
-           "child shares every block of parent; the first append into a shared, partly filled "
-           "block copies it first.")
+      .def(
+          "fork",
+          [](PagedKvCache& cache, SeqId parent_id, SeqId child_id,
+             std::optional<int64_t> num_tokens) {
+            py::gil_scoped_release release;
+            if (num_tokens) {
+              cache.Fork(parent_id, child_id, *num_tokens);
+            } else {
+              cache.Fork(parent_id, child_id);
+            }
+          },
+          py::arg("parent_id").noconvert(), py::arg("child_id").noconvert(), py::kw_only(),
+          py::arg("num_tokens").noconvert() = py::none(),
+          "child shares every block of parent; the first append into a shared, partly filled "
+          "block copies it first. num_tokens: share only the parent's first num_tokens tokens "
+          "(1 <= num_tokens <= num_tokens(parent_id), else ValueError; nothing changes): the child "
+          "holds those tokens and their blocks, its computed count min(the parent's, num_tokens), "
+          "and appends its own tokens after them. Raises KeyError for an unknown parent, "
+          "ValueError if child_id exists, InvalidStateError if the parent is swapped out.")
       .def(
           "free_sequence",
           [](PagedKvCache& cache, SeqId seq_id, std::optional<int64_t> num_computed) {

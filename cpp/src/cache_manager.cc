@@ -173,10 +173,13 @@ void PagedKvCache::ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32
   // beginning.
   pool_.RefCounts(blocks.data(), n, ref_count_scratch_.data());
   for (int64_t i = n - 1; i >= 0; --i) {
-    const BlockId block = blocks[size_t(i)];
-    if (ref_count_scratch_[size_t(i)] == 1 && prefix_->IsCached(block)) {
-      prefix_->evictable().Add(block, priority, prefix_->PublishOrder(block));
-    }
+    MakeEvictableIfUnheld(blocks[size_t(i)], ref_count_scratch_[size_t(i)], priority);
+  }
+}
+
+void PagedKvCache::MakeEvictableIfUnheld(BlockId block, int32_t ref_count, int32_t priority) {
+  if (ref_count == 1 && prefix_->IsCached(block)) {
+    prefix_->evictable().Add(block, priority, prefix_->PublishOrder(block));
   }
 }
 
@@ -296,6 +299,8 @@ void PagedKvCache::AppendWithBlocks(Sequence& seq, const int32_t* tokens, int64_
     const BlockId copy = fresh[(*next)++];
     storage_->CopyBlock(shared, copy);
     pool_.Free(&shared, 1);
+    // A prefix fork's tail may be a full block of the parent's, cached (and the parent gone).
+    if (prefix_) MakeEvictableIfUnheld(shared, pool_.RefCount(shared), seq.priority);
     seq.blocks.back() = copy;
     cow_copies_.fetch_add(1, std::memory_order_relaxed);
   }
@@ -732,13 +737,43 @@ void PagedKvCache::MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_to
   if (prefix_) PublishPending();
 }
 
-void PagedKvCache::Fork(SeqId parent, SeqId child) {
+void PagedKvCache::Fork(SeqId parent, SeqId child) { ForkFirst(parent, child, std::nullopt); }
+
+void PagedKvCache::Fork(SeqId parent, SeqId child, int64_t num_tokens) {
+  ForkFirst(parent, child, num_tokens);
+}
+
+void PagedKvCache::ForkFirst(SeqId parent, SeqId child, std::optional<int64_t> num_tokens) {
   Mutate([&]() FKV_REQUIRES(mu_) {
     const Sequence& source = FindResident(parent, "fork");
     FKV_CHECK_ARG(sequences_.count(child) == 0, "sequence " << child << " already exists");
-    // The copy and the map's node (allocations) before the references.
-    const Sequence& added = sequences_.emplace(child, source).first->second;
+    const int64_t parent_tokens = int64_t(source.tokens.size());
+    const int64_t n = num_tokens.value_or(parent_tokens);
+    FKV_CHECK_ARG(n >= 1 && n <= parent_tokens, "fork of sequence " << parent << " takes 1 to "
+                                                    << parent_tokens << " leading tokens, got "
+                                                    << n);
+    const QueueGuard queue_guard{this};
+    // The copy, the map's node and the publication scratch (allocations) before the references.
+    Sequence prefix = source;
+    prefix.tokens.resize(size_t(n));
+    prefix.blocks.resize(size_t(BlocksForTokens(n, config_.block_size)));
+    prefix.num_computed = std::min(source.num_computed, n);
+    // The parent published past the prefix: the child's chain restarts from the root (the chain
+    // state of a shorter run is not kept) and its computed full blocks are published again, as
+    // swap_in does; those the index holds already are skipped.
+    const bool republish = prefix.blocks_published > n / config_.block_size;
+    if (republish) {
+      prefix.blocks_published = 0;
+      prefix.chain_key = prefix.root_key;
+      prefix.chain_hash = prefix.root_hash;
+      ReservePublication(1, prefix.num_computed / config_.block_size);
+    }
+    Sequence& added = sequences_.emplace(child, std::move(prefix)).first->second;
     pool_.IncRef(added.blocks.data(), int64_t(added.blocks.size()));
+    if (republish) {
+      ApplyComputed(added, added.num_computed);
+      PublishPending();
+    }
   });
 }
 

@@ -353,9 +353,9 @@ class PagedKvCache:
         """
         Prefix-cache events since the last drain, oldest first: dicts with seq_no (+1 per event), type ('stored' | 'removed' | 'cleared'), hash (32 bytes, the block's block_hashes() value; empty for 'cleared') and block_id (-1 for 'cleared'). Always empty unless the config has enable_kv_events=True.
         """
-    def fork(self, parent_id: int, child_id: int) -> None:
+    def fork(self, parent_id: int, child_id: int, *, num_tokens: int | None = None) -> None:
         """
-        child shares every block of parent; the first append into a shared, partly filled block copies it first.
+        child shares every block of parent; the first append into a shared, partly filled block copies it first. num_tokens: share only the parent's first num_tokens tokens (1 <= num_tokens <= num_tokens(parent_id), else ValueError; nothing changes): the child holds those tokens and their blocks, its computed count min(the parent's, num_tokens), and appends its own tokens after them. Raises KeyError for an unknown parent, ValueError if child_id exists, InvalidStateError if the parent is swapped out.
         """
     def free_sequence(self, seq_id: int, *, num_computed: int | None = None) -> None:
         """

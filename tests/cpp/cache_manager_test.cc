@@ -118,6 +118,75 @@ TEST(PagedKvCacheTest, CopyOnWriteCopiesTheSharedTailBlock) {
   EXPECT_EQ(Gather(cache, 1, 1), parent_before);
 }
 
+TEST(PagedKvCacheTest, ForkOfAPrefixSharesOnlyItsBlocks) {
+  CacheConfig config = Config(10, 0);
+  config.enable_prefix_caching = true;
+  PagedKvCache cache(config);
+  const std::vector<int32_t> tokens = Range(11);  // 3 blocks of 4
+  cache.AddSequence(1, tokens.data(), 11);
+  FillSequence(cache, 1, 1.0f);
+  cache.MarkComputed(1, 6);
+  const std::vector<BlockId> parent = cache.BlockTable(1);
+  // Errors first: nothing changes.
+  EXPECT_THROW(cache.Fork(1, 2, 0), InvalidArgument);
+  EXPECT_THROW(cache.Fork(1, 2, 12), InvalidArgument);
+  EXPECT_THROW(cache.Fork(1, 1, 4), InvalidArgument);
+  EXPECT_THROW(cache.Fork(7, 2, 4), UnknownSequence);
+  EXPECT_FALSE(cache.Contains(2));
+  cache.CheckInvariants();
+
+  cache.Fork(1, 2, 8);  // two full blocks, one of them computed and published
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.BlockTable(2), (std::vector<BlockId>{parent[0], parent[1]}));
+  EXPECT_EQ(cache.Tokens(2), (std::vector<int32_t>(tokens.begin(), tokens.begin() + 8)));
+  EXPECT_EQ(cache.NumComputed(2), 6);
+  const std::vector<int32_t> own = {50, 51, 52, 53};
+  cache.AppendTokens(2, own.data(), 4);  // a fresh block after the shared ones, no copy
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cow_copies, 0);
+  EXPECT_EQ(cache.BlockTable(2).size(), 3u);
+  EXPECT_NE(cache.BlockTable(2)[2], parent[2]);
+
+  cache.Fork(1, 3, 6);  // ends inside block 1, which the parent holds full: copied on append
+  EXPECT_EQ(cache.NumComputed(3), 6);
+  cache.AppendTokens(3, own.data(), 1);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cow_copies, 1);
+  EXPECT_EQ(cache.BlockTable(3)[0], parent[0]);
+  EXPECT_NE(cache.BlockTable(3)[1], parent[1]);
+  std::vector<uint8_t> k1, v1, k3, v3;
+  cache.GatherKv(1, 0, &k1, &v1);
+  cache.GatherKv(3, 0, &k3, &v3);
+  ASSERT_EQ(k3.size() % 7, 0u);
+  EXPECT_EQ(0, std::memcmp(k1.data(), k3.data(), k3.size() / 7 * 6));  // the 6 shared tokens
+  EXPECT_EQ(0, std::memcmp(v1.data(), v3.data(), v3.size() / 7 * 6));
+
+  // A fork shorter than what the parent published republishes from the root: the child's
+  // marks find the parent's blocks cached and skip them.
+  cache.MarkComputed(1, 11);
+  const int64_t cached = cache.Stats().cached_blocks;
+  cache.Fork(1, 4, 5);
+  cache.MarkComputed(4, 5);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cached_blocks, cached);
+  // A prefix ending inside a block the parent published full: once the parent is gone, the
+  // child's copy-on-write leaves that block to the index alone, evictable.
+  cache.Fork(1, 5, 6);
+  cache.FreeSequence(1);
+  cache.FreeSequence(4);
+  cache.FreeSequence(2, 12);  // its own third block is published too
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().cached_blocks, cached + 1);
+  const int64_t evictable = cache.Stats().evictable_blocks;
+  cache.AppendTokens(5, own.data(), 1);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().evictable_blocks, evictable + 1);
+  cache.FreeSequence(3);
+  cache.FreeSequence(5);
+  cache.CheckInvariants();
+  EXPECT_EQ(cache.Stats().used_blocks, cache.Stats().evictable_blocks);
+}
+
 TEST(PagedKvCacheTest, SwapRoundTripIsBitExact) {
   PagedKvCache cache(Config(6, 4));
   const std::vector<int32_t> tokens = Range(11);

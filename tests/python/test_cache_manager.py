@@ -77,6 +77,50 @@ def test_batch_metadata_matches_tables():
     assert empty.block_tables.shape == (0, 0) and empty.indptr.tolist() == [0]
 
 
+def test_fork_of_a_prefix_shares_its_blocks_and_appends_its_own():
+    rng = np.random.default_rng(1)
+    cache = make_cache()
+    cache.add_sequence(1, np.arange(10))  # blocks of 4: two full, one half full
+    parent_data = fill(cache, 1, rng)
+    cache.mark_computed(1, 6)
+    for bad in (0, -1, 11):
+        with pytest.raises(ValueError, match="1 to 10 leading tokens"):
+            cache.fork(1, 2, num_tokens=bad)
+    with pytest.raises(TypeError):
+        cache.fork(1, 2, num_tokens=4.0)
+    with pytest.raises(TypeError):
+        cache.fork(1, 2, 4)  # keyword only
+    with pytest.raises(KeyError):
+        cache.fork(7, 2, num_tokens=4)
+    assert 2 not in cache
+    cache.check_invariants()
+
+    cache.fork(1, 2, num_tokens=8)
+    cache.check_invariants()
+    assert cache.tokens(2).tolist() == list(range(8))
+    assert cache.block_table(2).tolist() == cache.block_table(1)[:2].tolist()
+    assert cache.num_computed(2) == 6
+    cache.append_tokens(2, [100, 101])
+    assert cache.stats()["cow_copies"] == 0 and cache.block_table(2)[2] != cache.block_table(1)[2]
+    child_k = rng.standard_normal((2, 2, 4)).astype(np.float32)
+    cache.write_kv(0, cache.slot_mapping(2, 8, 10), child_k, -child_k)
+    k1, _ = cache.gather_kv(1, 0)
+    k2, v2 = cache.gather_kv(2, 0)
+    np.testing.assert_array_equal(k2[:8], parent_data[0][0][:8])
+    np.testing.assert_array_equal(k2[8:], child_k)
+    np.testing.assert_array_equal(v2[8:], -child_k)
+    np.testing.assert_array_equal(k1, parent_data[0][0])  # the parent's own tail untouched
+
+    cache.fork(1, 3, num_tokens=5)  # ends inside a block the parent holds full
+    cache.append_tokens(3, [200])
+    assert cache.stats()["cow_copies"] == 1
+    np.testing.assert_array_equal(cache.gather_kv(3, 1)[1][:5], parent_data[1][1][:5])
+    for seq_id in (1, 2, 3):
+        cache.free_sequence(seq_id)
+        cache.check_invariants()
+    assert cache.stats()["free_blocks"] == cache.stats()["num_blocks"]
+
+
 def test_copy_on_write_fork_diverges():
     rng = np.random.default_rng(0)
     cache = make_cache()

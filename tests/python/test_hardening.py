@@ -336,6 +336,7 @@ def test_integer_parameters_refuse_non_integers(value):
         lambda: cache.can_append(1, value),
         lambda: cache.num_tokens(value),
         lambda: cache.fork(1, value),
+        lambda: cache.fork(1, 2, num_tokens=value),
         lambda: cache.mark_computed(1, value),
         lambda: cache.slot_mapping(1, 0, value),
         lambda: cache.storage.key_cache(value),

@@ -76,6 +76,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -209,7 +210,15 @@ class PagedKvCache {
   // MarkComputed for seq_ids[i], num_tokens[i], i < n, in one call; validated as a whole first.
   void MarkComputedBatch(const SeqId* seq_ids, const int64_t* num_tokens, int64_t n)
       FKV_EXCLUDES(mu_);
+  // child shares every block of the resident parent: same tokens, same computed count. Throws
+  // UnknownSequence (parent), InvalidStateError (parent swapped out), InvalidArgument (child
+  // exists). O(blocks).
   void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
+  // child shares the blocks of parent's first num_tokens tokens (1 <= num_tokens <= parent's
+  // tokens, else InvalidArgument; other errors as Fork): its tokens are those, its computed count
+  // min(parent's, num_tokens). A partly filled last block is shared like any other and copied on
+  // the child's (or the parent's) first append into it. O(blocks of the prefix).
+  void Fork(SeqId parent, SeqId child, int64_t num_tokens) FKV_EXCLUDES(mu_);
   void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
   // MarkComputed(seq_id, num_computed), then FreeSequence(seq_id), as one call: with prefix
   // caching the full blocks among the first num_computed tokens stay cached (a finished
@@ -293,6 +302,8 @@ class PagedKvCache {
   Sequence& Find(SeqId seq_id) FKV_REQUIRES(mu_);
   const Sequence& Find(SeqId seq_id) const FKV_REQUIRES(mu_);
   Sequence& FindResident(SeqId seq_id, const char* operation) FKV_REQUIRES(mu_);
+  // Both Forks: the first num_tokens tokens (all of them when empty).
+  void ForkFirst(SeqId parent, SeqId child, std::optional<int64_t> num_tokens) FKV_EXCLUDES(mu_);
   // FreeSequence's work: releases seq_id's blocks and forgets it. Throws UnknownSequence.
   void Release(SeqId seq_id) FKV_REQUIRES(mu_);
   // Checks tokens[0..n) for AddSequence and friends: n >= 1, no negative id.
@@ -346,6 +357,10 @@ class PagedKvCache {
   // Drops one table reference from each block (a whole device table, in order); cached blocks
   // left with only the index's reference become evictable, last block first.
   void ReleaseDeviceBlocks(const std::vector<BlockId>& blocks, int32_t priority)
+      FKV_REQUIRES(mu_);
+  // With prefix caching: a cached block whose ref_count (after a release) is the index's alone
+  // becomes evictable with priority. Allocates nothing.
+  void MakeEvictableIfUnheld(BlockId block, int32_t ref_count, int32_t priority)
       FKV_REQUIRES(mu_);
   // Finds seq_id and checks 0 <= num_tokens <= its token count (for MarkComputed).
   Sequence& CheckComputedCount(SeqId seq_id, int64_t num_tokens) FKV_REQUIRES(mu_);

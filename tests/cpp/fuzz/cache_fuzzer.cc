@@ -486,9 +486,28 @@ void CacheFuzzer::Fork() {
     child = Pick(0);
     expect = Expect::kInvalidArgument;
   }
+  // Half the forks take a prefix of the parent (fork(num_tokens=)), 1 in 25 of those a bad count.
+  const bool prefix = expect == Expect::kSuccess && OneIn(2);
+  int64_t num_tokens = prefix ? Uniform(1, int64_t(model_[parent].tokens.size())) : 0;
+  if (prefix && OneIn(25)) {
+    num_tokens = OneIn(2) ? 0 : int64_t(model_[parent].tokens.size()) + 1;
+    expect = Expect::kInvalidArgument;
+  }
   touched_ = {parent, child};
-  if (Attempt("fork", expect, false, [&] { cache_->Fork(parent, child); })) {
-    model_[child] = model_[parent];
+  if (Attempt("fork", expect, false, [&] {
+        if (prefix) {
+          cache_->Fork(parent, child, num_tokens);
+        } else {
+          cache_->Fork(parent, child);
+        }
+      })) {
+    ModelSequence forked = model_[parent];
+    if (prefix) {
+      forked.tokens.resize(size_t(num_tokens));
+      forked.computed = std::min(forked.computed, num_tokens);
+      forked.written = std::min(forked.written, num_tokens);
+    }
+    model_[child] = std::move(forked);
   }
 }
 

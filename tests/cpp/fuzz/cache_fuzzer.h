@@ -2,7 +2,8 @@
 //
 // Each Step() picks one operation (add_sequence with and without stored logits, prompts drawn so
 // that prefixes and whole prompts repeat; append; decode step = write the pending K/V, append_batch,
-// batch metadata; fork; free; swap out / in; write_kv; mark_computed single and batch;
+// batch metadata; fork (whole or a prefix); free; swap out / in; write_kv; mark_computed single and
+// batch;
 // store_logits; reset_prefix_cache; drain events), sometimes with a mistake the API defines an
 // error for (unknown or duplicate seq_id, swapped-out sequence, repeated batch member, bad count).
 // After it: CheckInvariants(), the model's check of the sequences it touched (all of them every

@@ -10,7 +10,8 @@ weights, greedy, ``--threads`` threads of torch and BLAS (for the kernels see
 - ``shared``: 32 requests of uneven lengths (a 1024-token system prompt plus 16..256 tokens),
   16 new tokens each: time to first token (TTFT) of the engine with and without prefix
   caching (all requests arrive at once), with prefix caching but without waiting for a shared
-  prefix (``wait_for_shared_prefix=False``), and of the first 8 requests one by one through
+  prefix (``wait_for_shared_prefix=False``) or waiting for it without sharing it in the step
+  that computes it (``share_prefix_in_step=False``), and of the first 8 requests one by one through
   generate with DynamicCache and with FerrumCache over one PagedKvCache (prefix hits). The
   engines admit in ``--admission-order`` (all three the same, so the ratios are fair); unless
   that is "fcfs", the engine with and without prefix caching also runs in arrival order
@@ -145,15 +146,17 @@ def run_generate_batch(model, prompts, new) -> dict:
 
 
 def run_engine(model, prompts, new, budget: int, order: str, prefix_caching: bool = True,
-               wait_for_shared_prefix: bool = True) -> dict:
+               wait_for_shared_prefix: bool = True, share_prefix_in_step: bool = True) -> dict:
     """The engine (a step budget of ``budget`` tokens, admission order ``order``);
     wait_for_shared_prefix False: requests that arrive together do not wait for one another's
-    shared prefix."""
+    shared prefix; share_prefix_in_step False: they wait for it to be computed (no fork of a
+    prefix that a chunk of the same step computes)."""
     blocks = sum(-(-(len(p) + new) // BLOCK) for p in prompts) + 8
     engine = Engine(model, num_blocks=blocks, enable_prefix_caching=prefix_caching,
                     token_budget=budget, max_num_seqs=len(prompts), admission_order=order)
-    engine.scheduler_config = dataclasses.replace(engine.scheduler_config,
-                                                  wait_for_shared_prefix=wait_for_shared_prefix)
+    engine.scheduler_config = dataclasses.replace(
+        engine.scheduler_config, wait_for_shared_prefix=wait_for_shared_prefix,
+        share_prefix_in_step=share_prefix_in_step)
     first: dict[int, float] = {}
     first_cpu: dict[int, float] = {}
     replies: list[list[int]] = [[] for _ in prompts]
@@ -166,7 +169,8 @@ def run_engine(model, prompts, new, budget: int, order: str, prefix_caching: boo
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds": elapsed, "cpu_s": cpu, "tokens": replies, **ttft_stats(list(first.values())),
             "ttft_cpu_s": statistics.mean(first_cpu.values()),
-            "prefix_hit_tokens": engine.cache.stats()["prefix_hit_tokens"]}
+            "prefix_hit_tokens": engine.cache.stats()["prefix_hit_tokens"],
+            "shared_in_step_tokens": engine.last_scheduler.shared_in_step_tokens}
 
 
 def ttft_stats(ttfts: list[float]) -> dict:
@@ -247,6 +251,8 @@ def main() -> None:
                                                                 False),
                 "engine, no waiting": lambda: run_engine(model, prompts, new, budget, order, True,
                                                          False),
+                "engine, no sharing in step": lambda: run_engine(
+                    model, prompts, new, budget, order, share_prefix_in_step=False),
                 "engine": lambda: run_engine(model, prompts, new, budget, order),
             }
             if order != "fcfs":
@@ -295,7 +301,8 @@ def main() -> None:
                                           "decode_step_s")
                                 if k in result)
                 if "prefix_hit_tokens" in result:
-                    extra += f"  prefix hits {result['prefix_hit_tokens']} tokens"
+                    extra += (f"  prefix hits {result['prefix_hit_tokens']} tokens, shared in "
+                              f"step {result['shared_in_step_tokens']}")
                 print(f"{name:7s} {mode:31s} {result['seconds']:7.2f} s {result['cpu_s']:7.2f} cpu-s"
                       f"  {result['generated_per_s']:8.1f} gen tok/s{extra}", flush=True)
 
@@ -304,10 +311,12 @@ def main() -> None:
         if name == "shared":
             off, on = modes["engine, no prefix caching"], modes["engine"]
             no_wait = modes["engine, no waiting"]
+            no_share = modes["engine, no sharing in step"]
             dyn, fer = modes["8 one by one (Dynamic)"], modes["8 one by one (Ferrum)"]
             for key in ("ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_cpu_s"):
                 print(f"  shared: {key[:-2]}, engine without / with prefix caching ({order}) = "
-                      f"{off[key] / on[key]:.2f}x (without waiting for a shared prefix "
+                      f"{off[key] / on[key]:.2f}x (without sharing in step "
+                      f"{off[key] / no_share[key]:.2f}x, without waiting for a shared prefix "
                       f"{off[key] / no_wait[key]:.2f}x)")
                 if "engine, fcfs" in modes:
                     fcfs_off = modes["engine, no prefix caching, fcfs"]

@@ -115,17 +115,27 @@ def test_aging_bounds_the_wait_of_a_long_request(max_wait_steps, long_admitted, 
 
 
 @pytest.mark.parametrize("order", ["fcfs", "shortest_prefill"])
-def test_requests_sharing_a_prefix_wait_for_it_in_either_order(order):
+@pytest.mark.parametrize("in_step", [False, True])
+def test_requests_sharing_a_prefix_compute_it_once_in_either_order(order, in_step):
     # Prompts of 12 shared + 2, 1, 4, 3, 2, 1 own tokens, in that arrival order.
     requests = shared_prefix_requests(np.random.default_rng(4), 6)[::-1]
-    scheduler = serve(requests, num_blocks=64, token_budget=128, admission_order=order)
-    # Whichever request goes first computes the 3 shared blocks; the 5 others wait and hit them.
-    assert scheduler.cache.stats()["prefix_hit_tokens"] == 5 * 12
+    scheduler = serve(requests, num_blocks=64, token_budget=128, admission_order=order,
+                      share_prefix_in_step=in_step)
+    # Whichever request goes first computes the 3 shared blocks; the 5 others reuse them: they
+    # wait and hit them, or (in_step) fork them in the same step.
+    reused = (scheduler.shared_in_step_tokens if in_step
+              else scheduler.cache.stats()["prefix_hit_tokens"])
+    assert reused == 5 * 12
     assert scheduler.computed_tokens == sum(len(r.prompt) for r in requests) - 5 * 12 + 6 * 2
     first_step = scheduler.history[0]
     # fcfs: the first to arrive (14 tokens); shortest first: the earliest of the 13-token ones.
-    assert first_step.prefill_tokens == (14 if order == "fcfs" else 13)
-    assert first_step.waiting == 5
+    first = 14 if order == "fcfs" else 13
+    if in_step:
+        assert first_step.prefill_tokens == first + sum(len(r.prompt) - 12 for r in requests) - (
+            first - 12)
+        assert first_step.waiting == 0
+    else:
+        assert first_step.prefill_tokens == first and first_step.waiting == 5
     assert_matches_reference(scheduler)
 
 

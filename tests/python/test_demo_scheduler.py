@@ -7,6 +7,7 @@ import pytest
 import ferrum_kv as fkv
 from ferrum_kv.demo import DemoOptions, run_demo
 from ferrum_kv.demo.model import Decoder
+from ferrum_kv.demo.paged import PagedStepAttention
 from ferrum_kv.demo.presets import MODEL_PRESETS
 from ferrum_kv.demo.reference import verify
 from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig
@@ -207,14 +208,42 @@ def shared_prefix_requests(rng, count, system_len=12):
 
 def test_requests_arriving_together_prefill_a_shared_prefix_once():
     requests = shared_prefix_requests(np.random.default_rng(4), 6)
-    scheduler = serve(requests, num_blocks=64, token_budget=128)
+    scheduler = serve(requests, num_blocks=64, token_budget=128, share_prefix_in_step=False)
     stats = scheduler.cache.stats()
     # The first request computes the 3 shared blocks; the 5 others wait one step and hit them.
-    assert stats["prefix_hit_tokens"] == 5 * 12
+    assert stats["prefix_hit_tokens"] == 5 * 12 and scheduler.shared_in_step_tokens == 0
     own = sum(len(r.prompt) - 12 for r in requests[1:])
     assert scheduler.computed_tokens == len(requests[0].prompt) + own + 6 * 2
     first_step = scheduler.history[0]
     assert first_step.prefill_tokens == len(requests[0].prompt) and first_step.waiting == 5
+    assert_matches_reference(scheduler)
+
+
+def test_requests_arriving_together_share_a_prefix_computed_in_the_same_step():
+    requests = shared_prefix_requests(np.random.default_rng(4), 6)
+    scheduler = serve(requests, num_blocks=64, token_budget=128)
+    # The first request computes the 3 shared blocks; the 5 others fork them in the same step
+    # and compute only their own tokens, reading the blocks the first one writes.
+    assert scheduler.shared_in_step_tokens == 5 * 12
+    assert scheduler.cache.stats()["prefix_hit_tokens"] == 0
+    own = sum(len(r.prompt) - 12 for r in requests[1:])
+    assert scheduler.computed_tokens == len(requests[0].prompt) + own + 6 * 2
+    first_step = scheduler.history[0]
+    assert first_step.prefill_tokens == len(requests[0].prompt) + own and first_step.waiting == 0
+    assert all(s.first_token_step == 0 for s in scheduler.finished)
+    assert_matches_reference(scheduler)
+
+
+def test_a_request_waits_when_the_shared_blocks_are_not_all_computed_in_this_step():
+    # Budget 8: the first request's chunk computes 2 of the 3 shared blocks in step 0; the others
+    # wait (sharing only part of what they could reuse), then share or hit the rest.
+    requests = shared_prefix_requests(np.random.default_rng(4), 3)
+    scheduler = serve(requests, num_blocks=64, token_budget=8)
+    assert scheduler.history[0].prefill_tokens == 8 and scheduler.history[0].waiting == 2
+    stats = scheduler.cache.stats()
+    assert scheduler.shared_in_step_tokens + stats["prefix_hit_tokens"] == 2 * 12
+    own = sum(len(r.prompt) - 12 for r in requests[1:])
+    assert scheduler.computed_tokens == len(requests[0].prompt) + own + 3 * 2
     assert_matches_reference(scheduler)
 
 
@@ -230,7 +259,8 @@ def test_a_request_sharing_nothing_is_admitted_past_one_that_waits_for_a_prefix(
     rng = np.random.default_rng(5)
     sharing = shared_prefix_requests(rng, 2)
     other = request(2, rng.integers(0, MODEL.vocab_size, 9), 3)
-    scheduler = serve([*sharing, other], num_blocks=64, token_budget=128)
+    scheduler = serve([*sharing, other], num_blocks=64, token_budget=128,
+                      share_prefix_in_step=False)
     first_step = scheduler.history[0]
     assert first_step.prefill_tokens == len(sharing[0].prompt) + 9 and first_step.waiting == 1
     assert scheduler.cache.stats()["prefix_hit_tokens"] == 12
@@ -246,9 +276,37 @@ def test_a_waiting_request_keeps_its_place_in_the_queue():
         num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
         block_size=BS, num_blocks=64, enable_prefix_caching=True))
     workload = FixedWorkload([*sharing, *others])
-    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128, max_num_seqs=2))
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128, max_num_seqs=2,
+                                                                  share_prefix_in_step=False))
     scheduler.step()  # 0 runs, 1 waits for its blocks, 2 is admitted past it, 3 hits the limit
     assert sorted(s.request.request_id for s in scheduler.running) == [0, 2]
     assert [s.request.request_id for s in scheduler.waiting] == [1, 3]
     scheduler.run()
     assert cache.stats()["prefix_hit_tokens"] == 12
+
+
+def test_step_attention_reads_a_shared_prefix_only_when_the_step_writes_it():
+    cache = fkv.PagedKvCache(fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=8,
+                                             block_size=BS, num_blocks=16,
+                                             enable_prefix_caching=True))
+    cache.add_sequence(1, np.arange(8))
+    cache.fork(1, 2, num_tokens=4)
+    cache.append_tokens(2, [50, 51, 52])
+    rng = np.random.default_rng(3)
+
+    def run(chunks):
+        ids, starts, ends = zip(*chunks)
+        attention = PagedStepAttention(cache, [], ids, starts, ends)
+        rows = sum(end - start for _, start, end in chunks)
+        q = rng.standard_normal((rows, 2, 8)).astype(np.float32)
+        k, v = (rng.standard_normal((rows, 1, 8)).astype(np.float32) for _ in range(2))
+        return attention(0, q, k, v)
+
+    # Sequence 2's chunk starts after positions 0-3, which sequence 1's rows write in the step.
+    assert np.isfinite(run([(1, 0, 8), (2, 4, 7)])).all()
+    for chunks in ([(1, 0, 2), (2, 4, 7)], [(1, 0, 3), (2, 4, 7)], [(2, 4, 7)]):
+        with pytest.raises(fkv.InvalidStateError, match="sequence 2"):
+            run(chunks)
+    cache.mark_computed_batch([1, 2], [8, 4])  # (a child's count is its own)
+    assert np.isfinite(run([(2, 4, 7)])).all()
+    cache.check_invariants()

@@ -213,6 +213,24 @@ def test_assisted_decoding_crop_matches_reference():
     cache.kv_cache.check_invariants()
 
 
+def test_crop_shares_the_kept_blocks():
+    model = hf_models.llama()
+    ids, mask = left_padded(prompts([40], seed=13))
+    cache = FerrumCache(model, num_blocks=64)
+    generate(model, "ferrum", ids, mask, cache, max_new_tokens=4)
+    kv = cache.kv_cache
+    (seq,) = cache._rows
+    table, block = kv.block_table(seq), kv.config.block_size
+    allocated = kv.stats()["blocks_allocated"]
+    cache.crop(20 - cache.get_seq_length())
+    (kept,) = cache._rows
+    assert len(kv) == 1 and cache.get_seq_length() == 20
+    assert kv.tokens(kept).tolist() == ids[0, :20].tolist()
+    assert kv.block_table(kept).tolist() == table[:-(-20 // block)].tolist()  # shared, not copied
+    assert kv.stats()["blocks_allocated"] == allocated
+    kv.check_invariants()
+
+
 def test_reset_and_garbage_collection_free_the_sequences():
     model = hf_models.llama()
     kv = fkv.PagedKvCache(FerrumCache.config_for(model, num_blocks=64))

@@ -4,6 +4,8 @@ through chunked prefill, prefix caching, and preemption by recompute and by swap
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import hf_models  # noqa: E402  (tests/python/hf_models.py)
@@ -83,20 +85,26 @@ def test_preemption_keeps_outputs(num_host_blocks):
     engine.cache.check_invariants()
 
 
-@pytest.mark.parametrize("max_num_seqs", [1, 4])
-def test_shared_system_prompt_is_prefilled_once(max_num_seqs):
-    """One at a time, or all four admitted in the first step's budget (the later three wait for
-    the first one's prefix blocks, then hit them)."""
+@pytest.mark.parametrize("max_num_seqs, in_step", [(1, True), (4, False), (4, True)])
+def test_shared_system_prompt_is_prefilled_once(max_num_seqs, in_step):
+    """One at a time (the later three hit the first one's prefix blocks), or all four in the
+    first step's budget: the later three wait for those blocks, then hit them, or (in_step) share
+    them in the first step while the first one computes them."""
     model = hf_models.qwen2()
     system = prompt_lists([64], seed=3)[0]
     prompts = prompt_lists([5, 17, 9, 23], seed=4, prefix=system)
     expected = reference(model, prompts)
     engine = Engine(model, num_blocks=64, token_budget=256, max_num_seqs=max_num_seqs)
+    engine.scheduler_config = dataclasses.replace(engine.scheduler_config,
+                                                  share_prefix_in_step=in_step)
     assert engine.generate(prompts, max_new_tokens=NEW) == expected
-    stats = engine.cache.stats()
-    assert stats["prefix_hit_tokens"] == 3 * 64  # the three later prompts hit all 4 blocks
-    assert engine.last_scheduler.computed_tokens == (64 + sum(len(p) - 64 for p in prompts)
-                                                     + 4 * (NEW - 1))
+    scheduler = engine.last_scheduler
+    shared = scheduler.shared_in_step_tokens
+    assert shared == (3 * 64 if max_num_seqs == 4 and in_step else 0)
+    assert engine.cache.stats()["prefix_hit_tokens"] == 3 * 64 - shared  # all 4 blocks each
+    assert scheduler.computed_tokens == 64 + sum(len(p) - 64 for p in prompts) + 4 * (NEW - 1)
+    if max_num_seqs == 4:
+        assert {s.first_token_step for s in scheduler.finished} == ({0} if in_step else {0, 1})
 
 
 def test_streaming_and_stop_token():

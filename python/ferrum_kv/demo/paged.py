@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 import ferrum_kv as fkv
+from ferrum_kv import _core
+from ferrum_kv.attention import check_computed
 
 
 class PagedStepAttention:
@@ -19,7 +21,13 @@ class PagedStepAttention:
       blocks the sequence already holds (a chunk may stop short of the end of the prompt).
 
     Per layer, the K/V of every row is written to its slot with ``write_kv``, then decode rows go
-    through ``paged_attention_decode`` and chunks through ``paged_attention_prefill``.
+    through the decode kernel and chunks through the prefill kernel, over block tables taken once
+    for the step (the scheduler changes no table until the step ends).
+
+    Every position a row attends to must be computed (``num_computed``), or written by this
+    step's rows: a chunk may start after positions that another chunk of the same step computes
+    in blocks both sequences hold (a ``fork`` of a prefix: the scheduler's
+    ``share_prefix_in_step``). Checked once, here.
 
     Parameters
     ----------
@@ -28,6 +36,12 @@ class PagedStepAttention:
     prefill_ids, chunk_starts, chunk_ends : sequences of int, same length
     precision : str
         The kernels' ``precision``: "exact" (default) or "fast".
+
+    Raises
+    ------
+    InvalidStateError
+        A position before a row's own is neither computed nor written by the step (the message
+        names the sequence); the errors of ``batch_metadata`` for unknown or swapped-out ids.
     """
 
     def __init__(self, cache: fkv.PagedKvCache, decode_ids: Sequence[int],
@@ -35,16 +49,32 @@ class PagedStepAttention:
                  chunk_ends: Sequence[int], precision: str = "exact") -> None:
         self._cache = cache
         self._precision = precision
-        self._decode_ids = np.asarray(decode_ids, dtype=np.int64)
-        self._prefill_ids = np.asarray(prefill_ids, dtype=np.int64)
+        decode_ids = np.asarray(decode_ids, dtype=np.int64)
+        prefill_ids = np.asarray(prefill_ids, dtype=np.int64)
         self._chunk_ends = np.asarray(chunk_ends, dtype=np.int32)
         self._query_lens = self._chunk_ends - np.asarray(chunk_starts, dtype=np.int32)
-        slots = []
-        if len(self._decode_ids):
-            slots.append(cache.batch_metadata(self._decode_ids).slot_mapping)
+        self._decode = cache.batch_metadata(decode_ids) if len(decode_ids) else None
+        self._prefill = cache.batch_metadata(prefill_ids) if len(prefill_ids) else None
+        slots = [] if self._decode is None else [self._decode.slot_mapping]
         slots += [cache.slot_mapping(int(s), int(a), int(b))
                   for s, a, b in zip(prefill_ids, chunk_starts, chunk_ends)]
         self._slots = np.concatenate(slots) if slots else np.empty(0, np.int32)  # [T] int32
+        if self._decode is not None:
+            check_computed(decode_ids, self._decode, self._decode.context_lens - 1)
+        if self._prefill is not None:
+            check_computed(prefill_ids, self._prefill, self._written_before(
+                prefill_ids, self._prefill.num_computed, self._chunk_ends - self._query_lens))
+
+    def _written_before(self, seq_ids: np.ndarray, computed: np.ndarray,
+                        starts: np.ndarray) -> np.ndarray:
+        """Per chunk, the positions before it that must be computed: its start, or its computed
+        count where every position in between is one of the step's own slots."""
+        needed = starts.copy()
+        for i in np.flatnonzero(computed < starts):
+            pending = self._cache.slot_mapping(int(seq_ids[i]), int(computed[i]), int(starts[i]))
+            if np.isin(pending, self._slots).all():
+                needed[i] = computed[i]
+        return needed
 
     def __call__(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
                  scale: Optional[float] = None, sliding_window: Optional[int] = None,
@@ -55,15 +85,17 @@ class PagedStepAttention:
         threads that torch's threads leave free)."""
         self._cache.write_kv(layer, self._slots, k, v)
         out = np.empty_like(q)
-        options = dict(sliding_window=sliding_window, soft_cap=soft_cap, num_threads=num_threads)
-        num_decode = len(self._decode_ids)
-        if num_decode:
-            fkv.paged_attention_decode(q[:num_decode], self._cache, layer, self._decode_ids,
-                                       scale, out[:num_decode], precision=self._precision,
-                                       **options)
-        if len(self._prefill_ids):
-            fkv.paged_attention_prefill(q[num_decode:], self._cache, layer, self._prefill_ids,
-                                        self._query_lens, scale, out[num_decode:],
-                                        context_lens=self._chunk_ends,
-                                        precision=self._precision, **options)
+        options = dict(scale=scale, sliding_window=sliding_window, soft_cap=soft_cap,
+                       num_threads=num_threads, precision=self._precision)
+        storage = self._cache.storage
+        num_decode = 0
+        if self._decode is not None:
+            num_decode = len(self._decode.context_lens)
+            _core.paged_attention_decode_tables(
+                q[:num_decode], storage, layer, self._decode.block_tables,
+                self._decode.context_lens, out=out[:num_decode], **options)
+        if self._prefill is not None:
+            _core.paged_attention_prefill_tables(
+                q[num_decode:], storage, layer, self._prefill.block_tables, self._chunk_ends,
+                self._query_lens, out=out[num_decode:], **options)
         return out

@@ -29,6 +29,7 @@ def format_summary(summary: dict, verification: Optional[VerifyReport] = None) -
         ("generation throughput", f"{s['generated_tokens_per_s']:.0f} tokens/s"),
         ("mean time to first token", f"{s['mean_ttft_steps']:.1f} steps ({s['admission_order']})"),
         ("prefix hit rate (tokens)", f"{s['prefix_hit_rate']:.1%} ({s['prefix_hit_tokens']} tokens)"),
+        ("prompt tokens shared within a step", f"{s['shared_in_step_tokens']}"),
         ("whole-prompt hits (no prefill)", f"{s['whole_prompt_hits']}"),
         ("peak blocks used", f"{s['peak_blocks_used']} of {s['num_blocks']}"),
         ("preemptions (swap / recompute)",

@@ -240,6 +240,7 @@ def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> di
         "mean_ttft_steps": sum(ttft_steps) / max(len(ttft_steps), 1),
         "prefix_hit_rate": stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1),
         "prefix_hit_tokens": stats["prefix_hit_tokens"],
+        "shared_in_step_tokens": scheduler.shared_in_step_tokens,
         "whole_prompt_hits": scheduler.whole_prompt_hits,
         "peak_blocks_used": max((r.blocks_held for r in scheduler.history), default=0),
         "num_blocks": options.num_blocks,

@@ -24,7 +24,11 @@ Each ``step()``:
    prompt shares full blocks that a running sequence is still prefilling stays waiting (in its
    place) until they are computed, then hits them; sequences behind it are considered meanwhile
    (``wait_for_shared_prefix``: requests sharing a system prompt that arrive together prefill it
-   once, not once per request admitted before the first one finished it).
+   once, not once per request admitted before the first one finished it). When that sequence's
+   chunk in this very step computes the shared blocks, the waiting one does not wait: it is
+   admitted as a ``fork`` of those blocks (``num_tokens=``) with its own tokens appended, and its
+   first chunk starts after them (``share_prefix_in_step``): each layer writes every row's K/V
+   before any attention reads it, so its rows read the blocks the other rows write.
 4. **Run** the decoder over the step's rows (decode rows, then chunks) through
    ``PagedStepAttention``, ``mark_computed_batch`` the written tokens, and sample greedily for
    every sequence whose rows reached its last token (storing a new prompt's logits with
@@ -122,6 +126,13 @@ class SchedulerConfig:
         reuses them instead of computing them again (requests sharing a system prompt that
         arrive together prefill it once); requests behind it that share nothing are admitted
         meanwhile.
+    share_prefix_in_step : bool
+        With ``wait_for_shared_prefix``: a waiting request whose shared full blocks are computed
+        by another sequence's chunk in the current step is admitted in that step, sharing them
+        (``fork(num_tokens=)``) instead of waiting for the next one; its first chunk starts
+        after them. Counted in ``Scheduler.shared_in_step_tokens``, not in the cache's prefix
+        hits. With a step budget larger than the shared prompt, the requests behind the first
+        one get their first tokens a step earlier.
     admission_order : str
         The order in which waiting requests are admitted (preempted-for-recompute sequences
         always come first, in the order they were preempted from the back of the running list):
@@ -147,6 +158,7 @@ class SchedulerConfig:
     record_logits: bool = False
     attention_precision: str = "exact"
     wait_for_shared_prefix: bool = True
+    share_prefix_in_step: bool = True
     admission_order: str = "fcfs"
     max_wait_steps: int = 64
 
@@ -282,6 +294,7 @@ class Scheduler:
         self.preemptions_by_recompute = 0
         self.computed_tokens = 0   # rows run through the model (recomputation included)
         self.whole_prompt_hits = 0  # requests admitted with nothing to prefill
+        self.shared_in_step_tokens = 0  # prompt tokens shared from a chunk of the same step
         self.requests_finished = 0
         self._next_seq_id = 0
         self._unfinished_samples: dict[int, list[Sequence]] = {}  # request id -> its samples
@@ -415,17 +428,26 @@ class Scheduler:
         """Admit waiting sequences in ``_admission_queue`` order while the budget and ``_admit``
         allow, each with a first chunk appended to ``chunks``; returns the budget left. With
         ``wait_for_shared_prefix``, a sequence whose prompt shares full blocks that a running
-        sequence is still prefilling stays waiting (keeping its place) and later ones are
-        considered; it is admitted once those blocks are computed, and hits them."""
+        sequence is still prefilling is admitted sharing them when that sequence's chunk in
+        ``chunks`` computes them (``share_prefix_in_step``), else stays waiting (keeping its
+        place) while later ones are considered; it is admitted once those blocks are computed,
+        and hits them."""
         if not budget:
             return budget
         for seq in self._admission_queue():
             if not budget:
                 break
-            if self._shares_uncomputed_prefix(seq, decoding):
-                continue
-            if not self._admit(seq):
-                break
+            sharer = self._uncomputed_prefix_holder(seq, decoding)
+            if sharer is None:
+                if not self._admit(seq):
+                    break
+            else:
+                other, shared = sharer
+                if not (self.config.share_prefix_in_step and _computes_in_step(other, shared,
+                                                                               chunks)):
+                    continue
+                if not self._admit_sharing(seq, other, shared):
+                    break
             self.waiting.remove(seq)
             if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
                 chunks.append(self._chunk(seq, budget))
@@ -455,22 +477,46 @@ class Scheduler:
 
         return sorted(self.waiting, key=key)
 
-    def _shares_uncomputed_prefix(self, seq: Sequence, decoding: set[Sequence]) -> bool:
-        """Whether a running sequence still prefilling (not a decode row) holds, uncomputed,
-        full blocks of ``seq``'s leading tokens that ``add_sequence`` would reuse once computed.
+    def _uncomputed_prefix_holder(self, seq: Sequence,
+                                  decoding: set[Sequence]) -> Optional[tuple[Sequence, int]]:
+        """The running sequence still prefilling (not a decode row) that holds, uncomputed, the
+        most full blocks of ``seq``'s leading tokens that ``add_sequence`` would reuse once
+        computed, and how many tokens those full blocks cover; None if there is none (or without
+        ``wait_for_shared_prefix`` and prefix caching).
 
         Cost: one comparison of token prefixes per sequence still prefilling."""
         if not (self.config.wait_for_shared_prefix and self.cache.config.enable_prefix_caching):
-            return False
+            return None
         block = self.cache.config.block_size
         tokens = np.asarray(seq.tokens[:len(seq.tokens) - 1], np.int64)  # never a whole-prompt hit
+        holder = None
         for other in self.running:
             if other in decoding or other.num_computed >= other.num_cached:
                 continue
             shared = _common_prefix_len(tokens, np.asarray(other.tokens[:other.num_cached]))
-            if shared // block > other.num_computed // block:
-                return True
-        return False
+            shared -= shared % block
+            if shared // block > other.num_computed // block and (holder is None
+                                                                   or shared > holder[1]):
+                holder = other, shared
+        return holder
+
+    def _admit_sharing(self, seq: Sequence, other: Sequence, shared: int) -> bool:
+        """``_admit`` for a sequence whose first ``shared`` tokens (full blocks) ``other``
+        computes in this step: a fork of them plus its own tokens (all-or-nothing), its computed
+        count at ``shared`` for the scheduler (the cache's follows with this step's marks)."""
+        if len(self.running) >= self.config.max_num_seqs or not self._room_for(0):
+            return False
+        self.cache.fork(other.seq_id, seq.seq_id, num_tokens=shared)
+        try:
+            self.cache.append_tokens(seq.seq_id, np.asarray(seq.tokens[shared:], np.int32))
+        except fkv.OutOfBlocksError:
+            self.cache.free_sequence(seq.seq_id)
+            return False
+        seq.num_computed, seq.num_cached = shared, len(seq.tokens)
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        self.shared_in_step_tokens += shared
+        return True
 
     @staticmethod
     def _chunk(seq: Sequence, budget: int) -> tuple[Sequence, int, int]:
@@ -547,6 +593,12 @@ class Scheduler:
             prefix_hit_rate=stats["prefix_hit_tokens"] / max(stats["prefix_query_tokens"], 1))
         self.history.append(record)
         return record
+
+
+def _computes_in_step(seq: Sequence, num_tokens: int,
+                      chunks: list[tuple[Sequence, int, int]]) -> bool:
+    """Whether this step's ``chunks`` take ``seq`` to at least ``num_tokens`` computed tokens."""
+    return any(chunk_seq is seq and end >= num_tokens for chunk_seq, _, end in chunks)
 
 
 def _common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:

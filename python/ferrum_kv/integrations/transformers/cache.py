@@ -409,14 +409,9 @@ class FerrumCache(Cache):
         self._stored = [np.concatenate(self._stored, axis=1)[sources]] if self._stored else []
 
     def _truncate(self, row: int, length: int) -> None:
-        """Keep the first ``length`` tokens of row ``row``'s sequence.
-
-        There is no in-place truncation in PagedKvCache, so the sequence is rebuilt: a temporary
-        fork keeps its blocks alive, the sequence is freed and added again with its first
-        ``length`` tokens (with prefix caching, its full computed blocks are hits: no copy), and
-        the blocks past the hit are copied from the fork (one block with prefix caching, the
-        whole sequence without), then the fork is freed.
-        """
+        """Keep the first ``length`` tokens of row ``row``'s sequence: the row moves to a fork of
+        them (``fork(num_tokens=length)``: their blocks shared, no K/V copied; a partly filled
+        last block is copied on the next append into it) and the old sequence is freed."""
         seq_id = self._rows[row]
         if length >= self._kv.num_tokens(seq_id):
             return
@@ -425,22 +420,12 @@ class FerrumCache(Cache):
             self._live.discard(seq_id)
             self._rows[row] = None
             return
-        tokens = self._kv.tokens(seq_id)[:length]
-        computed = min(self._kv.num_computed(seq_id), length)
-        keeper = next(_seq_ids)
-        self._kv.fork(seq_id, keeper)
-        try:
-            self._kv.free_sequence(seq_id)
-            hit = self._kv.add_sequence(seq_id, tokens, namespace=self._namespace)
-            block_size = self._kv.config.block_size
-            first, last = hit // block_size, -(-computed // block_size)
-            if last > first:
-                arena = self._kv.storage.array()
-                arena[self._kv.block_table(seq_id)[first:last]] = \
-                    arena[self._kv.block_table(keeper)[first:last]]
-            self._kv.mark_computed(seq_id, computed)
-        finally:
-            self._kv.free_sequence(keeper)
+        kept = next(_seq_ids)
+        self._kv.fork(seq_id, kept, num_tokens=length)
+        self._live.add(kept)
+        self._rows[row] = kept
+        self._kv.free_sequence(seq_id)
+        self._live.discard(seq_id)
 
 
 def _install_hooks(model: torch.nn.Module) -> None:

@@ -754,10 +754,18 @@ void PagedKvCache::ForkFirst(SeqId parent, SeqId child, std::optional<int64_t> n
                                                     << n);
     const QueueGuard queue_guard{this};
     // The copy, the map's node and the publication scratch (allocations) before the references.
-    Sequence prefix = source;
-    prefix.tokens.resize(size_t(n));
-    prefix.blocks.resize(size_t(BlocksForTokens(n, config_.block_size)));
+    // Fields one by one: the token and block lists of the prefix only, O(its length).
+    Sequence prefix;
+    prefix.blocks.assign(source.blocks.begin(),
+                         source.blocks.begin() + BlocksForTokens(n, config_.block_size));
+    prefix.tokens.assign(source.tokens.begin(), source.tokens.begin() + n);
     prefix.num_computed = std::min(source.num_computed, n);
+    prefix.blocks_published = source.blocks_published;
+    prefix.chain_key = source.chain_key;
+    prefix.root_key = source.root_key;
+    prefix.priority = source.priority;
+    prefix.root_hash = source.root_hash;
+    prefix.chain_hash = source.chain_hash;
     // The parent published past the prefix: the child's chain restarts from the root (the chain
     // state of a shorter run is not kept) and its computed full blocks are published again, as
     // swap_in does; those the index holds already are skipped.

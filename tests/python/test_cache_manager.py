@@ -92,6 +92,13 @@ def test_fork_of_a_prefix_shares_its_blocks_and_appends_its_own():
         cache.fork(1, 2, 4)  # keyword only
     with pytest.raises(KeyError):
         cache.fork(7, 2, num_tokens=4)
+    cache.add_sequence(9, np.arange(3))
+    with pytest.raises(ValueError, match="already exists"):
+        cache.fork(1, 9, num_tokens=4)
+    cache.swap_out(9)
+    with pytest.raises(fkv.InvalidStateError, match="swapped out"):
+        cache.fork(9, 2, num_tokens=2)
+    cache.free_sequence(9)
     assert 2 not in cache
     cache.check_invariants()
 
@@ -119,6 +126,33 @@ def test_fork_of_a_prefix_shares_its_blocks_and_appends_its_own():
         cache.free_sequence(seq_id)
         cache.check_invariants()
     assert cache.stats()["free_blocks"] == cache.stats()["num_blocks"]
+
+
+def test_fork_of_a_prefix_with_prefix_caching_republishes_and_releases_cached_blocks():
+    cache = make_cache(num_host_blocks=0, enable_prefix_caching=True)
+    cache.add_sequence(1, np.arange(10))
+    fill(cache, 1, np.random.default_rng(2))
+    cache.mark_computed(1, 10)  # blocks 0 and 1 published
+    cached = cache.stats()["cached_blocks"]
+    assert cached == 2
+    cache.fork(1, 2, num_tokens=6)  # shorter than what the parent published: republished
+    cache.check_invariants()
+    assert cache.num_computed(2) == 6 and cache.stats()["cached_blocks"] == cached
+    cache.free_sequence(1)  # block 1 stays with the child and the index
+    cache.check_invariants()
+    evictable = cache.stats()["evictable_blocks"]
+    cache.append_tokens(2, [70, 71])  # into block 1, which the index holds too: copied
+    cache.check_invariants()
+    stats = cache.stats()
+    assert stats["cow_copies"] == 1 and stats["evictable_blocks"] == evictable + 1
+    k = np.ones((2, 2, 4), np.float32)
+    cache.write_kv(0, cache.slot_mapping(2, 6, 8), k, k)
+    cache.write_kv(1, cache.slot_mapping(2, 6, 8), k, k)
+    cache.mark_computed(2, 8)  # its own block 1 (tokens 4, 5, 70, 71) is published
+    assert cache.stats()["cached_blocks"] == cached + 1
+    assert cache.cached_prefix_len(np.r_[np.arange(6), 70, 71, 5]) == 8
+    cache.free_sequence(2)
+    cache.check_invariants()
 
 
 def test_copy_on_write_fork_diverges():

@@ -285,8 +285,85 @@ def test_a_waiting_request_keeps_its_place_in_the_queue():
     assert cache.stats()["prefix_hit_tokens"] == 12
 
 
+class FailingOnce(Decoder):
+    """The demo's decoder, whose first forward pass raises."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    def forward(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the forward pass failed")
+        return super().forward(*args, **kwargs)
+
+
+def test_a_failed_forward_pass_sends_the_step_forks_back_to_waiting():
+    requests = shared_prefix_requests(np.random.default_rng(4), 6)
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
+        block_size=BS, num_blocks=64, enable_prefix_caching=True))
+    workload = FixedWorkload(requests)
+    scheduler = Scheduler(FailingOnce(MODEL, seed=1), cache, workload,
+                          SchedulerConfig(token_budget=128, record_logits=True))
+    with pytest.raises(RuntimeError, match="forward pass failed"):
+        scheduler.step()
+    cache.check_invariants()
+    assert [s.request.request_id for s in scheduler.waiting] == [1, 2, 3, 4, 5]
+    assert len(cache) == 1 and scheduler.shared_in_step_tokens == 0
+    for seq in scheduler.running:  # the scheduler's counts are the cache's
+        assert cache.num_computed(seq.seq_id) == seq.num_computed == 0
+    scheduler.run()  # the same step again, now passing
+    assert scheduler.shared_in_step_tokens == 5 * 12 and len(workload.finished_requests) == 6
+    cache.check_invariants()
+    assert_matches_reference(scheduler)
+
+
+def test_a_fork_that_runs_out_of_blocks_is_undone_and_waits():
+    # Blocks of 4: request 0 holds 4 of the 8 blocks; request 1 shares its 3 prefix blocks but
+    # needs 5 more for its own 17 tokens: the fork is freed and it waits, then hits the prefix.
+    rng = np.random.default_rng(8)
+    system = rng.integers(0, MODEL.vocab_size, 12)
+    requests = [request(0, np.r_[system, rng.integers(0, MODEL.vocab_size, 4)], 3),
+                request(1, np.r_[system, rng.integers(0, MODEL.vocab_size, 17)], 3)]
+    model = Decoder(MODEL, seed=1)
+    cache = fkv.PagedKvCache(fkv.CacheConfig(
+        num_layers=MODEL.num_layers, num_kv_heads=MODEL.num_kv_heads, head_dim=MODEL.head_dim,
+        block_size=BS, num_blocks=8, enable_prefix_caching=True))
+    workload = FixedWorkload(requests)
+    scheduler = Scheduler(model, cache, workload, SchedulerConfig(token_budget=128,
+                                                                  record_logits=True))
+    scheduler.step()
+    cache.check_invariants()
+    assert [s.request.request_id for s in scheduler.waiting] == [1] and len(cache) == 1
+    assert cache.stats()["allocation_failures"] >= 1 and scheduler.shared_in_step_tokens == 0
+    scheduler.run()
+    assert cache.stats()["prefix_hit_tokens"] == 12 and len(cache) == 0
+    assert_matches_reference(scheduler)
+
+
+def test_same_step_forks_of_forks_and_parallel_samples():
+    # Request 2 has request 1's prompt: it forks request 1's 16 leading tokens (request 0's 12
+    # plus request 1's own next block), all computed in the same step; requests 1 and 3 ask for
+    # 2 samples each.
+    rng = np.random.default_rng(9)
+    system = rng.integers(0, MODEL.vocab_size, 12)
+    own = rng.integers(0, MODEL.vocab_size, 8)
+    requests = [request(0, np.r_[system, rng.integers(0, MODEL.vocab_size, 3)], 4),
+                request(1, np.r_[system, own], 4, n=2),
+                request(2, np.r_[system, own], 4),
+                request(3, np.r_[system, rng.integers(0, MODEL.vocab_size, 5)], 4, n=2)]
+    scheduler = serve(requests, num_blocks=64, token_budget=128)
+    assert scheduler.shared_in_step_tokens == 12 + 16 + 12
+    assert scheduler.history[0].waiting == 0
+    assert scheduler.computed_tokens == 15 + 8 + 4 + 5 + 6 * 3  # 6 samples, 3 decode rows each
+    assert_matches_reference(scheduler)
+
+
 def test_step_attention_reads_a_shared_prefix_only_when_the_step_writes_it():
-    cache = fkv.PagedKvCache(fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=8,
+    heads, d = 2, 8
+    cache = fkv.PagedKvCache(fkv.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=d,
                                              block_size=BS, num_blocks=16,
                                              enable_prefix_caching=True))
     cache.add_sequence(1, np.arange(8))
@@ -298,15 +375,22 @@ def test_step_attention_reads_a_shared_prefix_only_when_the_step_writes_it():
         ids, starts, ends = zip(*chunks)
         attention = PagedStepAttention(cache, [], ids, starts, ends)
         rows = sum(end - start for _, start, end in chunks)
-        q = rng.standard_normal((rows, 2, 8)).astype(np.float32)
-        k, v = (rng.standard_normal((rows, 1, 8)).astype(np.float32) for _ in range(2))
-        return attention(0, q, k, v)
+        q = rng.standard_normal((rows, heads, d)).astype(np.float32)
+        k, v = (rng.standard_normal((rows, 1, d)).astype(np.float32) for _ in range(2))
+        return q, k, v, attention(0, q, k, v)
 
     # Sequence 2's chunk starts after positions 0-3, which sequence 1's rows write in the step.
-    assert np.isfinite(run([(1, 0, 8), (2, 4, 7)])).all()
+    q, k, v, out = run([(1, 0, 8), (2, 4, 7)])
+    keys = np.r_[k[:4], k[8:]][:, 0].astype(np.float64)  # sequence 2: 1's rows 0-3, its own
+    values = np.r_[v[:4], v[8:]][:, 0].astype(np.float64)
+    for row, pos in enumerate(range(4, 7)):
+        logits = q[8 + row].astype(np.float64) @ keys[:pos + 1].T / np.sqrt(d)  # [heads, keys]
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected = (weights / weights.sum(axis=1, keepdims=True)) @ values[:pos + 1]
+        np.testing.assert_allclose(out[8 + row], expected, rtol=1e-5, atol=1e-6)
     for chunks in ([(1, 0, 2), (2, 4, 7)], [(1, 0, 3), (2, 4, 7)], [(2, 4, 7)]):
         with pytest.raises(fkv.InvalidStateError, match="sequence 2"):
             run(chunks)
     cache.mark_computed_batch([1, 2], [8, 4])  # (a child's count is its own)
-    assert np.isfinite(run([(2, 4, 7)])).all()
+    assert np.isfinite(run([(2, 4, 7)])[3]).all()
     cache.check_invariants()

@@ -38,9 +38,11 @@
 // hits (not offered back to the tiers), so that AddSequence finds them. The tier logic itself
 // (codec, clients) lives outside the manager.
 //
-// Copy-on-write: appending into a partly filled last block that another sequence also holds
-// first copies that block (all layers, K and V) into a fresh block. Full shared blocks stay
-// shared: nothing is ever written into them.
+// Copy-on-write: appending into a partly filled last block that another table (or the prefix
+// index: a prefix fork's tail may be a block the parent filled and published) also holds first
+// copies that block (all layers, K and V) into a fresh block. Full shared blocks stay shared:
+// nothing is ever written into them, except by the one exception of the scheduler contract
+// (docs/scheduler_contract.md, rule 3: a prefix forked in the step whose parent chunk computes it).
 //
 // Invariants (CheckInvariants):
 //   for every block b of a tier: pool.RefCount(b) == number of tables of that tier holding b
@@ -212,12 +214,12 @@ class PagedKvCache {
       FKV_EXCLUDES(mu_);
   // child shares every block of the resident parent: same tokens, same computed count. Throws
   // UnknownSequence (parent), InvalidStateError (parent swapped out), InvalidArgument (child
-  // exists). O(blocks).
+  // exists). O(tokens).
   void Fork(SeqId parent, SeqId child) FKV_EXCLUDES(mu_);
   // child shares the blocks of parent's first num_tokens tokens (1 <= num_tokens <= parent's
   // tokens, else InvalidArgument; other errors as Fork): its tokens are those, its computed count
   // min(parent's, num_tokens). A partly filled last block is shared like any other and copied on
-  // the child's (or the parent's) first append into it. O(blocks of the prefix).
+  // the child's (or the parent's) first append into it. O(tokens of the prefix).
   void Fork(SeqId parent, SeqId child, int64_t num_tokens) FKV_EXCLUDES(mu_);
   void FreeSequence(SeqId seq_id) FKV_EXCLUDES(mu_);
   // MarkComputed(seq_id, num_computed), then FreeSequence(seq_id), as one call: with prefix

@@ -23,6 +23,7 @@ namespace ferrum_kv {
 
 using SeqId = int64_t;
 
+// (PagedKvCache::ForkFirst copies the fields one by one: a new field must be copied there too.)
 struct Sequence {
   // Read by every decode step, first: they share the leading cache lines.
   std::vector<BlockId> blocks;   // logical block i -> physical block id

@@ -32,11 +32,13 @@ Each ``step()``:
 4. **Run** the decoder over the step's rows (decode rows, then chunks) through
    ``PagedStepAttention``, ``mark_computed_batch`` the written tokens, and sample greedily for
    every sequence whose rows reached its last token (storing a new prompt's logits with
-   ``store_logits`` first, when the cache keeps them). A request with ``n > 1`` forks its prompt
-   once it is computed: sample ``i`` starts with the ``i``-th most likely token (copy-on-write
-   splits the shared last block on the first append). A sample that has generated
-   ``max_new_tokens`` tokens (or its request's ``stop_token``) is freed; its blocks stay in the
-   prefix cache.
+   ``store_logits`` first, when the cache keeps them). (If the forward pass raises, the exception
+   propagates after the sequences admitted as forks of a prefix in this step go back to
+   waiting; every other count is still the cache's, so ``step`` may be called again.) A request
+   with ``n > 1`` forks its prompt once it is computed: sample ``i`` starts with the ``i``-th
+   most likely token (copy-on-write splits the shared last block on the first append). A sample
+   that has generated ``max_new_tokens`` tokens (or its request's ``stop_token``) is freed; its
+   blocks stay in the prefix cache.
 
 The scheduler is model-agnostic: it drives any ``StepModel`` (the demo's NumPy ``Decoder``, or a
 transformers model through ``ferrum_kv.integrations.transformers.Engine``) over requests from any
@@ -127,7 +129,7 @@ class SchedulerConfig:
         arrive together prefill it once); requests behind it that share nothing are admitted
         meanwhile.
     share_prefix_in_step : bool
-        With ``wait_for_shared_prefix``: a waiting request whose shared full blocks are computed
+        With ``wait_for_shared_prefix`` (and the cache's prefix caching): a waiting request whose shared full blocks are computed
         by another sequence's chunk in the current step is admitted in that step, sharing them
         (``fork(num_tokens=)``) instead of waiting for the next one; its first chunk starts
         after them. Counted in ``Scheduler.shared_in_step_tokens``, not in the cache's prefix
@@ -295,6 +297,7 @@ class Scheduler:
         self.computed_tokens = 0   # rows run through the model (recomputation included)
         self.whole_prompt_hits = 0  # requests admitted with nothing to prefill
         self.shared_in_step_tokens = 0  # prompt tokens shared from a chunk of the same step
+        self._forks_in_step: list[tuple[Sequence, int]] = []  # (sequence, tokens shared)
         self.requests_finished = 0
         self._next_seq_id = 0
         self._unfinished_samples: dict[int, list[Sequence]] = {}  # request id -> its samples
@@ -318,6 +321,7 @@ class Scheduler:
             self._unfinished_samples[request.request_id] = [self._new_sequence(request, 0)]
             self.waiting.append(self._unfinished_samples[request.request_id][0])
         budget = self.config.token_budget
+        self._forks_in_step.clear()
         decode, preempted = self._schedule_decodes(budget)
         budget -= len(decode)
         chunks = []  # (sequence, start, end)
@@ -516,7 +520,20 @@ class Scheduler:
         seq.status = Status.RUNNING
         self.running.append(seq)
         self.shared_in_step_tokens += shared
+        self._forks_in_step.append((seq, shared))
         return True
+
+    def _undo_forks_in_step(self) -> None:
+        """After a step's forward pass failed: the sequences admitted this step as forks of a
+        prefix it was to compute go back to the front of the waiting queue (in their order),
+        since their counts assumed the pass; every other sequence's count is still the cache's."""
+        for seq, shared in reversed(self._forks_in_step):
+            self.cache.free_sequence(seq.seq_id)
+            self.running.remove(seq)
+            seq.status, seq.num_cached, seq.num_computed = Status.WAITING, 0, 0
+            self.waiting.appendleft(seq)
+            self.shared_in_step_tokens -= shared
+        self._forks_in_step.clear()
 
     @staticmethod
     def _chunk(seq: Sequence, budget: int) -> tuple[Sequence, int, int]:
@@ -527,12 +544,16 @@ class Scheduler:
         tokens = np.concatenate([np.asarray(seq.tokens[start:end], np.int32)
                                  for seq, start, end in rows])
         positions = np.concatenate([np.arange(start, end) for _, start, end in rows])
-        attention = PagedStepAttention(self.cache, [s.seq_id for s in decode],
-                                       [s.seq_id for s, _, _ in chunks],
-                                       [start for _, start, _ in chunks],
-                                       [end for _, _, end in chunks],
-                                       precision=self.config.attention_precision)
-        hidden = self.model.forward(tokens, positions, attention)
+        try:
+            attention = PagedStepAttention(self.cache, [s.seq_id for s in decode],
+                                           [s.seq_id for s, _, _ in chunks],
+                                           [start for _, start, _ in chunks],
+                                           [end for _, _, end in chunks],
+                                           precision=self.config.attention_precision)
+            hidden = self.model.forward(tokens, positions, attention)
+        except BaseException:
+            self._undo_forks_in_step()
+            raise
         self.computed_tokens += len(tokens)
         for seq, _, end in rows:
             seq.num_computed = end

@@ -85,7 +85,7 @@ def paged_attention_decode(
         alibi_slopes.
     """
     metadata = cache.batch_metadata(seq_ids)
-    check_computed(seq_ids, metadata, metadata.context_lens - 1)
+    _check_computed(seq_ids, metadata, metadata.context_lens - 1)
     return _core.paged_attention_decode_tables(
         q, cache.storage, layer, metadata.block_tables, metadata.context_lens, scale=scale, out=out,
         isa=isa, num_threads=num_threads, sliding_window=sliding_window, soft_cap=soft_cap,
@@ -160,7 +160,7 @@ def paged_attention_prefill(
     if query_lens.dtype == np.int32 and query_lens.shape == context_lens.shape:
         # Rows with query_lens out of range are the kernel's to report (ValueError).
         valid = (query_lens >= 1) & (query_lens <= context_lens)
-        check_computed(seq_ids, metadata, np.where(valid, context_lens - query_lens, 0))
+        _check_computed(seq_ids, metadata, np.where(valid, context_lens - query_lens, 0))
     return _core.paged_attention_prefill_tables(
         q, cache.storage, layer, metadata.block_tables, context_lens, query_lens,
         scale=scale, out=out, isa=isa, num_threads=num_threads, sliding_window=sliding_window,
@@ -168,7 +168,7 @@ def paged_attention_prefill(
     )
 
 
-def check_computed(seq_ids: IntArray, metadata: _core.BatchMetadata, needed: np.ndarray) -> None:
+def _check_computed(seq_ids: IntArray, metadata: _core.BatchMetadata, needed: np.ndarray) -> None:
     """InvalidStateError naming the first sequence i with num_computed < needed[i]: the call would
     read K/V that was never marked computed and that the call itself does not compute."""
     short = np.flatnonzero(metadata.num_computed < needed)

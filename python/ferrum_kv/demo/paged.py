@@ -8,7 +8,7 @@ import numpy as np
 
 import ferrum_kv as fkv
 from ferrum_kv import _core
-from ferrum_kv.attention import check_computed
+from ferrum_kv.attention import _check_computed
 
 
 class PagedStepAttention:
@@ -60,9 +60,9 @@ class PagedStepAttention:
                   for s, a, b in zip(prefill_ids, chunk_starts, chunk_ends)]
         self._slots = np.concatenate(slots) if slots else np.empty(0, np.int32)  # [T] int32
         if self._decode is not None:
-            check_computed(decode_ids, self._decode, self._decode.context_lens - 1)
+            _check_computed(decode_ids, self._decode, self._decode.context_lens - 1)
         if self._prefill is not None:
-            check_computed(prefill_ids, self._prefill, self._written_before(
+            _check_computed(prefill_ids, self._prefill, self._written_before(
                 prefill_ids, self._prefill.num_computed, self._chunk_ends - self._query_lens))
 
     def _written_before(self, seq_ids: np.ndarray, computed: np.ndarray,

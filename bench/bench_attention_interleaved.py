@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 
-import ferrum_kv._core as core
 from ferrum_kv.benchmarks.attention import FORMATS, HEAD_DIM, NUM_Q_HEADS, PRECISIONS, PagedSetup
 
 
@@ -53,10 +52,7 @@ def main() -> None:
             setup = setups[dtype]
 
             def call():
-                core.paged_attention_decode_tables(q, setup.storage, next(setup.layers),
-                                                   setup.block_tables, setup.context_lens,
-                                                   out=out, isa=isa, num_threads=args.threads,
-                                                   precision=precision)
+                setup.decode(q, out=out, isa=isa, num_threads=args.threads, precision=precision)
 
             call()  # untimed: the timed call follows one on the previous layer of its cache
             start = clock()

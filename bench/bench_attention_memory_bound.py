@@ -27,7 +27,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-import ferrum_kv._core as core  # noqa: E402
 from ferrum_kv.benchmarks.attention import (  # noqa: E402
     HEAD_DIM, NUM_KV_HEADS, NUM_Q_HEADS, PRECISIONS, PagedSetup, token_bytes)
 
@@ -63,10 +62,7 @@ def main() -> None:
                 calls = 1 if kind == "memory" else 20  # short calls: the mean of 20
 
                 def call():
-                    core.paged_attention_decode_tables(
-                        q, setup.storage, next(setup.layers), setup.block_tables,
-                        setup.context_lens, isa=isa, num_threads=args.threads,
-                        precision=precision)
+                    setup.decode(q, isa=isa, num_threads=args.threads, precision=precision)
 
                 call()  # untimed (bench_attention_interleaved.py says why)
                 start = clock()

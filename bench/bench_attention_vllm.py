@@ -237,9 +237,7 @@ def bench_fp8_case(vllm, batch: int, context: int, threads_list: list[int], bloc
 
     def ours_call(dtype, precision, threads):
         setup = ours[dtype]
-        return lambda: core.paged_attention_decode_tables(
-            q, setup.storage, next(setup.layers), setup.block_tables, setup.context_lens,
-            out=out, num_threads=threads, precision=precision)
+        return lambda: setup.decode(q, out=out, num_threads=threads, precision=precision)
 
     rows = []
     for threads in threads_list:

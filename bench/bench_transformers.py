@@ -321,7 +321,8 @@ def main() -> None:
                 if "prefix_hit_tokens" in result:
                     extra += (f"  prefix hits {result['prefix_hit_tokens']} tokens, shared in "
                               f"step {result['shared_in_step_tokens']}")
-                print(f"{name:7s} {mode:31s} {result['seconds']:7.2f} s {result['cpu_s']:7.2f} cpu-s"
+                print(f"{name:7s} {mode:31s} {result['seconds']:7.2f} s "
+                      f"{result['cpu_s']:7.2f} cpu-s"
                       f"  {result['generated_per_s']:8.1f} gen tok/s{extra}", flush=True)
 
     print("\nratios (higher is better for ferrum_kv):")
@@ -362,11 +363,11 @@ def main() -> None:
         print(f"  {name}: generate's wall time / its prefill (TTFT) = "
               f"{base['seconds'] / base['ttft_s']:.2f}x: the most any engine whose prefill costs "
               f"what generate's does can reach, with free decode steps")
-        print(f"  {name}: the engine's {engine['seconds']:.2f} s = forward passes with prefill rows "
-              f"{engine['prefill_forward_s']:.2f} s + {engine['decode_forwards']} decode-only ones "
-              f"{engine['decode_forward_s']:.2f} s + the rest; generate's wall time / those prefill "
-              f"passes = {base['seconds'] / engine['prefill_forward_s']:.2f}x: the most this "
-              f"engine could reach with free decode steps")
+        print(f"  {name}: the engine's {engine['seconds']:.2f} s = forward passes with prefill "
+              f"rows {engine['prefill_forward_s']:.2f} s + {engine['decode_forwards']} decode-only "
+              f"ones {engine['decode_forward_s']:.2f} s + the rest; generate's wall time / those "
+              f"prefill passes = {base['seconds'] / engine['prefill_forward_s']:.2f}x: the most "
+              f"this engine could reach with free decode steps")
     if args.json:
         for modes in results.values():
             for result in modes.values():

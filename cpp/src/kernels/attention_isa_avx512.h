@@ -50,7 +50,8 @@ struct Avx512 {
   // subtraction of 2^23 + 128 (exact) centres it. (Zero-extension, integer subtraction and
   // conversion took three; the values are the same.)
   static V LoadU8Centered(const uint8_t* p) {
-    return CenterBytes(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return CenterBytes(_mm512_broadcast_i32x4(bytes));
   }
   static V LoadU8CenteredPartial(const uint8_t* p, int n) {
     const V x = CenterBytes(_mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(Mask(n), p)));

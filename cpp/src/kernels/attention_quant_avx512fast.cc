@@ -307,8 +307,8 @@ class QuantFastTile {
   }
 
   // acc[r] += w_scale[r] * sum over j < n of w16[r][j] * codes of value j, plus offset_sum[r]
-  // in every column, r < NR (acc in the order of InColumnOrder). Advances next's V prefetch with the
-  // columns.
+  // in every column, r < NR (acc in the order of InColumnOrder). Advances next's V prefetch with
+  // the columns.
   template <int NR>
   static void AccumulateRows(const int16_t* w16, const float* w_scale, const float* offset_sum,
                              const Rows& v, int n, int d, int dp, float* acc, NextSpan& next) {

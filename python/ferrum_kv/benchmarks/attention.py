@@ -114,6 +114,12 @@ class PagedSetup:
         self.context_lens = np.full(batch, context, dtype=np.int32)
         self.layers = itertools.cycle(range(self.num_layers))
 
+    def decode(self, q: np.ndarray, **kwargs) -> np.ndarray:
+        """One decode call over the next layer of the rotation (kwargs: out, isa, num_threads,
+        precision, ... of paged_attention_decode_tables)."""
+        return core.paged_attention_decode_tables(q, self.storage, next(self.layers),
+                                                  self.block_tables, self.context_lens, **kwargs)
+
 
 def bench_decode(dtype: str, batch: int, context: int, threads: int, ceiling: float,
                  peers: bool = True) -> list[dict]:
@@ -132,9 +138,7 @@ def bench_decode(dtype: str, batch: int, context: int, threads: int, ceiling: fl
                "context": context, "kv_MB": f"{kv_bytes / 1e6:.0f}"}
 
         def ours():
-            core.paged_attention_decode_tables(q, setup.storage, next(setup.layers),
-                                               setup.block_tables, setup.context_lens, out=out,
-                                               num_threads=threads, precision=precision)
+            setup.decode(q, out=out, num_threads=threads, precision=precision)
 
         t = best_time(ours, repeat=5)
         row["seconds"] = t

@@ -129,12 +129,13 @@ class SchedulerConfig:
         arrive together prefill it once); requests behind it that share nothing are admitted
         meanwhile.
     share_prefix_in_step : bool
-        With ``wait_for_shared_prefix`` (and the cache's prefix caching): a waiting request whose shared full blocks are computed
-        by another sequence's chunk in the current step is admitted in that step, sharing them
-        (``fork(num_tokens=)``) instead of waiting for the next one; its first chunk starts
-        after them. Counted in ``Scheduler.shared_in_step_tokens``, not in the cache's prefix
-        hits. With a step budget larger than the shared prompt, the requests behind the first
-        one get their first tokens a step earlier.
+        With ``wait_for_shared_prefix`` (and the cache's prefix caching): a waiting request
+        whose shared full blocks are computed by another sequence's chunk in the current step is
+        admitted in that step, sharing them (``fork(num_tokens=)``) instead of waiting for the
+        next one; its first chunk starts after them. Counted in
+        ``Scheduler.shared_in_step_tokens``, not in the cache's prefix hits. With a step budget
+        larger than the shared prompt, the requests behind the first one get their first tokens
+        a step earlier.
     admission_order : str
         The order in which waiting requests are admitted (preempted-for-recompute sequences
         always come first, in the order they were preempted from the back of the running list):
@@ -403,16 +404,21 @@ class Scheduler:
     def _keeps_prompt_logits(self) -> bool:
         return self.cache.config.max_prompt_logits > 0
 
-    def _admit(self, seq: Sequence) -> bool:
+    def _admit(self, seq: Sequence, shared_from: Optional[tuple[Sequence, int]] = None) -> bool:
         """Add a waiting sequence to the cache if the limits allow: the watermark is free and
         the blocks it needs beyond its prefix hit are available (add_sequence is all-or-nothing).
-        A whole-prompt hit is sampled right away from the stored logits."""
+        A whole-prompt hit is sampled right away from the stored logits. With ``shared_from``
+        (other, n): a fork of other's first n tokens (full blocks), which other's chunk computes
+        in this step, plus its own tokens; its computed count is n for the scheduler (the
+        cache's follows with this step's marks)."""
         if len(self.running) >= self.config.max_num_seqs or not self._room_for(0):
             return False
         tokens = np.asarray(seq.tokens, np.int32)
         logits = None
         try:
-            if self._keeps_prompt_logits and seq.num_generated == 0:
+            if shared_from is not None:
+                hit = self._fork_shared(seq, *shared_from)
+            elif self._keeps_prompt_logits and seq.num_generated == 0:
                 hit, logits = self.cache.add_sequence_with_logits(seq.seq_id, tokens)
             else:
                 hit = self.cache.add_sequence(seq.seq_id, tokens)
@@ -442,16 +448,11 @@ class Scheduler:
             if not budget:
                 break
             sharer = self._uncomputed_prefix_holder(seq, decoding)
-            if sharer is None:
-                if not self._admit(seq):
-                    break
-            else:
-                other, shared = sharer
-                if not (self.config.share_prefix_in_step and _computes_in_step(other, shared,
-                                                                               chunks)):
-                    continue
-                if not self._admit_sharing(seq, other, shared):
-                    break
+            if sharer is not None and not (self.config.share_prefix_in_step
+                                           and _computes_in_step(*sharer, chunks)):
+                continue  # waits for the blocks to be computed
+            if not self._admit(seq, sharer):
+                break
             self.waiting.remove(seq)
             if seq.num_computed < seq.num_cached:  # else a whole-prompt hit, sampled already
                 chunks.append(self._chunk(seq, budget))
@@ -504,24 +505,18 @@ class Scheduler:
                 holder = other, shared
         return holder
 
-    def _admit_sharing(self, seq: Sequence, other: Sequence, shared: int) -> bool:
-        """``_admit`` for a sequence whose first ``shared`` tokens (full blocks) ``other``
-        computes in this step: a fork of them plus its own tokens (all-or-nothing), its computed
-        count at ``shared`` for the scheduler (the cache's follows with this step's marks)."""
-        if len(self.running) >= self.config.max_num_seqs or not self._room_for(0):
-            return False
+    def _fork_shared(self, seq: Sequence, other: Sequence, shared: int) -> int:
+        """Creates ``seq`` in the cache as a fork of ``other``'s first ``shared`` tokens plus its
+        own (all-or-nothing: OutOfBlocksError leaves the cache as it was); returns ``shared``."""
         self.cache.fork(other.seq_id, seq.seq_id, num_tokens=shared)
         try:
             self.cache.append_tokens(seq.seq_id, np.asarray(seq.tokens[shared:], np.int32))
         except fkv.OutOfBlocksError:
             self.cache.free_sequence(seq.seq_id)
-            return False
-        seq.num_computed, seq.num_cached = shared, len(seq.tokens)
-        seq.status = Status.RUNNING
-        self.running.append(seq)
+            raise
         self.shared_in_step_tokens += shared
         self._forks_in_step.append((seq, shared))
-        return True
+        return shared
 
     def _undo_forks_in_step(self) -> None:
         """After a step's forward pass failed: the sequences admitted this step as forks of a

@@ -25,11 +25,14 @@ using TileFunction = void (*)(const AttentionTile&);
 constexpr int64_t kTilesPerThread = 4;
 constexpr int32_t kMinSplitKeys = 512;
 
-// Whether this CPU has the instructions of the AVX-512 fast kernel (AttentionTileAvx512Fast).
+// Whether this CPU has the instructions of the AVX-512 fast kernels (AttentionTileAvx512Fast and
+// AttentionTileAvx512QuantFast; kFp16: AttentionTileAvx512Fp8Fast).
+template <bool kFp16>
 bool Avx512FastInstructions() {
 #if defined(__x86_64__) || defined(__i386__)
-  return AttentionIsaSupported(AttentionIsa::kAvx512) &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  if (!AttentionIsaSupported(AttentionIsa::kAvx512)) return false;
+  if constexpr (kFp16) return __builtin_cpu_supports("avx512fp16");
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
 #else
   return false;
 #endif
@@ -38,6 +41,7 @@ bool Avx512FastInstructions() {
 // isa is resolved (not kAuto, not kReference).
 TileFunction TileFunctionFor(AttentionIsa isa, AttentionPrecision precision, DType dtype) {
   if (precision == AttentionPrecision::kFast && AttentionFastSupported(isa, dtype)) {
+    if (kernels::HasAvx512Fp16Kernel(dtype)) return kernels::AttentionTileAvx512Fp8Fast;
     return IsQuantized(dtype) ? kernels::AttentionTileAvx512QuantFast
                               : kernels::AttentionTileAvx512Fast;
   }
@@ -411,8 +415,9 @@ AttentionPrecision ParseAttentionPrecision(const std::string& name) {
 
 bool AttentionFastSupported(AttentionIsa isa, DType dtype) {
   if (isa == AttentionIsa::kAuto) isa = BestAttentionIsa();
-  return isa == AttentionIsa::kAvx512 && kernels::HasAvx512FastKernel(dtype) &&
-         Avx512FastInstructions();
+  if (isa != AttentionIsa::kAvx512) return false;
+  return (kernels::HasAvx512FastKernel(dtype) && Avx512FastInstructions<false>()) ||
+         (kernels::HasAvx512Fp16Kernel(dtype) && Avx512FastInstructions<true>());
 }
 
 AttentionIsa BestAttentionIsa() {

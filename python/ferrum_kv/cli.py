@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads for BLAS and the attention kernels (default %(default)s)")
     sched.add_argument("--precision", choices=("exact", "fast"), default=defaults.precision,
                        help="attention kernels' precision: fast uses bfloat16 / int8 dot "
-                       "products where the CPU has them (default %(default)s)")
+                       "products and float16 arithmetic for fp8 where the CPU has them "
+                       "(default %(default)s)")
     output = demo.add_argument_group("output")
     output.add_argument("--verify", action="store_true",
                         help="check every token against a contiguous NumPy reference; exit "

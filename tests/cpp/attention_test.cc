@@ -333,7 +333,8 @@ TEST(AttentionTest, FastPrecisionMatchesReference) {
 
 TEST(AttentionTest, FastKernelRunsOnlyWhereSupported) {
   // Without a fast kernel, kFast is the exact code bit for bit; with one, the result differs.
-  for (DType dtype : {DType::kBFloat16, DType::kInt8, DType::kInt4}) {
+  for (DType dtype :
+       {DType::kBFloat16, DType::kInt8, DType::kFp8E4M3, DType::kFp8E5M2, DType::kInt4}) {
     for (AttentionIsa isa : SupportedIsas()) {
       Case exact_case{2, 4, 128, 16, dtype, {100, 33}, {}};
       Case fast_case = exact_case;
@@ -346,6 +347,8 @@ TEST(AttentionTest, FastKernelRunsOnlyWhereSupported) {
   }
   EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kPortable, DType::kBFloat16));
   EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kAvx512, DType::kFloat32));
+  EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kAvx2, DType::kFp8E4M3));
+  EXPECT_FALSE(AttentionFastSupported(AttentionIsa::kAvx512, DType::kInt4));
 }
 
 TEST(AttentionTest, PrecisionNamesRoundTrip) {

@@ -31,8 +31,10 @@
 // the weights rounded to bfloat16 (relative error ~3e-3 against float64, below 1.5e-2); for int8
 // K/V on AVX-512 with AVX512-VNNI (and BF16), decode Q.K with vpdpbusd on the codes against the
 // query in two int8 digits and P.V with vpdpwssd on int16 weights (~4e-4;
-// kernels/attention_quant_avx512fast.cc). Where the variant has no such kernel (int4, fp8, the
-// AVX2 and portable variants), kFast runs exactly the kExact code.
+// kernels/attention_quant_avx512fast.cc); for fp8 K/V on AVX-512 with AVX512-FP16, decode Q.K
+// and P.V in float16 arithmetic (vfmadd231ph) on the codes widened to float16, the query and the
+// weights rounded to float16 (~2e-3; kernels/attention_fp8_avx512fp16.cc). Where the variant has
+// no such kernel (int4, the AVX2 and portable variants), kFast runs exactly the kExact code.
 //
 // Errors (thrown before anything is read or written): InvalidArgument for inconsistent sizes,
 // a negative sliding_window, a negative or non-finite soft_cap, a non-finite ALiBi slope,

@@ -68,7 +68,6 @@ class QuantFastTile {
   static constexpr int kWeightStride = kSpanTokens + 2;
   static constexpr float kQueryLevels = 127.0f;
   static constexpr float kWeightLevels = 32767.0f;
-  static constexpr int64_t kParamBytes = 2 * sizeof(float);  // (scale, offset) per row
 
  public:
   static void Run(const AttentionTile& t) {
@@ -100,7 +99,7 @@ class QuantFastTile {
     Exact::template ForEachSpan<true>(t, Exact::NarrowSpanKeys(d), [&](int32_t pos, int n,
                                                                       const Rows& k, const Rows& v,
                                                                       NextSpan& next) {
-      if (pos + n < t.key_end) PrefetchParams(t, pos + n);
+      if (pos + n < t.key_end) Exact::PrefetchParams(t, pos + n);
       alignas(64) float k_scale[kSpanTokens], k_offset[kSpanTokens];
       alignas(64) float v_scale[kSpanTokens], v_offset[kSpanTokens];
       SplitParams(k, n, k_scale, k_offset);
@@ -189,20 +188,6 @@ class QuantFastTile {
     const __m512 rounded = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm512_min_ps(_mm512_max_ps(rounded, _mm512_set1_ps(-kQueryLevels)),
                          _mm512_set1_ps(kQueryLevels));
-  }
-
-  // The K and V row parameters of the span from pos (NextSpan prefetches only the codes; a
-  // span's parameters are in other lines of the block, and their misses measured 11 % of this
-  // kernel's samples without this).
-  static void PrefetchParams(const AttentionTile& t, int32_t pos) {
-    const int32_t offset = pos % t.block_size;
-    const int n = std::min({t.block_size - offset, t.key_end - pos, int{kSpanTokens}});
-    const int64_t begin = int64_t{t.block_table[pos / t.block_size]} * t.block_bytes +
-                          t.params_offset + int64_t{offset} * kParamBytes;
-    for (int64_t line = 0; line < int64_t{n} * kParamBytes; line += 64) {
-      __builtin_prefetch(t.k_base + begin + line, 0, 2);
-      __builtin_prefetch(t.v_base + begin + line, 0, 2);
-    }
   }
 
   static __mmask64 ByteMask(int n) {

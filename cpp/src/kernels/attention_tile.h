@@ -68,5 +68,12 @@ void AttentionTileAvx512QuantFast(const AttentionTile& tile);
 constexpr bool HasAvx512FastKernel(DType dtype) {
   return dtype == DType::kBFloat16 || dtype == DType::kInt8;
 }
+// The "fast" precision over FP8 K/V (fp8_e4m3, fp8_e5m2) on AVX-512 with AVX512-FP16: float16
+// arithmetic (any other dtype runs the exact AVX-512 kernel); attention_fp8_avx512fp16.cc has its
+// contract.
+void AttentionTileAvx512Fp8Fast(const AttentionTile& tile);
+constexpr bool HasAvx512Fp16Kernel(DType dtype) {
+  return dtype == DType::kFp8E4M3 || dtype == DType::kFp8E5M2;
+}
 
 }  // namespace ferrum_kv::kernels

@@ -20,9 +20,13 @@ def test_quantized_demo_matches_the_reference(dtype):
     assert v.ok and v.samples == s["samples"] and v.steps == s["generated_tokens"]
     assert v.tolerance == default_tolerance(dtype) > DEFAULT_TOLERANCE
     assert s["preemptions"] > 0 and s["prefix_hit_rate"] > 0
+    # The finished samples come back, each with the logits its generated tokens were chosen from.
+    assert len(result.samples) == s["samples"]
+    assert sum(seq.num_generated for seq in result.samples) == s["generated_tokens"]
+    assert all(len(seq.logits) == seq.num_generated > 0 for seq in result.samples)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "fp8_e4m3", "fp8_e5m2"])
 def test_fast_precision_demo_matches_the_reference(dtype):
     options = DemoOptions(preset="tiny", sessions=6, num_blocks=40, num_host_blocks=8,
                           dtype=dtype, seed=3)

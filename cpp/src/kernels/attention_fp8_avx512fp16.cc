@@ -91,7 +91,9 @@ class Fp8HalfTile {
         ScoreRows<decltype(nr)::value>(q16.data() + size_t(r0) * dp, dp, d, k, n,
                                        scores + r0 * kSpanTokens, next);
       });
-      for (int r = 0; r < rows; ++r) FoldScores(scores + r * kSpanTokens, n, k.Params(0), q_unit[r]);
+      for (int r = 0; r < rows; ++r) {
+        FoldScores(scores + r * kSpanTokens, n, k.Params(0), q_unit[r]);
+      }
       Exact::SoftmaxRows(t, pos, n, scores, acc.data(), dp);
       for (int r = 0; r < rows; ++r) {
         weight_unit[r] = WeightsToHalf(scores + r * kSpanTokens, n, v.Params(0),
@@ -130,7 +132,9 @@ class Fp8HalfTile {
   // are 0 whatever the unit).
   static float QueryToHalf(const float* q, int d, int lanes_per_sum, uint16_t* out) {
     __m512 largest = _mm512_setzero_ps();
-    for (int c = 0; c < d; c += kW) largest = _mm512_max_ps(largest, _mm512_abs_ps(LoadRow(q, c, d)));
+    for (int c = 0; c < d; c += kW) {
+      largest = _mm512_max_ps(largest, _mm512_abs_ps(LoadRow(q, c, d)));
+    }
     const float absmax = _mm512_reduce_max_ps(largest);
     if (!(absmax > 0.0f)) return 0.0f;
     const int e = PowerBelow(kSumBound / (float(lanes_per_sum) * kLargestLoad), absmax);
@@ -226,9 +230,9 @@ class Fp8HalfTile {
     __m512 largest = _mm512_setzero_ps();
     for (int j = 0; j < n; j += kW) {
       const __mmask16 keys = Isa::Mask(std::min(kW, n - j));
-      const __m512 wj = _mm512_mul_ps(
-          _mm512_mul_ps(_mm512_maskz_loadu_ps(keys, p + j), _mm512_maskz_loadu_ps(keys, v_scale + j)),
-          inverse_unit);
+      const __m512 weighted = _mm512_mul_ps(_mm512_maskz_loadu_ps(keys, p + j),
+                                            _mm512_maskz_loadu_ps(keys, v_scale + j));
+      const __m512 wj = _mm512_mul_ps(weighted, inverse_unit);
       _mm512_store_ps(w + j, wj);
       largest = _mm512_max_ps(largest, wj);
     }
@@ -280,11 +284,11 @@ class Fp8HalfTile {
       const __m512 scale = _mm512_set1_ps(unit[r]);
       for (int i = 0; i < NC; ++i) {
         const __m512i bits = _mm512_castph_si512(a[r][i]);
+        const __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(bits));
+        const __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(bits, 1));
         float* out = acc + r * dp + c + i * kHalves;
-        _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(bits)), scale,
-                                              _mm512_loadu_ps(out)));
-        _mm512_storeu_ps(out + kW, _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(bits, 1)),
-                                                   scale, _mm512_loadu_ps(out + kW)));
+        _mm512_storeu_ps(out, _mm512_fmadd_ps(low, scale, _mm512_loadu_ps(out)));
+        _mm512_storeu_ps(out + kW, _mm512_fmadd_ps(high, scale, _mm512_loadu_ps(out + kW)));
       }
     }
   }

@@ -14,7 +14,7 @@ import ferrum_kv as fkv
 from ferrum_kv.demo.model import Decoder
 from ferrum_kv.demo.presets import HF_MODEL_PRESETS, MODEL_PRESETS
 from ferrum_kv.demo.reference import VerifyReport, default_tolerance, verify
-from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig, StepRecord
+from ferrum_kv.demo.scheduler import Scheduler, SchedulerConfig, Sequence, StepRecord
 from ferrum_kv.demo.workload import Workload, WorkloadConfig
 
 
@@ -126,11 +126,15 @@ class DemoResult:
         One per step, for the plot.
     verification : VerifyReport or None
         With ``verify=True``.
+    samples : list of Sequence
+        The finished samples in the order they finished: their tokens, and with ``verify=True``
+        the logits each generated token was chosen from.
     """
 
     summary: dict
     history: list[StepRecord]
     verification: Optional[VerifyReport]
+    samples: list[Sequence]
 
 
 def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[bool] = None,
@@ -215,7 +219,8 @@ def run_demo(options: DemoOptions, verify_run: bool = False, progress: Optional[
     summary = _summarise(options, scheduler, elapsed)
     if verification is not None:
         summary["verify_s"] = verify_elapsed
-    return DemoResult(summary=summary, history=scheduler.history, verification=verification)
+    return DemoResult(summary=summary, history=scheduler.history, verification=verification,
+                      samples=scheduler.finished)
 
 
 def _summarise(options: DemoOptions, scheduler: Scheduler, elapsed: float) -> dict:

@@ -86,7 +86,7 @@ class Fp8HalfTile {
     Exact::template ForEachSpan<true>(t, Exact::NarrowSpanKeys(d), [&](int32_t pos, int n,
                                                                       const Rows& k, const Rows& v,
                                                                       NextSpan& next) {
-      if (pos + n < t.key_end) Exact::PrefetchParams(t, pos + n);
+      Exact::PrefetchParams(next);
       Exact::ForRowGroups(rows, [&](auto nr, int r0) {
         ScoreRows<decltype(nr)::value>(q16.data() + size_t(r0) * dp, dp, d, k, n,
                                        scores + r0 * kSpanTokens, next);

@@ -99,7 +99,7 @@ class QuantFastTile {
     Exact::template ForEachSpan<true>(t, Exact::NarrowSpanKeys(d), [&](int32_t pos, int n,
                                                                       const Rows& k, const Rows& v,
                                                                       NextSpan& next) {
-      if (pos + n < t.key_end) Exact::PrefetchParams(t, pos + n);
+      Exact::PrefetchParams(next);
       alignas(64) float k_scale[kSpanTokens], k_offset[kSpanTokens];
       alignas(64) float v_scale[kSpanTokens], v_offset[kSpanTokens];
       SplitParams(k, n, k_scale, k_offset);

@@ -2,7 +2,8 @@
 # The kernel files compiled for an instruction set (*_avx2, *_avx512, *_avx512fast, *_avx512fp16,
 # *_vaes, *_aesni, *_shani: see CMakeLists.txt) must not define weak symbols: a template's
 # out-of-line body (a std::vector method, say) compiled there may be the copy the linker keeps for
-# the whole library, and would then run on CPUs without that instruction set. Usage: isa_objects_test.sh <libferrum_kv_core.a>
+# the whole library, and would then run on CPUs without that instruction set.
+# Usage: isa_objects_test.sh <libferrum_kv_core.a>
 set -eu
 nm -C --defined-only "$1" | awk '
   /:$/ {

@@ -17,13 +17,16 @@ from test_attention import (DECODE_GRID, FAST_ISAS, FEATURES, PREFILL_GRID, Case
                             feature_kwargs, poisoned, prefill_inputs, relative_error)
 
 FAST_TOLERANCE = 1.5e-2
+# Tighter bounds for the kernels whose measured error is far below the issue's (int8: 3.6e-4,
+# fp8 in float16: 2.4e-3 on the quantized grids), so that a kernel several times worse fails.
+FAST_BOUNDS = {"int8": 1e-3, "fp8_e4m3": 5e-3, "fp8_e5m2": 5e-3}
 DTYPES = ["float32", "float16", "bfloat16"]
 
 
 def check_fast(out, exact, expected, isa, dtype, rounds=True):
     """rounds: whether low-precision products must change the result (not with one key)."""
     assert np.isfinite(out).all(), isa
-    assert relative_error(out, expected) < FAST_TOLERANCE, isa
+    assert relative_error(out, expected) < FAST_BOUNDS.get(dtype, FAST_TOLERANCE), isa
     if isa in core.attention_fast_isas(dtype):
         if rounds:
             assert not np.array_equal(out, exact), f"{isa}: fast gave the exact result"

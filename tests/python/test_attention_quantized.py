@@ -178,8 +178,9 @@ def test_quantization_error_is_the_formats_not_the_kernels():
 def test_every_fp8_code_reads_back_exactly_through_attention_in_every_isa(dtype):
     """One key per sequence: the output is its value row, so each of the finite FP8 codes (one
     per column of head_dim 256, NaN/inf codes replaced by 0) must come back as gather_kv's
-    dequantized value (read_slot), in every variant (the kernels widen codes with their own bit
-    tricks)."""
+    dequantized value (read_slot), in every variant and precision (the kernels widen codes with
+    their own bit tricks; the fast fp8 kernel's float16 products of a code and a power-of-two
+    weight are exact)."""
     config = core.CacheConfig(num_layers=1, num_kv_heads=1, head_dim=256, block_size=16,
                               num_blocks=1, dtype=dtype)
     storage = core.KvStorage(config)
@@ -195,5 +196,7 @@ def test_every_fp8_code_reads_back_exactly_through_attention_in_every_isa(dtype)
     expected = storage.read_slot(0, 0, 0)[1][0]
     q = np.ones((1, 1, 256), np.float32)
     for isa in FAST_ISAS + ["reference"]:
-        out = core.paged_attention_decode_tables(q, storage, 0, tables, lens, isa=isa)
-        assert np.array_equal(out[0, 0], expected), isa
+        for precision in ("exact", "fast"):  # fast fp8 (float16 arithmetic) is exact here too
+            out = core.paged_attention_decode_tables(q, storage, 0, tables, lens, isa=isa,
+                                                     precision=precision)
+            assert np.array_equal(out[0, 0], expected), (isa, precision)

@@ -139,22 +139,19 @@ class Fp8HalfTile {
   static int QueryToHalf(const float* q, int d, int lanes_per_sum, uint16_t* out) {
     __m512 largest = _mm512_setzero_ps();
     for (int c = 0; c < d; c += kW) {
-      largest = _mm512_max_ps(largest, _mm512_abs_ps(LoadRow(q, c, d)));
+      largest = _mm512_max_ps(largest, _mm512_abs_ps(Isa::LoadPartial(q + c, std::min(kW, d - c))));
     }
     const float absmax = _mm512_reduce_max_ps(largest);
     if (!(absmax > 0.0f)) return 0;
     const int e = PowerBelow(kSumBound / (float(lanes_per_sum) * kLargestLoad), absmax);
     const __m512 exponent = _mm512_set1_ps(float(e));
     for (int c = 0; c < d; c += kW) {  // dp is a multiple of kW: whole stores stay inside
-      const __m256i half = _mm512_cvtps_ph(_mm512_scalef_ps(LoadRow(q, c, d), exponent),
+      const __m512 x = Isa::LoadPartial(q + c, std::min(kW, d - c));
+      const __m256i half = _mm512_cvtps_ph(_mm512_scalef_ps(x, exponent),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), half);
     }
     return e;
-  }
-  // Floats c .. c + kW - 1 of a row of d (those past d read as 0).
-  static __m512 LoadRow(const float* x, int c, int d) {
-    return _mm512_maskz_loadu_ps(Isa::Mask(std::min(kW, d - c)), x + c);
   }
 
   // Codes c .. c + 31 of a row of d (those past d read as 0) widened to float16.

@@ -157,14 +157,14 @@ class QuantFastTile {
     // scalar definition above: division, round to nearest even, fma, clamp.
     __m512 largest = _mm512_setzero_ps();
     for (int c = 0; c < d; c += kW) {
-      largest = _mm512_max_ps(largest, _mm512_abs_ps(LoadQuery(q, c, d)));
+      largest = _mm512_max_ps(largest, _mm512_abs_ps(Isa::LoadPartial(q + c, std::min(kW, d - c))));
     }
     const float unit = _mm512_reduce_max_ps(largest) / kQueryLevels;
     __m512i total = _mm512_setzero_si512();
     if (unit > 0.0f) {
       const __m512 units = _mm512_set1_ps(unit);
       for (int c = 0; c < d; c += kW) {
-        const __m512 x = LoadQuery(q, c, d);
+        const __m512 x = Isa::LoadPartial(q + c, std::min(kW, d - c));
         const __m512 hi = ClampedRound(_mm512_div_ps(x, units));
         const __m512 rest = _mm512_fnmadd_ps(hi, units, x);  // exact
         const __m512 lo = ClampedRound(
@@ -179,9 +179,6 @@ class QuantFastTile {
     }
     q_scale = unit / float(kDigit);
     q_sum = q_scale * static_cast<float>(_mm512_reduce_add_epi32(total));
-  }
-  static __m512 LoadQuery(const float* q, int c, int d) {
-    return _mm512_maskz_loadu_ps(Isa::Mask(std::min(kW, d - c)), q + c);
   }
   // round-to-nearest-even(x) clamped to [-127, 127].
   static __m512 ClampedRound(__m512 x) {
